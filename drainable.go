@@ -1,0 +1,56 @@
+package handoff
+
+import "context"
+
+// Drainable is what a daemon implements so the library can hand it off.
+// The library calls Drain, then Seal, on the incumbent; if the handoff does
+// not commit it calls ResumeAfterAbort. Calls never overlap.
+type Drainable interface {
+	// Drain stops accepting, finishes in-flight requests before ctx's
+	// deadline (the drain grace), rejects new writes and fsyncs. An error
+	// aborts the handoff; the daemon keeps its lock and is resumed.
+	Drain(ctx context.Context) (DrainReport, error)
+
+	// Seal flushes and closes writer state and fsyncs. The library releases
+	// the DataDirLock right after a nil return. An error aborts the handoff
+	// and the lock stays held.
+	Seal(ctx context.Context) (SealReport, error)
+
+	// ResumeAfterAbort reopens writer state from disk (a successor that
+	// died after the seal may have written) and accepts again. It must be
+	// idempotent: it may follow a failed Drain, a failed Seal or a
+	// successful Seal, and may be called twice.
+	ResumeAfterAbort(ctx context.Context) error
+
+	// SnapshotState is a cheap, non-blocking view of current state.
+	SnapshotState() StateSnapshot
+}
+
+// DrainReport is what Drain returns.
+type DrainReport struct {
+	OpenConnsRemaining int
+	AcceptClosed       bool
+}
+
+// SealReport is what Seal returns: the last durable revision of each shard
+// and a fingerprint of the data directory as sealed.
+type SealReport struct {
+	LastRevisionPerShard []uint64
+	DataDirFingerprint   string
+}
+
+// StateSnapshot is a view of the daemon's state.
+type StateSnapshot struct {
+	ShardCount           int
+	OpenConns            int
+	LastRevisionPerShard []uint64
+}
+
+// ReadinessSnapshot is what a successor announces with Ready. The
+// supervisor accepts it only if HealthzOK is true and every advertised
+// revision is at least the sealed one.
+type ReadinessSnapshot struct {
+	ListeningOn                []string
+	HealthzOK                  bool
+	AdvertisedRevisionPerShard []uint64
+}

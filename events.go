@@ -1,0 +1,70 @@
+package handoff
+
+import (
+	"os"
+	"time"
+)
+
+// Phase is where the supervisor is in a handoff.
+type Phase string
+
+// Phases of a handoff, in order; PhaseRollingBack replaces the later ones
+// when it does not commit.
+const (
+	PhaseIdle        Phase = "idle"
+	PhaseSpawning    Phase = "spawning"     // successor started, waiting for its Hello
+	PhaseDraining    Phase = "draining"     // PrepareHandoff sent
+	PhaseSealing     Phase = "sealing"      // SealRequest sent
+	PhaseBegun       Phase = "begun"        // Begin sent, waiting for Ready
+	PhaseCommitting  Phase = "committing"   // Ready accepted
+	PhaseRollingBack Phase = "rolling_back" // aborting; the incumbent resumes
+)
+
+// EventKind says what an Event reports.
+type EventKind string
+
+// Event kinds.
+const (
+	EventColdStarted     EventKind = "cold_started"     // a daemon was cold-started and answered
+	EventHandoffStarted  EventKind = "handoff_started"  // PerformHandoff began
+	EventPhase           EventKind = "phase"            // a handoff entered Phase
+	EventHeartbeat       EventKind = "heartbeat"        // a daemon is still working (drain, seal, start-up)
+	EventHandoffFinished EventKind = "handoff_finished" // Outcome is set
+	EventIncumbentExited EventKind = "incumbent_exited" // the serving daemon exited outside a commit
+)
+
+// Event is a notification for SupervisorConfig.OnEvent.
+type Event struct {
+	Kind      EventKind
+	Time      time.Time
+	HandoffID HandoffID
+	Phase     Phase
+	PID       int
+	Outcome   *HandoffOutcome // EventHandoffFinished
+	Exit      *IncumbentExit  // EventIncumbentExited
+}
+
+// IncumbentExit describes a serving daemon that exited without being
+// replaced by a commit. The supervisor has reaped it.
+type IncumbentExit struct {
+	PID     int
+	Binary  string
+	State   *os.ProcessState // nil if the process was not our child
+	Time    time.Time
+	Running time.Duration // how long it ran as incumbent
+}
+
+// Status is a snapshot of the supervisor for status commands.
+type Status struct {
+	Phase            Phase
+	HandoffID        HandoffID // of the running handoff, if any
+	IncumbentPID     int       // 0 when no daemon runs
+	IncumbentBinary  string
+	IncumbentBuildID string
+	IncumbentSince   time.Time
+	SuccessorPID     int
+	SuccessorBuildID string
+	Listeners        []string
+	Handoffs         int              // finished since start
+	LastOutcomes     []HandoffOutcome // newest last, at most 10
+}

@@ -1,0 +1,294 @@
+package wire
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+)
+
+// Protocol versions this build speaks. Hello and HelloAck are always framed
+// with HandshakeVersion; every later frame carries the negotiated version.
+const (
+	MinVersion       uint16 = 1
+	MaxVersion       uint16 = 1
+	HandshakeVersion uint16 = 1
+)
+
+// Type names a message on the wire.
+type Type string
+
+// The message types.
+const (
+	TypeHello            Type = "hello"
+	TypeHelloAck         Type = "hello_ack"
+	TypePrepareHandoff   Type = "prepare_handoff"
+	TypeDrained          Type = "drained"
+	TypeDrainFailed      Type = "drain_failed"
+	TypeSealRequest      Type = "seal_request"
+	TypeSealComplete     Type = "seal_complete"
+	TypeSealFailed       Type = "seal_failed"
+	TypeBegin            Type = "begin"
+	TypeReady            Type = "ready"
+	TypeCommit           Type = "commit"
+	TypeAbort            Type = "abort"
+	TypeResumeAfterAbort Type = "resume_after_abort"
+	TypeResumed          Type = "resumed"
+	TypeHeartbeat        Type = "heartbeat"
+	TypeListenersRequest Type = "listeners_request"
+	TypeListeners        Type = "listeners"
+	TypeError            Type = "error"
+)
+
+// Message is one of the typed messages below.
+type Message interface{ Type() Type }
+
+// Roles in Hello.
+const (
+	RoleIncumbent  = "incumbent"
+	RoleSuccessor  = "successor"
+	RoleSupervisor = "supervisor"
+)
+
+// Hello opens a session; the daemon side sends it first.
+type Hello struct {
+	Role       string `json:"role"`
+	PID        int    `json:"pid"`
+	BuildID    string `json:"build_id"`
+	MinVersion uint16 `json:"min_version"`
+	MaxVersion uint16 `json:"max_version"`
+}
+
+// HelloAck answers Hello with the chosen version; the frame's id is the handoff id.
+type HelloAck struct {
+	Version    uint16 `json:"version"`
+	DeadlineMS int64  `json:"deadline_ms,omitempty"`
+	LivenessMS int64  `json:"liveness_ms,omitempty"`
+}
+
+// PrepareHandoff asks the incumbent to drain.
+type PrepareHandoff struct {
+	DeadlineMS   int64 `json:"deadline_ms"`
+	DrainGraceMS int64 `json:"drain_grace_ms"`
+}
+
+// Drained reports a finished drain.
+type Drained struct {
+	OpenConnsRemaining int   `json:"open_conns_remaining"`
+	AcceptClosed       bool  `json:"accept_closed"`
+	TookNS             int64 `json:"took_ns"`
+}
+
+// DrainFailed reports a failed drain; the incumbent still holds its lock.
+type DrainFailed struct {
+	Reason string `json:"reason"`
+}
+
+// SealRequest asks the incumbent to seal and release the lock.
+type SealRequest struct{}
+
+// SealComplete reports a seal; the lock was released before it was sent.
+type SealComplete struct {
+	LastRevisionPerShard []uint64 `json:"last_revision_per_shard"`
+	DataDirFingerprint   string   `json:"data_dir_fingerprint"`
+	TookNS               int64    `json:"took_ns"`
+}
+
+// SealFailed reports a failed seal; the incumbent kept its lock.
+type SealFailed struct {
+	Reason string `json:"reason"`
+}
+
+// Begin tells the successor the lock is free: take it and open the data.
+type Begin struct{}
+
+// Ready is the successor's readiness snapshot.
+type Ready struct {
+	ListeningOn                []string `json:"listening_on"`
+	HealthzOK                  bool     `json:"healthz_ok"`
+	AdvertisedRevisionPerShard []uint64 `json:"advertised_revision_per_shard"`
+	OpenTookNS                 int64    `json:"open_took_ns"`
+}
+
+// Commit: to the successor, Ready was accepted; to the incumbent, exit.
+type Commit struct{}
+
+// Abort tells the successor to exit without serving.
+type Abort struct {
+	Reason string `json:"reason"`
+}
+
+// ResumeAfterAbort tells the incumbent to retake the lock and serve again.
+type ResumeAfterAbort struct {
+	Reason string `json:"reason"`
+}
+
+// Resumed is the incumbent's answer to ResumeAfterAbort.
+type Resumed struct {
+	Error string `json:"error,omitempty"`
+}
+
+// Heartbeat keeps the receiver's liveness timer fed.
+type Heartbeat struct{}
+
+// ListenersRequest asks the incumbent for duplicates of its inherited listeners.
+type ListenersRequest struct{}
+
+// Listeners answers ListenersRequest; the frame carries one descriptor per name.
+type Listeners struct {
+	Names []string `json:"names"`
+}
+
+// Error tells the peer why the session is being closed.
+type Error struct {
+	Reason string `json:"reason"`
+}
+
+func (Hello) Type() Type            { return TypeHello }
+func (HelloAck) Type() Type         { return TypeHelloAck }
+func (PrepareHandoff) Type() Type   { return TypePrepareHandoff }
+func (Drained) Type() Type          { return TypeDrained }
+func (DrainFailed) Type() Type      { return TypeDrainFailed }
+func (SealRequest) Type() Type      { return TypeSealRequest }
+func (SealComplete) Type() Type     { return TypeSealComplete }
+func (SealFailed) Type() Type       { return TypeSealFailed }
+func (Begin) Type() Type            { return TypeBegin }
+func (Ready) Type() Type            { return TypeReady }
+func (Commit) Type() Type           { return TypeCommit }
+func (Abort) Type() Type            { return TypeAbort }
+func (ResumeAfterAbort) Type() Type { return TypeResumeAfterAbort }
+func (Resumed) Type() Type          { return TypeResumed }
+func (Heartbeat) Type() Type        { return TypeHeartbeat }
+func (ListenersRequest) Type() Type { return TypeListenersRequest }
+func (Listeners) Type() Type        { return TypeListeners }
+func (Error) Type() Type            { return TypeError }
+
+var factories = map[Type]func() Message{
+	TypeHello:            func() Message { return &Hello{} },
+	TypeHelloAck:         func() Message { return &HelloAck{} },
+	TypePrepareHandoff:   func() Message { return &PrepareHandoff{} },
+	TypeDrained:          func() Message { return &Drained{} },
+	TypeDrainFailed:      func() Message { return &DrainFailed{} },
+	TypeSealRequest:      func() Message { return &SealRequest{} },
+	TypeSealComplete:     func() Message { return &SealComplete{} },
+	TypeSealFailed:       func() Message { return &SealFailed{} },
+	TypeBegin:            func() Message { return &Begin{} },
+	TypeReady:            func() Message { return &Ready{} },
+	TypeCommit:           func() Message { return &Commit{} },
+	TypeAbort:            func() Message { return &Abort{} },
+	TypeResumeAfterAbort: func() Message { return &ResumeAfterAbort{} },
+	TypeResumed:          func() Message { return &Resumed{} },
+	TypeHeartbeat:        func() Message { return &Heartbeat{} },
+	TypeListenersRequest: func() Message { return &ListenersRequest{} },
+	TypeListeners:        func() Message { return &Listeners{} },
+	TypeError:            func() Message { return &Error{} },
+}
+
+// Types lists every message type, for tests and documentation.
+func Types() []Type {
+	out := make([]Type, 0, len(factories))
+	for t := range factories {
+		out = append(out, t)
+	}
+	return out
+}
+
+type envelope struct {
+	Type Type            `json:"type"`
+	ID   string          `json:"id,omitempty"`
+	Body json.RawMessage `json:"body,omitempty"`
+}
+
+// Marshal encodes m with handoff id into a frame payload.
+func Marshal(m Message, id string) ([]byte, error) {
+	body, err := json.Marshal(m)
+	if err != nil {
+		return nil, fmt.Errorf("handoff: encode %s: %w", m.Type(), err)
+	}
+	return json.Marshal(envelope{Type: m.Type(), ID: id, Body: body})
+}
+
+// Unmarshal decodes a frame payload. The returned message is a value (not a
+// pointer) of one of the types above.
+func Unmarshal(payload []byte) (Message, string, error) {
+	var env envelope
+	if err := strictDecode(payload, &env); err != nil {
+		return nil, "", fmt.Errorf("%w: envelope: %w", ErrMalformed, err)
+	}
+	mk, ok := factories[env.Type]
+	if !ok {
+		return nil, "", fmt.Errorf("%w: %q", ErrUnknownType, env.Type)
+	}
+	p := mk()
+	if len(env.Body) > 0 && !bytes.Equal(env.Body, []byte("null")) {
+		if err := strictDecode(env.Body, p); err != nil {
+			return nil, "", fmt.Errorf("%w: %s body: %w", ErrMalformed, env.Type, err)
+		}
+	}
+	return deref(p), env.ID, nil
+}
+
+func strictDecode(b []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return err
+	}
+	if dec.More() {
+		return fmt.Errorf("trailing data after the JSON object")
+	}
+	return nil
+}
+
+func deref(p Message) Message {
+	switch m := p.(type) {
+	case *Hello:
+		return *m
+	case *HelloAck:
+		return *m
+	case *PrepareHandoff:
+		return *m
+	case *Drained:
+		return *m
+	case *DrainFailed:
+		return *m
+	case *SealRequest:
+		return *m
+	case *SealComplete:
+		return *m
+	case *SealFailed:
+		return *m
+	case *Begin:
+		return *m
+	case *Ready:
+		return *m
+	case *Commit:
+		return *m
+	case *Abort:
+		return *m
+	case *ResumeAfterAbort:
+		return *m
+	case *Resumed:
+		return *m
+	case *Heartbeat:
+		return *m
+	case *ListenersRequest:
+		return *m
+	case *Listeners:
+		return *m
+	case *Error:
+		return *m
+	}
+	return p
+}
+
+// Negotiate returns the highest version in both ranges.
+func Negotiate(localMin, localMax, peerMin, peerMax uint16) (uint16, error) {
+	if localMin > localMax || peerMin > peerMax {
+		return 0, fmt.Errorf("%w: invalid range (local %d..%d, peer %d..%d)", ErrVersionMismatch, localMin, localMax, peerMin, peerMax)
+	}
+	hi := min(localMax, peerMax)
+	if hi < max(localMin, peerMin) {
+		return 0, fmt.Errorf("%w: local %d..%d, peer %d..%d", ErrVersionMismatch, localMin, localMax, peerMin, peerMax)
+	}
+	return hi, nil
+}

@@ -1,0 +1,238 @@
+package handoff
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Names of the lock and pid files inside a data directory.
+const (
+	LockFileName = ".handoff.lock"
+	PIDFileName  = ".handoff.pid"
+)
+
+// staleWait bounds how long AcquireDataDirLockOrBreakStale waits for a lock
+// whose recorded holder is dead (its descriptors may still be closing).
+const staleWait = 2 * time.Second
+
+// DataDirLock is an exclusive flock on <dir>/.handoff.lock. At most one
+// process holds it; the holder's pid is recorded in <dir>/.handoff.pid for
+// people and error messages, but the flock alone decides who holds it. The
+// lock file is never unlinked: a second inode would let two processes each
+// believe they hold the lock.
+type DataDirLock struct {
+	dir  string
+	mu   sync.Mutex
+	f    *os.File // nil once released
+	ino  uint64
+	once sync.Once
+}
+
+// AcquireDataDirLock takes the lock on dir without waiting. If another
+// process holds it the error matches ErrLockHeld and is a *LockHeldError
+// naming the holder's pid.
+func AcquireDataDirLock(dir string) (*DataDirLock, error) {
+	return acquire(dir)
+}
+
+// AcquireDataDirLockOrBreakStale is AcquireDataDirLock for a cold start after
+// a crash. A stale pid file (its process is gone) is replaced. If the lock
+// is held while its recorded holder is dead, the descriptor lives on in
+// another process (one that inherited it, or one still exiting): it waits up
+// to two seconds for it to go away and then refuses with an error naming
+// the dead holder. It never unlinks the lock file.
+func AcquireDataDirLockOrBreakStale(dir string) (*DataDirLock, error) {
+	l, err := acquire(dir)
+	var held *LockHeldError
+	if err == nil || !errors.As(err, &held) || (held.HolderPID > 0 && pidAlive(held.HolderPID)) {
+		return l, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), staleWait)
+	defer cancel()
+	l, err = AcquireDataDirLockWait(ctx, dir)
+	if err != nil && errors.As(err, &held) {
+		held.StaleHolder = true
+	}
+	return l, err
+}
+
+// AcquireDataDirLockWait retries AcquireDataDirLock until it succeeds, fails
+// with an error other than ErrLockHeld, or ctx ends; then it returns the last
+// *LockHeldError (also matching ErrTimeout when ctx expired).
+func AcquireDataDirLockWait(ctx context.Context, dir string) (*DataDirLock, error) {
+	backoff := time.Millisecond
+	for {
+		l, err := acquire(dir)
+		if err == nil || !errors.Is(err, ErrLockHeld) {
+			return l, err
+		}
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, fmt.Errorf("%w: waiting for the lock: %w", ErrTimeout, err)
+		case <-t.C:
+		}
+		backoff = min(backoff*2, 50*time.Millisecond)
+	}
+}
+
+func acquire(dir string) (*DataDirLock, error) {
+	if dir == "" {
+		return nil, errors.New("handoff: data directory path is empty")
+	}
+	path := filepath.Join(dir, LockFileName)
+	for attempt := 0; ; attempt++ {
+		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|syscall.O_CLOEXEC, 0o600)
+		if err != nil {
+			return nil, fmt.Errorf("handoff: open lock file: %w", err)
+		}
+		if err := flock(f); err != nil {
+			f.Close()
+			if errors.Is(err, unix.EWOULDBLOCK) {
+				return nil, &LockHeldError{Dir: dir, HolderPID: readPID(dir)}
+			}
+			return nil, fmt.Errorf("handoff: flock %s: %w", path, err)
+		}
+		// The file we locked must still be the one at path; if someone
+		// replaced it, lock the new one instead.
+		var fst, pst unix.Stat_t
+		var statErr error
+		if err := rawControl(f, func(fd uintptr) { statErr = unix.Fstat(int(fd), &fst) }); err != nil || statErr != nil {
+			f.Close()
+			return nil, fmt.Errorf("handoff: stat lock file: %w", errors.Join(err, statErr))
+		}
+		if err := unix.Stat(path, &pst); err != nil || pst.Ino != fst.Ino || pst.Dev != fst.Dev {
+			f.Close()
+			if attempt < 3 {
+				continue
+			}
+			return nil, fmt.Errorf("handoff: lock file %s keeps being replaced", path)
+		}
+		l := &DataDirLock{dir: dir, f: f, ino: fst.Ino}
+		if err := writePIDFile(dir, os.Getpid()); err != nil {
+			f.Close()
+			return nil, err
+		}
+		return l, nil
+	}
+}
+
+func flock(f *os.File) error {
+	var err error
+	ctlErr := rawControl(f, func(fd uintptr) {
+		for {
+			err = unix.Flock(int(fd), unix.LOCK_EX|unix.LOCK_NB)
+			if err != unix.EINTR {
+				return
+			}
+		}
+	})
+	if ctlErr != nil {
+		return ctlErr
+	}
+	return err
+}
+
+// Dir returns the data directory.
+func (l *DataDirLock) Dir() string { return l.dir }
+
+// Inode returns the inode number of the lock file this lock holds.
+func (l *DataDirLock) Inode() uint64 { return l.ino }
+
+// Release removes the pid file and releases the lock. Calling it again is a no-op.
+func (l *DataDirLock) Release() error {
+	var err error
+	l.once.Do(func() {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		if readPID(l.dir) == os.Getpid() {
+			if rmErr := os.Remove(filepath.Join(l.dir, PIDFileName)); rmErr != nil && !errors.Is(rmErr, os.ErrNotExist) {
+				err = fmt.Errorf("handoff: remove pid file: %w", rmErr)
+			}
+		}
+		if cerr := l.f.Close(); cerr != nil && err == nil {
+			err = fmt.Errorf("handoff: release lock: %w", cerr)
+		}
+		l.f = nil
+	})
+	return err
+}
+
+func readPID(dir string) int {
+	b, err := os.ReadFile(filepath.Join(dir, PIDFileName))
+	if err != nil {
+		return 0
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 0 {
+		return 0
+	}
+	return pid
+}
+
+func pidAlive(pid int) bool {
+	err := unix.Kill(pid, 0)
+	return err == nil || errors.Is(err, unix.EPERM)
+}
+
+func writePIDFile(dir string, pid int) error {
+	return writeFileAtomic(filepath.Join(dir, PIDFileName), []byte(strconv.Itoa(pid)+"\n"), 0o644)
+}
+
+// writeFileAtomic writes data to path through a temporary file: write,
+// fsync, rename, fsync the directory. On failure the old file is untouched.
+func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
+	dir := filepath.Dir(path)
+	tmp, err := os.CreateTemp(dir, filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("handoff: write %s: %w", path, err)
+	}
+	tmpName := tmp.Name()
+	ok := false
+	defer func() {
+		if !ok {
+			tmp.Close()
+			os.Remove(tmpName)
+		}
+	}()
+	if err := tmp.Chmod(perm); err != nil {
+		return fmt.Errorf("handoff: write %s: %w", path, err)
+	}
+	if _, err := tmp.Write(data); err != nil {
+		return fmt.Errorf("handoff: write %s: %w", path, err)
+	}
+	if err := tmp.Sync(); err != nil {
+		return fmt.Errorf("handoff: fsync %s: %w", tmpName, err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("handoff: write %s: %w", path, err)
+	}
+	if err := os.Rename(tmpName, path); err != nil {
+		return fmt.Errorf("handoff: rename into %s: %w", path, err)
+	}
+	ok = true
+	return syncDir(dir)
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("handoff: open directory %s: %w", dir, err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("handoff: fsync directory %s: %w", dir, err)
+	}
+	return nil
+}
