@@ -2,6 +2,8 @@ package handoff
 
 import (
 	"os"
+
+	"golang.org/x/sys/unix"
 )
 
 // rawControl runs fn with the raw descriptor of f without calling f.Fd.
@@ -12,3 +14,5 @@ func rawControl(f *os.File, fn func(fd uintptr)) error {
 	}
 	return rc.Control(fn)
 }
+
+func closeFD(fd int) { unix.Close(fd) }

@@ -1,13 +1,388 @@
 package handoff
 
-import "context"
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"runtime/debug"
+	"sync"
+	"time"
 
-// Incumbent is the serving daemon's side of the control channel.
-type Incumbent struct{}
+	"github.com/handoff-go/handoff/internal/crash"
+	"github.com/handoff-go/handoff/internal/wire"
+)
 
-func BindColdStart(controlSocket string, lock *DataDirLock) (*Incumbent, error) {
-	return nil, errNotYet
+// Incumbent is the serving daemon's end of the control socket. Serve answers
+// the supervisor: it drains and seals on request, releases the lock after a
+// good seal, and either returns nil on Commit (exit then) or resumes.
+type Incumbent struct {
+	path    string
+	lock    *DataDirLock
+	mu      sync.Mutex
+	ln      *net.UnixListener
+	ino     uint64
+	buildID string
+	logger  *slog.Logger
+
+	closeOnce sync.Once
+	closed    chan struct{}
 }
-func (i *Incumbent) SetBuildID(id string)                         {}
-func (i *Incumbent) Serve(ctx context.Context, d Drainable) error { return errNotYet }
-func (i *Incumbent) Close() error                                 { return nil }
+
+// BindColdStart makes a cold-started daemon the incumbent: it takes over
+// controlSocket (atomically, mode 0600) and keeps lock, which must be held.
+func BindColdStart(controlSocket string, lock *DataDirLock) (*Incumbent, error) {
+	if lock == nil || lock.released() {
+		return nil, errors.New("handoff: BindColdStart needs the held data-directory lock")
+	}
+	return newIncumbent(controlSocket, lock, defaultBuildID())
+}
+
+func newIncumbent(path string, lock *DataDirLock, buildID string) (*Incumbent, error) {
+	ln, ino, err := bindControlSocket(path)
+	if err != nil {
+		return nil, err
+	}
+	return &Incumbent{path: path, lock: lock, ln: ln, ino: ino, buildID: buildID,
+		logger: slog.New(slog.DiscardHandler), closed: make(chan struct{})}, nil
+}
+
+func defaultBuildID() string {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "unknown"
+	}
+	for _, s := range bi.Settings {
+		if s.Key == "vcs.revision" {
+			return s.Value
+		}
+	}
+	return bi.Main.Version
+}
+
+// SetBuildID sets the build id this incumbent announces in Hello.
+func (i *Incumbent) SetBuildID(id string) {
+	i.mu.Lock()
+	i.buildID = id
+	i.mu.Unlock()
+}
+
+// SetLogger routes the incumbent's logs to l (they are discarded by default).
+func (i *Incumbent) SetLogger(l *slog.Logger) {
+	if l == nil {
+		l = slog.New(slog.DiscardHandler)
+	}
+	i.mu.Lock()
+	i.logger = l
+	i.mu.Unlock()
+}
+
+// Lock returns the data-directory lock the incumbent manages. It is
+// released during a handoff and retaken on abort; release it on shutdown.
+func (i *Incumbent) Lock() *DataDirLock { return i.lock }
+
+// Close stops listening on the control socket (the path is left in place:
+// it may already belong to a successor). Idempotent.
+func (i *Incumbent) Close() error {
+	var err error
+	i.closeOnce.Do(func() {
+		close(i.closed)
+		i.mu.Lock()
+		err = i.ln.Close()
+		i.mu.Unlock()
+	})
+	return err
+}
+
+// errCommitted ends Serve with nil.
+var errCommitted = errors.New("committed")
+
+// Serve answers supervisor sessions on the control socket until a handoff
+// commits (it returns nil: finish in-flight work and exit), ctx ends, Close
+// is called, or resuming after an abort fails (the daemon cannot safely
+// serve any more: exit non-zero). Sessions are served one at a time.
+func (i *Incumbent) Serve(ctx context.Context, d Drainable) error {
+	stop := context.AfterFunc(ctx, func() {
+		i.mu.Lock()
+		i.ln.SetDeadline(time.Now())
+		i.mu.Unlock()
+	})
+	defer stop()
+	for {
+		i.mu.Lock()
+		ln := i.ln
+		i.mu.Unlock()
+		c, err := ln.AcceptUnix()
+		if err != nil {
+			select {
+			case <-i.closed:
+				return ErrClosed
+			default:
+			}
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return fmt.Errorf("handoff: control socket accept: %w", err)
+		}
+		if _, err := checkPeer(c); err != nil {
+			i.log().Warn("handoff: control peer refused", "err", err)
+			c.Close()
+			continue
+		}
+		err = i.session(ctx, wire.NewConn(c), d)
+		switch {
+		case errors.Is(err, errCommitted):
+			return nil
+		case errors.Is(err, errResumeFailed):
+			return err
+		case err != nil:
+			i.log().Warn("handoff: control session ended", "err", err)
+		}
+	}
+}
+
+func (i *Incumbent) log() *slog.Logger {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	return i.logger
+}
+
+var errResumeFailed = errors.New("handoff: could not resume after an aborted handoff")
+
+type incState int
+
+const (
+	stIdle        incState = iota // serving, holding the lock
+	stDrained                     // drained, lock held
+	stDrainFailed                 // drain failed, lock held
+	stSealFailed                  // seal failed, lock held
+	stSealed                      // sealed, lock released
+)
+
+// session runs one supervisor session. Whatever way it ends, the daemon is
+// either committed (errCommitted) or serving and holding its lock again.
+func (i *Incumbent) session(ctx context.Context, conn *wire.Conn, d Drainable) (err error) {
+	defer conn.Close()
+	i.mu.Lock()
+	buildID := i.buildID
+	i.mu.Unlock()
+	if err := conn.Send(hello(wire.RoleIncumbent, buildID), "", writeTimeout); err != nil {
+		return err
+	}
+	f, err := conn.Recv(DefaultHelloTimeout)
+	if errors.Is(err, ErrSessionLost) {
+		return nil // a probe: the supervisor only wanted our Hello
+	}
+	if err != nil {
+		return err
+	}
+	ack, ok := f.Msg.(wire.HelloAck)
+	if !ok || f.ID == "" {
+		conn.Send(wire.Error{Reason: "expected hello_ack with a handoff id"}, f.ID, writeTimeout)
+		return violation("expected hello_ack with a handoff id, got %s", f.Msg.Type())
+	}
+	if _, err := wire.Negotiate(wire.MinVersion, wire.MaxVersion, ack.Version, ack.Version); err != nil {
+		conn.Send(wire.Error{Reason: err.Error()}, f.ID, writeTimeout)
+		return err
+	}
+	conn.SetVersion(ack.Version)
+	id := f.ID
+	liveness := DefaultLiveness
+	if ack.LivenessMS > 0 {
+		liveness = time.Duration(ack.LivenessMS) * time.Millisecond
+	}
+
+	state := stIdle
+	var deadline time.Time // of the running handoff
+	// Whatever ends the session before a commit, the daemon serves again.
+	defer func() {
+		if state == stIdle || errors.Is(err, errCommitted) {
+			return
+		}
+		if rerr := i.resume(ctx, d, deadline); rerr != nil {
+			err = errors.Join(err, rerr)
+		}
+	}()
+	for {
+		wait := liveness
+		if state != stIdle {
+			wait = max(time.Until(deadline)+replySlack, liveness)
+		}
+		f, err := conn.Recv(wait)
+		if err != nil {
+			if state == stIdle && errors.Is(err, ErrSessionLost) {
+				return nil
+			}
+			return fmt.Errorf("handoff: supervisor session lost: %w", err)
+		}
+		if f.ID != id {
+			conn.Send(wire.Error{Reason: "wrong handoff id"}, id, writeTimeout)
+			return violation("frame for handoff %q in session %q", f.ID, id)
+		}
+		switch m := f.Msg.(type) {
+		case wire.Heartbeat:
+		case wire.ListenersRequest:
+			if err := i.sendListeners(conn, id); err != nil {
+				return err
+			}
+		case wire.PrepareHandoff:
+			if state != stIdle {
+				conn.Send(wire.Error{Reason: "prepare_handoff during a handoff"}, id, writeTimeout)
+				return violation("prepare_handoff during a handoff")
+			}
+			deadline = time.Now().Add(time.Duration(m.DeadlineMS) * time.Millisecond)
+			grace := time.Duration(m.DrainGraceMS) * time.Millisecond
+			if m.DeadlineMS <= 0 || grace <= 0 {
+				conn.Send(wire.Error{Reason: "prepare_handoff needs a positive deadline and drain grace"}, id, writeTimeout)
+				return violation("prepare_handoff with deadline %dms, drain grace %dms", m.DeadlineMS, m.DrainGraceMS)
+			}
+			state = stDrainFailed // until Drain succeeds: resume on any exit
+			crash.Point("incumbent-before-drain")
+			rep, took, derr := i.withHeartbeats(conn, id, func() (any, error) {
+				dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), grace)
+				defer cancel()
+				return d.Drain(dctx)
+			})
+			crash.Point("incumbent-after-drain")
+			if derr != nil {
+				if err := conn.Send(wire.DrainFailed{Reason: derr.Error()}, id, writeTimeout); err != nil {
+					return err
+				}
+				continue
+			}
+			dr := rep.(DrainReport)
+			state = stDrained
+			if err := conn.Send(wire.Drained{OpenConnsRemaining: dr.OpenConnsRemaining, AcceptClosed: dr.AcceptClosed, TookNS: int64(took)}, id, writeTimeout); err != nil {
+				return err
+			}
+		case wire.SealRequest:
+			if state != stDrained {
+				conn.Send(wire.Error{Reason: "seal_request before drained"}, id, writeTimeout)
+				return violation("seal_request in state %d", state)
+			}
+			crash.Point("incumbent-before-seal")
+			rep, took, serr := i.withHeartbeats(conn, id, func() (any, error) {
+				sctx, cancel := context.WithDeadline(context.WithoutCancel(ctx), deadline)
+				defer cancel()
+				return d.Seal(sctx)
+			})
+			if serr != nil {
+				state = stSealFailed
+				if err := conn.Send(wire.SealFailed{Reason: serr.Error()}, id, writeTimeout); err != nil {
+					return err
+				}
+				continue
+			}
+			// The seal succeeded: only now may the lock go.
+			if err := i.lock.Release(); err != nil {
+				i.log().Warn("handoff: releasing the lock after seal", "err", err)
+			}
+			state = stSealed
+			crash.Point("incumbent-after-seal")
+			sr := rep.(SealReport)
+			if err := conn.Send(wire.SealComplete{LastRevisionPerShard: sr.LastRevisionPerShard, DataDirFingerprint: sr.DataDirFingerprint, TookNS: int64(took)}, id, writeTimeout); err != nil {
+				return err
+			}
+		case wire.Commit:
+			if state != stSealed {
+				conn.Send(wire.Error{Reason: "commit before seal_complete"}, id, writeTimeout)
+				return violation("commit before seal_complete")
+			}
+			crash.Point("incumbent-on-commit")
+			return errCommitted
+		case wire.ResumeAfterAbort:
+			if state == stIdle {
+				// Idempotent: already serving. Make sure of it anyway.
+				if err := conn.Send(wire.Resumed{}, id, writeTimeout); err != nil {
+					return err
+				}
+				continue
+			}
+			rerr := i.resume(ctx, d, deadline)
+			state = stIdle
+			msg := wire.Resumed{}
+			if rerr != nil {
+				msg.Error = rerr.Error()
+			}
+			if err := conn.Send(msg, id, writeTimeout); err != nil && rerr == nil {
+				return err
+			}
+			if rerr != nil {
+				return rerr
+			}
+		default:
+			conn.Send(wire.Error{Reason: fmt.Sprintf("unexpected %s", f.Msg.Type())}, id, writeTimeout)
+			return violation("unexpected %s from the supervisor", f.Msg.Type())
+		}
+	}
+}
+
+// withHeartbeats runs fn while sending heartbeats, and times it.
+func (i *Incumbent) withHeartbeats(conn *wire.Conn, id string, fn func() (any, error)) (any, time.Duration, error) {
+	h := startHeartbeats(conn, id, DefaultHeartbeatInterval)
+	start := time.Now()
+	v, err := fn()
+	took := time.Since(start)
+	h.Stop()
+	return v, took, err
+}
+
+// resume retakes the lock (waiting for a successor that is going away),
+// reopens the daemon's state and makes sure the control socket path is ours.
+func (i *Incumbent) resume(ctx context.Context, d Drainable, deadline time.Time) error {
+	wait := max(time.Until(deadline)+replySlack, DefaultLiveness)
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), wait)
+	defer cancel()
+	if err := i.lock.reacquire(rctx); err != nil {
+		return fmt.Errorf("%w: retaking the data-directory lock: %w", errResumeFailed, err)
+	}
+	if err := d.ResumeAfterAbort(rctx); err != nil {
+		return fmt.Errorf("%w: %w", errResumeFailed, err)
+	}
+	i.reclaimPath()
+	return nil
+}
+
+// reclaimPath rebinds the control socket if its path no longer leads to us.
+func (i *Incumbent) reclaimPath() {
+	i.mu.Lock()
+	ino := i.ino
+	i.mu.Unlock()
+	if ownsPath(i.path, ino) {
+		return
+	}
+	ln, ino, err := bindControlSocket(i.path)
+	if err != nil {
+		i.log().Error("handoff: cannot take back the control socket", "path", i.path, "err", err)
+		return
+	}
+	i.mu.Lock()
+	old := i.ln
+	i.ln, i.ino = ln, ino
+	i.mu.Unlock()
+	old.Close()
+}
+
+func (i *Incumbent) sendListeners(conn *wire.Conn, id string) error {
+	il := adoptedListeners()
+	var names []string
+	var fds []int
+	if il != nil {
+		var err error
+		if names, fds, err = il.dupFDs(); err != nil {
+			conn.Send(wire.Error{Reason: err.Error()}, id, writeTimeout)
+			return err
+		}
+	}
+	defer func() {
+		for _, fd := range fds {
+			closeFD(fd)
+		}
+	}()
+	return conn.Send(wire.Listeners{Names: names}, id, writeTimeout, fds...)
+}

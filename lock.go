@@ -31,11 +31,10 @@ const staleWait = 2 * time.Second
 // lock file is never unlinked: a second inode would let two processes each
 // believe they hold the lock.
 type DataDirLock struct {
-	dir  string
-	mu   sync.Mutex
-	f    *os.File // nil once released
-	ino  uint64
-	once sync.Once
+	dir string
+	mu  sync.Mutex
+	f   *os.File // nil while released
+	ino uint64
 }
 
 // AcquireDataDirLock takes the lock on dir without waiting. If another
@@ -152,21 +151,46 @@ func (l *DataDirLock) Inode() uint64 { return l.ino }
 
 // Release removes the pid file and releases the lock. Calling it again is a no-op.
 func (l *DataDirLock) Release() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.f == nil {
+		return nil
+	}
 	var err error
-	l.once.Do(func() {
-		l.mu.Lock()
-		defer l.mu.Unlock()
-		if readPID(l.dir) == os.Getpid() {
-			if rmErr := os.Remove(filepath.Join(l.dir, PIDFileName)); rmErr != nil && !errors.Is(rmErr, os.ErrNotExist) {
-				err = fmt.Errorf("handoff: remove pid file: %w", rmErr)
-			}
+	if readPID(l.dir) == os.Getpid() {
+		if rmErr := os.Remove(filepath.Join(l.dir, PIDFileName)); rmErr != nil && !errors.Is(rmErr, os.ErrNotExist) {
+			err = fmt.Errorf("handoff: remove pid file: %w", rmErr)
 		}
-		if cerr := l.f.Close(); cerr != nil && err == nil {
-			err = fmt.Errorf("handoff: release lock: %w", cerr)
-		}
-		l.f = nil
-	})
+	}
+	if cerr := l.f.Close(); cerr != nil && err == nil {
+		err = fmt.Errorf("handoff: release lock: %w", cerr)
+	}
+	l.f = nil
 	return err
+}
+
+// Held reports whether this process still holds the lock through l.
+func (l *DataDirLock) Held() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.f != nil
+}
+
+func (l *DataDirLock) released() bool { return !l.Held() }
+
+// reacquire takes the lock again after Release, waiting until ctx ends.
+func (l *DataDirLock) reacquire(ctx context.Context) error {
+	if l.Held() {
+		return nil
+	}
+	nl, err := AcquireDataDirLockWait(ctx, l.dir)
+	if err != nil {
+		return err
+	}
+	l.mu.Lock()
+	l.f, l.ino = nl.f, nl.ino
+	l.mu.Unlock()
+	return nil
 }
 
 func readPID(dir string) int {

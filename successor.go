@@ -1,18 +1,228 @@
 package handoff
 
-import "context"
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
 
-type HandshookSuccessor struct{}
-type BegunSuccessor struct{}
-type HeartbeatGuard struct{}
+	"github.com/handoff-go/handoff/internal/wire"
+)
 
-func (s *Successor) Handshake(buildID string) (*HandshookSuccessor, error) { return nil, errNotYet }
-func (s *HandshookSuccessor) WaitForBegin(ctx context.Context) (*BegunSuccessor, error) {
-	return nil, errNotYet
+// The successor's steps are typestates: each consumes the previous value,
+// so calling them out of order is a compile error or, on reuse of a
+// consumed value, an error.
+//
+//	Successor --Handshake--> HandshookSuccessor --WaitForBegin--> BegunSuccessor --AnnounceAndBind--> Incumbent
+
+// HandshookSuccessor has exchanged Hello/HelloAck with the supervisor and
+// waits for Begin.
+type HandshookSuccessor struct {
+	inherited *InheritedListeners
+	conn      *wire.Conn
+	id        string
+	buildID   string
+	deadline  time.Time
 }
-func (s *BegunSuccessor) Listeners() *InheritedListeners   { return nil }
-func (s *BegunSuccessor) StartHeartbeats() *HeartbeatGuard { return nil }
-func (g *HeartbeatGuard) Stop()                            {}
+
+// BegunSuccessor may take the data-directory lock and open its data.
+type BegunSuccessor struct {
+	inherited *InheritedListeners
+	conn      *wire.Conn
+	id        string
+	buildID   string
+	deadline  time.Time
+	begun     time.Time
+
+	mu    sync.Mutex
+	guard *HeartbeatGuard
+	used  bool
+}
+
+// HeartbeatGuard keeps the supervisor's liveness timer fed while the
+// successor opens its data. Stop it (or call AnnounceAndBind, which stops it).
+type HeartbeatGuard struct{ h *heartbeater }
+
+// Stop ends the heartbeats. Idempotent; safe on a nil guard.
+func (g *HeartbeatGuard) Stop() {
+	if g != nil {
+		g.h.Stop()
+	}
+}
+
+var errConsumed = errors.New("handoff: this step was already taken (typestate values are single-use)")
+
+// Handshake sends Hello with buildID and waits for HelloAck (bounded by
+// DefaultHelloTimeout). It consumes s.
+func (s *Successor) Handshake(buildID string) (*HandshookSuccessor, error) {
+	if s == nil || s.conn == nil {
+		return nil, errConsumed
+	}
+	conn := s.conn
+	s.conn = nil
+	if err := conn.Send(hello(wire.RoleSuccessor, buildID), "", writeTimeout); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("handoff: successor hello: %w", err)
+	}
+	f, err := conn.Recv(DefaultHelloTimeout)
+	if err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("handoff: waiting for HelloAck: %w", err)
+	}
+	switch m := f.Msg.(type) {
+	case wire.HelloAck:
+		if _, err := wire.Negotiate(wire.MinVersion, wire.MaxVersion, m.Version, m.Version); err != nil {
+			conn.Close()
+			return nil, fmt.Errorf("handoff: supervisor chose version %d: %w", m.Version, err)
+		}
+		if f.ID == "" {
+			conn.Close()
+			return nil, violation("HelloAck without a handoff id")
+		}
+		conn.SetVersion(m.Version)
+		deadline := time.Now().Add(DefaultDeadline)
+		if m.DeadlineMS > 0 {
+			deadline = time.Now().Add(time.Duration(m.DeadlineMS) * time.Millisecond)
+		}
+		return &HandshookSuccessor{inherited: s.inherited, conn: conn, id: f.ID, buildID: buildID, deadline: deadline}, nil
+	case wire.Abort:
+		conn.Close()
+		return nil, fmt.Errorf("%w: %s", ErrAborted, m.Reason)
+	case wire.Error:
+		conn.Close()
+		return nil, fmt.Errorf("%w: supervisor refused the handshake: %s", ErrAborted, m.Reason)
+	default:
+		conn.Close()
+		return nil, violation("expected hello_ack, got %s", f.Msg.Type())
+	}
+}
+
+// HandoffID returns the id the supervisor gave this handoff.
+func (s *HandshookSuccessor) HandoffID() HandoffID { return HandoffID(s.id) }
+
+// WaitForBegin blocks until the supervisor sends Begin, which it does only
+// after the incumbent has sealed and released the lock. It returns an error
+// matching ErrAborted if the handoff was aborted or the supervisor went
+// away; the successor must then exit without serving. It consumes s.
+func (s *HandshookSuccessor) WaitForBegin(ctx context.Context) (*BegunSuccessor, error) {
+	if s == nil || s.conn == nil {
+		return nil, errConsumed
+	}
+	conn := s.conn
+	s.conn = nil
+	stop := context.AfterFunc(ctx, func() { conn.UnixConn().SetReadDeadline(time.Now()) })
+	defer stop()
+	for {
+		wait := time.Until(s.deadline) + replySlack
+		f, err := conn.Recv(max(wait, time.Millisecond))
+		if err != nil {
+			conn.Close()
+			if ctx.Err() != nil {
+				return nil, fmt.Errorf("handoff: waiting for Begin: %w", ctx.Err())
+			}
+			if errors.Is(err, ErrSessionLost) {
+				return nil, fmt.Errorf("%w: supervisor closed the session before Begin: %w", ErrAborted, err)
+			}
+			return nil, fmt.Errorf("%w: waiting for Begin: %w", ErrAborted, err)
+		}
+		if f.ID != s.id {
+			conn.Close()
+			return nil, violation("frame for handoff %q during handoff %q", f.ID, s.id)
+		}
+		switch m := f.Msg.(type) {
+		case wire.Heartbeat:
+			continue
+		case wire.Begin:
+			return &BegunSuccessor{inherited: s.inherited, conn: conn, id: s.id, buildID: s.buildID, deadline: s.deadline, begun: time.Now()}, nil
+		case wire.Abort:
+			conn.Close()
+			return nil, fmt.Errorf("%w: %s", ErrAborted, m.Reason)
+		default:
+			conn.Close()
+			return nil, violation("expected begin, got %s", f.Msg.Type())
+		}
+	}
+}
+
+// Listeners returns the listeners the supervisor passed.
+func (s *BegunSuccessor) Listeners() *InheritedListeners { return s.inherited }
+
+// HandoffID returns the id of this handoff.
+func (s *BegunSuccessor) HandoffID() HandoffID { return HandoffID(s.id) }
+
+// StartHeartbeats sends a heartbeat every DefaultHeartbeatInterval until
+// the guard is stopped or AnnounceAndBind runs. Calling it again returns the
+// running guard.
+func (s *BegunSuccessor) StartHeartbeats() *HeartbeatGuard {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.guard == nil && !s.used {
+		s.guard = &HeartbeatGuard{h: startHeartbeats(s.conn, s.id, DefaultHeartbeatInterval)}
+	}
+	return s.guard
+}
+
+// AnnounceAndBind sends Ready and waits for the supervisor's verdict. If it
+// accepts (the commit point), AnnounceAndBind takes over the control socket
+// path (bind a temporary name, rename over: the path is never missing) and
+// returns the Incumbent this process now is; serve from then on. If the
+// supervisor rejects Ready or goes away, it releases lock and returns an
+// error matching ErrAborted: exit without serving.
 func (s *BegunSuccessor) AnnounceAndBind(r ReadinessSnapshot, controlSocket string, lock *DataDirLock) (*Incumbent, error) {
-	return nil, errNotYet
+	s.mu.Lock()
+	if s.used {
+		s.mu.Unlock()
+		return nil, errConsumed
+	}
+	s.used = true
+	g := s.guard
+	s.mu.Unlock()
+	g.Stop()
+	conn := s.conn
+	defer conn.Close()
+	abort := func(err error) (*Incumbent, error) {
+		if lock != nil {
+			lock.Release()
+		}
+		return nil, err
+	}
+	if lock == nil || lock.released() {
+		return abort(errors.New("handoff: AnnounceAndBind needs the held data-directory lock"))
+	}
+	ready := wire.Ready{
+		ListeningOn:                r.ListeningOn,
+		HealthzOK:                  r.HealthzOK,
+		AdvertisedRevisionPerShard: r.AdvertisedRevisionPerShard,
+		OpenTookNS:                 int64(time.Since(s.begun)),
+	}
+	if err := conn.Send(ready, s.id, writeTimeout); err != nil {
+		return abort(fmt.Errorf("%w: sending Ready: %w", ErrAborted, err))
+	}
+	for {
+		f, err := conn.Recv(DefaultLiveness)
+		if err != nil {
+			return abort(fmt.Errorf("%w: no verdict on Ready: %w", ErrAborted, err))
+		}
+		if f.ID != s.id {
+			return abort(fmt.Errorf("%w: %w", ErrAborted, violation("frame for handoff %q during handoff %q", f.ID, s.id)))
+		}
+		switch m := f.Msg.(type) {
+		case wire.Heartbeat:
+			continue
+		case wire.Commit:
+			inc, err := newIncumbent(controlSocket, lock, s.buildID)
+			if err != nil {
+				// Committed, but the control socket could not be taken:
+				// keep serving; the supervisor can no longer hand this
+				// process off until it restarts it.
+				return nil, fmt.Errorf("handoff: committed, but taking over the control socket failed: %w", err)
+			}
+			return inc, nil
+		case wire.Abort:
+			return abort(fmt.Errorf("%w: %s", ErrAborted, m.Reason))
+		default:
+			return abort(fmt.Errorf("%w: %w", ErrAborted, violation("expected commit or abort, got %s", f.Msg.Type())))
+		}
+	}
 }

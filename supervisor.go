@@ -3,40 +3,461 @@ package handoff
 import (
 	"context"
 	"errors"
+	"fmt"
+	"log/slog"
 	"net"
 	"os"
+	"slices"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/handoff-go/handoff/internal/fdutil"
+	"github.com/handoff-go/handoff/internal/wire"
 )
 
-var errNotYet = errors.New("handoff: not implemented yet")
+// Supervisor holds the listening sockets (it never accepts on them), starts
+// the daemon, drives handoffs and reaps every child it starts. Its methods
+// are safe for concurrent use; one handoff runs at a time.
+type Supervisor struct {
+	cfg SupervisorConfig
+	log *slog.Logger
 
-// Supervisor holds the listeners and drives handoffs.
-type Supervisor struct{ cfg SupervisorConfig }
+	mu        sync.Mutex
+	listeners []namedFD // our own close-on-exec duplicates
+	inc       *child    // the serving daemon
+	succ      *child    // the successor of the running handoff
+	phase     Phase
+	handoffID HandoffID
+	busy      bool // a handoff, cold start or stop is running
+	stopping  bool
+	outcomes  []HandoffOutcome
+	handoffs  int
+	closed    bool
 
-// NamedFile is a listener descriptor with its name.
+	exits chan IncumbentExit
+}
+
+type namedFD struct {
+	name string
+	fd   int
+}
+
+// NamedFile is a descriptor with its listener name.
 type NamedFile struct {
 	Name string
 	File *os.File
 }
 
+const keepOutcomes = 10
+
+// NewSupervisor checks cfg and returns a supervisor with no listeners.
 func NewSupervisor(cfg SupervisorConfig) (*Supervisor, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	return &Supervisor{cfg: cfg}, nil
+	return &Supervisor{cfg: cfg, log: cfg.Logger, phase: PhaseIdle, exits: make(chan IncumbentExit, 16)}, nil
 }
-func (s *Supervisor) AddListener(name string, l net.Listener) error     { return errNotYet }
-func (s *Supervisor) AddPacketConn(name string, c net.PacketConn) error { return errNotYet }
-func (s *Supervisor) AddFile(name string, f *os.File) error             { return errNotYet }
+
+// AddListener keeps a duplicate of l (TCP or unix stream) to pass to every
+// daemon as name. l stays the caller's; a unix listener is set not to
+// unlink its path on Close, since the path must outlive any one holder.
+func (s *Supervisor) AddListener(name string, l net.Listener) error {
+	sc, ok := l.(syscall.Conn)
+	if !ok {
+		return fmt.Errorf("handoff: listener %q (%T) has no file descriptor", name, l)
+	}
+	if ul, ok := l.(*net.UnixListener); ok {
+		ul.SetUnlinkOnClose(false)
+	}
+	return s.addConn(name, sc)
+}
+
+// AddPacketConn keeps a duplicate of c (UDP or unixgram) to pass as name.
+func (s *Supervisor) AddPacketConn(name string, c net.PacketConn) error {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return fmt.Errorf("handoff: packet conn %q (%T) has no file descriptor", name, c)
+	}
+	return s.addConn(name, sc)
+}
+
+// AddFile keeps a duplicate of f to pass as name.
+func (s *Supervisor) AddFile(name string, f *os.File) error {
+	return s.addConn(name, f)
+}
+
+func (s *Supervisor) addConn(name string, sc syscall.Conn) error {
+	if err := validName(name); err != nil {
+		return err
+	}
+	fd, err := fdutil.Dup(sc)
+	if err != nil {
+		return fmt.Errorf("handoff: listener %q: %w", name, err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		unix.Close(fd)
+		return ErrClosed
+	}
+	for _, l := range s.listeners {
+		if l.name == name {
+			unix.Close(fd)
+			return fmt.Errorf("handoff: listener %q added twice", name)
+		}
+	}
+	s.listeners = append(s.listeners, namedFD{name, fd})
+	return nil
+}
+
+func validName(name string) error {
+	if name == "" || len(name) > 255 {
+		return fmt.Errorf("handoff: listener name %q must be 1 to 255 characters", name)
+	}
+	for _, r := range name {
+		if r == ':' || r < ' ' || r > '~' {
+			return fmt.Errorf("handoff: listener name %q may hold only printable ASCII other than ':'", name)
+		}
+	}
+	return nil
+}
+
+// ListenerFiles returns duplicates of the listeners in order; the caller
+// closes them.
+func (s *Supervisor) ListenerFiles() ([]NamedFile, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []NamedFile
+	for _, l := range s.listeners {
+		nfd, err := unix.FcntlInt(uintptr(l.fd), unix.F_DUPFD_CLOEXEC, 0)
+		if err != nil {
+			for _, f := range out {
+				f.File.Close()
+			}
+			return nil, fmt.Errorf("handoff: dup listener %q: %w", l.name, err)
+		}
+		out = append(out, NamedFile{l.name, os.NewFile(uintptr(nfd), l.name)})
+	}
+	return out, nil
+}
+
+func (s *Supervisor) listenerFDs() (names []string, fds []int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, l := range s.listeners {
+		names, fds = append(names, l.name), append(fds, l.fd)
+	}
+	return names, fds
+}
+
+// IncumbentExits delivers the serving daemon's exits that no commit caused
+// (a crash, a kill, a failed resume). The daemon is already reaped; start
+// the known-good binary again with ColdStart.
+func (s *Supervisor) IncumbentExits() <-chan IncumbentExit { return s.exits }
+
+// Status returns a snapshot for status commands.
+func (s *Supervisor) Status() Status {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := Status{Phase: s.phase, HandoffID: s.handoffID, Handoffs: s.handoffs, LastOutcomes: slices.Clone(s.outcomes)}
+	if c := s.inc; c != nil && !c.exited() {
+		st.IncumbentPID, st.IncumbentBinary, st.IncumbentBuildID, st.IncumbentSince = c.pid, c.spec.Binary, c.buildID, c.started
+	}
+	if c := s.succ; c != nil && !c.exited() {
+		st.SuccessorPID, st.SuccessorBuildID = c.pid, c.buildID
+	}
+	for _, l := range s.listeners {
+		st.Listeners = append(st.Listeners, l.name)
+	}
+	return st
+}
+
+func (s *Supervisor) emit(e Event) {
+	if e.Time.IsZero() {
+		e.Time = time.Now()
+	}
+	if s.cfg.OnEvent != nil {
+		s.cfg.OnEvent(e)
+	}
+}
+
+func (s *Supervisor) setPhase(id HandoffID, p Phase) {
+	s.mu.Lock()
+	s.phase = p
+	if p == PhaseIdle {
+		s.handoffID = ""
+	} else {
+		s.handoffID = id
+	}
+	s.mu.Unlock()
+	s.emit(Event{Kind: EventPhase, HandoffID: id, Phase: p})
+}
+
+// onExit runs on a child's waiter goroutine after it was reaped.
+func (s *Supervisor) onExit(c *child) {
+	s.mu.Lock()
+	report := s.inc == c && !s.busy && !s.stopping
+	s.mu.Unlock()
+	if report {
+		s.reportExit(c)
+	}
+}
+
+// reportExit delivers c's exit once.
+func (s *Supervisor) reportExit(c *child) {
+	c.once.Do(func() {
+		ex := IncumbentExit{PID: c.pid, Binary: c.spec.Binary, State: c.state, Time: time.Now(), Running: time.Since(c.started)}
+		s.log.Warn("handoff: the serving daemon exited", "pid", c.pid, "binary", c.spec.Binary, "state", fmt.Sprint(c.state))
+		s.emit(Event{Kind: EventIncumbentExited, PID: c.pid, Exit: &ex})
+		select {
+		case s.exits <- ex:
+		default:
+			s.log.Error("handoff: exit notification dropped (nobody reads IncumbentExits)", "pid", c.pid)
+		}
+	})
+}
+
+// begin marks the supervisor busy; end clears it and reports an incumbent
+// that died meanwhile.
+func (s *Supervisor) begin() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return ErrClosed
+	}
+	if s.busy {
+		return fmt.Errorf("%w (phase %s)", ErrHandoffInProgress, s.phase)
+	}
+	s.busy = true
+	return nil
+}
+
+func (s *Supervisor) end() {
+	s.mu.Lock()
+	s.busy = false
+	c := s.inc
+	report := c != nil && c.exited() && !s.stopping
+	s.mu.Unlock()
+	if report {
+		s.reportExit(c)
+	}
+}
+
+// ColdStart starts spec's binary with the listeners (no successor role) and
+// returns once it answers Hello on the control socket, within
+// StartTimeout. It fails if a daemon is already serving. The supervisor
+// reaps the process: do not Wait on it.
 func (s *Supervisor) ColdStart(ctx context.Context, spec SpawnSpec) (*os.Process, error) {
-	return nil, errNotYet
+	if err := spec.validate(); err != nil {
+		return nil, err
+	}
+	if err := s.begin(); err != nil {
+		return nil, err
+	}
+	defer s.end()
+	s.mu.Lock()
+	if s.inc != nil && !s.inc.exited() {
+		pid := s.inc.pid
+		s.mu.Unlock()
+		return nil, fmt.Errorf("handoff: cold start refused: pid %d is serving", pid)
+	}
+	s.mu.Unlock()
+	names, fds := s.listenerFDs()
+	c, err := s.spawn(spec, names, fds, -1)
+	if err != nil {
+		return nil, err
+	}
+	c.watch(s.onExit)
+	hctx, cancel := context.WithTimeout(ctx, s.cfg.StartTimeout)
+	defer cancel()
+	h, err := s.awaitDaemon(hctx, c)
+	if err != nil {
+		c.killAndReap(0)
+		return nil, fmt.Errorf("handoff: cold start of %s: %w", spec.Binary, err)
+	}
+	c.buildID = h.BuildID
+	s.mu.Lock()
+	s.inc = c
+	s.mu.Unlock()
+	if err := writeJournal(s.cfg.Journal, s.idleRecord()); err != nil {
+		s.log.Error("handoff: journal write failed", "err", err)
+	}
+	s.log.Info("handoff: daemon started", "pid", c.pid, "binary", spec.Binary, "build_id", h.BuildID)
+	s.emit(Event{Kind: EventColdStarted, PID: c.pid})
+	return c.proc, nil
 }
-func (s *Supervisor) ResumeFromJournal(ctx context.Context) error { return errNotYet }
-func (s *Supervisor) PerformHandoff(ctx context.Context, spec SpawnSpec) (HandoffOutcome, error) {
-	return HandoffOutcome{}, errNotYet
+
+// awaitDaemon waits until c answers Hello on the control socket.
+func (s *Supervisor) awaitDaemon(ctx context.Context, c *child) (wire.Hello, error) {
+	backoff := time.Millisecond
+	var last error
+	for {
+		conn, h, err := s.dialIncumbent(ctx)
+		if err == nil {
+			conn.Close()
+			if h.PID == c.pid {
+				return h, nil
+			}
+			err = fmt.Errorf("pid %d answers on %s, expected %d", h.PID, s.cfg.ControlSocket, c.pid)
+		}
+		last = err
+		t := time.NewTimer(backoff)
+		select {
+		case <-c.done:
+			t.Stop()
+			return wire.Hello{}, fmt.Errorf("the daemon exited during start-up (%v)", c.state)
+		case <-ctx.Done():
+			t.Stop()
+			return wire.Hello{}, fmt.Errorf("%w: the daemon did not answer on %s: %w", ErrTimeout, s.cfg.ControlSocket, last)
+		case <-t.C:
+		}
+		backoff = min(backoff*2, 100*time.Millisecond)
+	}
 }
-func (s *Supervisor) Adopt(ctx context.Context, pid int, spec SpawnSpec) error { return errNotYet }
-func (s *Supervisor) Status() Status                                           { return Status{} }
-func (s *Supervisor) IncumbentExits() <-chan IncumbentExit                     { return nil }
-func (s *Supervisor) ListenerFiles() ([]NamedFile, error)                      { return nil, errNotYet }
-func (s *Supervisor) Stop(ctx context.Context) error                           { return errNotYet }
-func (s *Supervisor) Close() error                                             { return nil }
+
+// dialIncumbent connects to the control socket and reads the daemon's Hello.
+func (s *Supervisor) dialIncumbent(ctx context.Context) (*wire.Conn, wire.Hello, error) {
+	d := net.Dialer{Timeout: s.cfg.HelloTimeout}
+	nc, err := d.DialContext(ctx, "unix", s.cfg.ControlSocket)
+	if err != nil {
+		return nil, wire.Hello{}, fmt.Errorf("handoff: connect to the incumbent: %w", err)
+	}
+	uc := nc.(*net.UnixConn)
+	peerPID, err := checkPeer(uc)
+	if err != nil {
+		uc.Close()
+		return nil, wire.Hello{}, err
+	}
+	conn := wire.NewConn(uc)
+	f, err := conn.Recv(s.cfg.HelloTimeout)
+	if err != nil {
+		conn.Close()
+		return nil, wire.Hello{}, fmt.Errorf("handoff: incumbent hello: %w", err)
+	}
+	h, ok := f.Msg.(wire.Hello)
+	if !ok || h.Role != wire.RoleIncumbent || h.PID != peerPID {
+		conn.Close()
+		return nil, wire.Hello{}, violation("incumbent opened with %s (role %q, pid %d, socket peer pid %d)", f.Msg.Type(), h.Role, h.PID, peerPID)
+	}
+	return conn, h, nil
+}
+
+// ackHello negotiates the version with a daemon's Hello and sends HelloAck.
+func (s *Supervisor) ackHello(conn *wire.Conn, h wire.Hello, id HandoffID, deadline time.Time) error {
+	v, err := wire.Negotiate(wire.MinVersion, wire.MaxVersion, h.MinVersion, h.MaxVersion)
+	if err != nil {
+		conn.Send(wire.Error{Reason: err.Error()}, string(id), writeTimeout)
+		return fmt.Errorf("handoff: %s pid %d: %w", h.Role, h.PID, err)
+	}
+	ack := wire.HelloAck{Version: v, LivenessMS: s.cfg.Liveness.Milliseconds()}
+	if !deadline.IsZero() {
+		ack.DeadlineMS = max(time.Until(deadline).Milliseconds(), 1)
+	}
+	if err := conn.Send(ack, string(id), writeTimeout); err != nil {
+		return err
+	}
+	conn.SetVersion(v)
+	return nil
+}
+
+// Adopt supervises an already-running incumbent: after an in-place re-exec
+// of the supervisor (it is still our child) or after a restart (it is not;
+// its exit is then watched through a pidfd). spec says what it runs.
+func (s *Supervisor) Adopt(ctx context.Context, pid int, spec SpawnSpec) error {
+	if err := spec.validate(); err != nil {
+		return err
+	}
+	if pid <= 0 || !pidAlive(pid) {
+		return fmt.Errorf("handoff: adopt: pid %d is not running", pid)
+	}
+	p, err := os.FindProcess(pid)
+	if err != nil {
+		return fmt.Errorf("handoff: adopt pid %d: %w", pid, err)
+	}
+	c := &child{pid: pid, proc: p, spec: spec, started: time.Now(), done: make(chan struct{}), stop: make(chan struct{})}
+	hctx, cancel := context.WithTimeout(ctx, s.cfg.HelloTimeout)
+	defer cancel()
+	if conn, h, err := s.dialIncumbent(hctx); err == nil {
+		conn.Close()
+		if h.PID != pid {
+			return fmt.Errorf("handoff: adopt: pid %d answers on %s, not %d", h.PID, s.cfg.ControlSocket, pid)
+		}
+		c.buildID = h.BuildID
+	} else {
+		s.log.Warn("handoff: adopted daemon does not answer on the control socket yet", "pid", pid, "err", err)
+	}
+	s.mu.Lock()
+	if s.inc != nil && !s.inc.exited() && s.inc.pid != pid {
+		other := s.inc.pid
+		s.mu.Unlock()
+		return fmt.Errorf("handoff: adopt pid %d: pid %d is already serving", pid, other)
+	}
+	s.inc = c
+	s.mu.Unlock()
+	c.watch(s.onExit)
+	return writeJournal(s.cfg.Journal, s.idleRecord())
+}
+
+func (s *Supervisor) idleRecord() journalRecord {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r := journalRecord{Phase: PhaseIdle}
+	if c := s.inc; c != nil {
+		r.IncumbentPID, r.IncumbentStart, r.IncumbentBinary, r.IncumbentArgs = c.pid, procStart(c.pid), c.spec.Binary, c.spec.Args
+	}
+	return r
+}
+
+// Stop asks the serving daemon to stop (SIGTERM: it drains and exits by
+// itself) and waits for it; when ctx ends first it is killed. The
+// supervisor keeps its listeners until Close.
+func (s *Supervisor) Stop(ctx context.Context) error {
+	s.mu.Lock()
+	s.stopping = true
+	c := s.inc
+	s.mu.Unlock()
+	if c == nil || c.exited() {
+		return nil
+	}
+	unix.Kill(c.pid, unix.SIGTERM)
+	select {
+	case <-c.done:
+		return nil
+	case <-ctx.Done():
+	}
+	if err := c.killAndReap(0); err != nil {
+		return err
+	}
+	return fmt.Errorf("%w: pid %d did not stop in time and was killed", ErrTimeout, c.pid)
+}
+
+// Close releases the supervisor's descriptors. Children keep running (the
+// daemon outlives its supervisor); a running handoff is not interrupted by
+// Close, cancel its context instead.
+func (s *Supervisor) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil
+	}
+	s.closed = true
+	for _, l := range s.listeners {
+		unix.Close(l.fd)
+	}
+	s.listeners = nil
+	for _, c := range []*child{s.inc, s.succ} {
+		if c != nil {
+			select {
+			case <-c.stop:
+			default:
+				close(c.stop)
+			}
+		}
+	}
+	return nil
+}
+
+var errNoJournal = errors.New("handoff: no journal configured")

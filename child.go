@@ -1,0 +1,169 @@
+package handoff
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/handoff-go/handoff/internal/fdutil"
+)
+
+// child is a daemon process the supervisor started or adopted. One waiter
+// goroutine per child reaps it and closes done.
+type child struct {
+	pid     int
+	proc    *os.Process
+	spec    SpawnSpec
+	started time.Time
+	buildID string
+
+	done  chan struct{}
+	state *os.ProcessState // set before done closes (nil if not our child)
+	stop  chan struct{}    // closed by the supervisor to abandon a non-child wait
+	once  sync.Once
+}
+
+func (c *child) exited() bool {
+	select {
+	case <-c.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// kill sends sig to the child's process group (spawned children lead their
+// own group) and to the child itself.
+func (c *child) kill(sig syscall.Signal) {
+	if c.exited() {
+		return
+	}
+	unix.Kill(-c.pid, sig)
+	unix.Kill(c.pid, sig)
+}
+
+// killAndReap kills the child and waits (bounded) for the waiter to reap it.
+func (c *child) killAndReap(grace time.Duration) error {
+	if grace > 0 {
+		select {
+		case <-c.done:
+			return nil
+		case <-time.After(grace):
+		}
+	}
+	c.kill(syscall.SIGKILL)
+	select {
+	case <-c.done:
+		return nil
+	case <-time.After(10 * time.Second):
+		return fmt.Errorf("handoff: pid %d did not die after SIGKILL", c.pid)
+	}
+}
+
+// watch starts the waiter goroutine. onExit runs after done is closed.
+func (c *child) watch(onExit func(*child)) {
+	go func() {
+		st, err := c.proc.Wait()
+		if err != nil && errors.Is(err, syscall.ECHILD) {
+			// Not our child (adopted after a supervisor restart): watch it
+			// through a pidfd instead.
+			waitPidfd(c.pid, c.stop)
+		}
+		c.state = st
+		close(c.done)
+		onExit(c)
+	}()
+}
+
+// waitPidfd blocks until pid exits or stop is closed.
+func waitPidfd(pid int, stop <-chan struct{}) {
+	fd, err := unix.PidfdOpen(pid, unix.PIDFD_NONBLOCK)
+	if err != nil {
+		return // already gone
+	}
+	f := os.NewFile(uintptr(fd), "pidfd")
+	defer f.Close()
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return
+	}
+	go func() {
+		<-stop
+		f.SetReadDeadline(time.Now())
+	}()
+	rc.Read(func(fd uintptr) bool {
+		n, _ := unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, 0)
+		return n > 0
+	})
+}
+
+// spawnEnv is the supervisor's environment without handoff, activation and
+// notify variables, plus extra.
+func spawnEnv(extra ...string) []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		k, _, _ := strings.Cut(kv, "=")
+		switch k {
+		case EnvListenFDs, EnvListenFDNames, EnvListenPID, EnvRole, EnvSockFD, "NOTIFY_SOCKET", "HANDOFF_SUPERVISOR_FDS":
+			continue
+		}
+		env = append(env, kv)
+	}
+	return append(env, extra...)
+}
+
+// spawn starts spec's binary with the listeners at fd 3.. and, if sockFD >=
+// 0, the control socketpair end after them.
+func (s *Supervisor) spawn(spec SpawnSpec, names []string, fds []int, sockFD int) (*child, error) {
+	path := spec.Binary
+	if !strings.Contains(path, "/") {
+		p, err := exec.LookPath(path)
+		if err != nil {
+			return nil, fmt.Errorf("handoff: binary %q: %w", spec.Binary, err)
+		}
+		path = p
+	}
+	extra := append([]int(nil), fds...)
+	env := spawnEnv(spec.Env...)
+	if len(fds) > 0 {
+		env = append(env, EnvListenFDs+"="+strconv.Itoa(len(fds)), EnvListenFDNames+"="+strings.Join(names, ":"))
+	}
+	if sockFD >= 0 {
+		env = append(env, EnvRole+"="+RoleSuccessorValue, EnvSockFD+"="+strconv.Itoa(firstListenFD+len(fds)))
+		extra = append(extra, sockFD)
+	}
+	stdio := [3]int{-1, 1, 2}
+	if s.cfg.Stdout != nil {
+		stdio[1] = int(s.cfg.Stdout.Fd())
+	}
+	if s.cfg.Stderr != nil {
+		stdio[2] = int(s.cfg.Stderr.Fd())
+	}
+	p, err := fdutil.Spawn(fdutil.SpawnAttr{
+		Path:    path,
+		Argv:    append([]string{spec.Binary}, spec.Args...),
+		Env:     env,
+		Stdio:   stdio,
+		Extra:   extra,
+		Setpgid: true,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &child{pid: p.Pid, proc: p, spec: spec, started: time.Now(), done: make(chan struct{}), stop: make(chan struct{})}, nil
+}
+
+// killOrphan kills a process that is not (or no longer) our child, and
+// its process group.
+func killOrphan(pid int) {
+	unix.Kill(-pid, unix.SIGKILL)
+	unix.Kill(pid, unix.SIGKILL)
+}

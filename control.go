@@ -1,0 +1,120 @@
+package handoff
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/handoff-go/handoff/internal/wire"
+)
+
+// bindControlSocket listens on path without ever leaving it missing: it
+// binds a temporary name beside it, makes it 0600 and renames it over path.
+// The listener never unlinks the path on Close: the path changes hands from
+// incumbent to successor.
+func bindControlSocket(path string) (*net.UnixListener, uint64, error) {
+	if path == "" {
+		return nil, 0, errors.New("handoff: control socket path is empty")
+	}
+	tmp := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".tmp-"+strconv.Itoa(os.Getpid()))
+	os.Remove(tmp)
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: tmp, Net: "unix"})
+	if err != nil {
+		return nil, 0, fmt.Errorf("handoff: bind control socket: %w", err)
+	}
+	ln.SetUnlinkOnClose(false)
+	fail := func(err error) (*net.UnixListener, uint64, error) {
+		ln.Close()
+		os.Remove(tmp)
+		return nil, 0, err
+	}
+	if err := os.Chmod(tmp, 0o600); err != nil {
+		return fail(fmt.Errorf("handoff: chmod control socket: %w", err))
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(tmp, &st); err != nil {
+		return fail(fmt.Errorf("handoff: stat control socket: %w", err))
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fail(fmt.Errorf("handoff: move control socket into place at %s: %w", path, err))
+	}
+	return ln, st.Ino, nil
+}
+
+// ownsPath reports whether path is still the socket file with inode ino.
+func ownsPath(path string, ino uint64) bool {
+	var st unix.Stat_t
+	return unix.Stat(path, &st) == nil && st.Ino == ino
+}
+
+// checkPeer allows peers running as root or as our own uid and returns the
+// peer's pid.
+func checkPeer(c *net.UnixConn) (int, error) {
+	var cred *unix.Ucred
+	var credErr error
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return 0, fmt.Errorf("handoff: peer credentials: %w", err)
+	}
+	if err := rc.Control(func(fd uintptr) { cred, credErr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED) }); err != nil {
+		return 0, fmt.Errorf("handoff: peer credentials: %w", err)
+	}
+	if credErr != nil {
+		return 0, fmt.Errorf("handoff: peer credentials: %w", credErr)
+	}
+	if cred.Uid != 0 && int(cred.Uid) != os.Getuid() {
+		return int(cred.Pid), fmt.Errorf("handoff: control peer pid %d runs as uid %d, not %d or root: refused", cred.Pid, cred.Uid, os.Getuid())
+	}
+	return int(cred.Pid), nil
+}
+
+// heartbeater sends Heartbeat frames on conn every interval until stopped.
+type heartbeater struct {
+	stop chan struct{}
+	done chan struct{}
+	once sync.Once
+}
+
+func startHeartbeats(conn *wire.Conn, id string, interval time.Duration) *heartbeater {
+	h := &heartbeater{stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(h.done)
+		t := time.NewTicker(interval)
+		defer t.Stop()
+		for {
+			select {
+			case <-h.stop:
+				return
+			case <-t.C:
+				if err := conn.Send(wire.Heartbeat{}, id, writeTimeout); err != nil {
+					return
+				}
+			}
+		}
+	}()
+	return h
+}
+
+// Stop ends the heartbeats and waits for the goroutine. Idempotent.
+func (h *heartbeater) Stop() {
+	if h == nil {
+		return
+	}
+	h.once.Do(func() { close(h.stop) })
+	<-h.done
+}
+
+func hello(role, buildID string) wire.Hello {
+	return wire.Hello{Role: role, PID: os.Getpid(), BuildID: buildID, MinVersion: wire.MinVersion, MaxVersion: wire.MaxVersion}
+}
+
+func violation(format string, args ...any) error {
+	return fmt.Errorf("%w: "+format, append([]any{ErrProtocol}, args...)...)
+}

@@ -1,0 +1,570 @@
+package handoff
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"slices"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/handoff-go/handoff/internal/crash"
+	"github.com/handoff-go/handoff/internal/wire"
+)
+
+// peer is one daemon's session during a handoff. A reader goroutine owns
+// reads and delivers frames on frames; the driver owns everything else.
+type peer struct {
+	name   string
+	conn   *wire.Conn
+	child  *child
+	frames chan recvResult
+	dead   error // set once the reader reported an error
+}
+
+type recvResult struct {
+	f   wire.Frame
+	err error
+}
+
+// run is one PerformHandoff call; its goroutine is the only one that
+// changes it.
+type run struct {
+	s        *Supervisor
+	ctx      context.Context
+	id       HandoffID
+	spec     SpawnSpec
+	deadline time.Time
+	inc      *peer
+	succ     *peer
+	sealed   *wire.SealComplete
+	out      HandoffOutcome
+	wg       sync.WaitGroup
+	stop     chan struct{}
+}
+
+func (r *run) startReader(p *peer) {
+	p.frames = make(chan recvResult, 8)
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		for {
+			f, err := p.conn.Recv(0)
+			select {
+			case p.frames <- recvResult{f, err}:
+			case <-r.stop:
+				for _, fd := range f.FDs {
+					unix.Close(fd)
+				}
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+}
+
+// abortError carries a reason for a person; incumbentGone says the
+// incumbent died or vanished.
+type abortError struct {
+	reason        string
+	incumbentGone bool
+	err           error
+}
+
+func (e *abortError) Error() string { return e.reason }
+func (e *abortError) Unwrap() error { return e.err }
+
+func (r *run) abort(format string, args ...any) *abortError {
+	return &abortError{reason: fmt.Sprintf(format, args...)}
+}
+
+// PerformHandoff replaces the serving daemon with spec's binary. It spawns
+// the successor and completes its handshake before the incumbent stops
+// accepting, then drains, seals, begins, checks Ready and commits.
+//
+// A handoff that does not commit is rolled back (the successor killed and
+// reaped, the incumbent serving with its lock again) and reported with
+// Committed=false and AbortReason; the error is nil then. An error means
+// the handoff could not start (ErrHandoffInProgress, ErrNoIncumbent, a bad
+// spec) or the incumbent failed to resume (it has exited or will; expect an
+// IncumbentExits notification).
+func (s *Supervisor) PerformHandoff(ctx context.Context, spec SpawnSpec) (HandoffOutcome, error) {
+	if err := spec.validate(); err != nil {
+		return HandoffOutcome{}, err
+	}
+	if err := s.begin(); err != nil {
+		return HandoffOutcome{}, err
+	}
+	defer s.end()
+	s.mu.Lock()
+	inc := s.inc
+	s.mu.Unlock()
+	if inc == nil || inc.exited() {
+		return HandoffOutcome{}, ErrNoIncumbent
+	}
+	start := time.Now()
+	r := &run{s: s, ctx: ctx, id: newHandoffID(), spec: spec, deadline: start.Add(spec.Deadline), stop: make(chan struct{})}
+	r.out = HandoffOutcome{ID: r.id, Started: start}
+	s.log.Info("handoff: starting", "id", r.id, "binary", spec.Binary, "incumbent", inc.pid)
+	s.emit(Event{Kind: EventHandoffStarted, HandoffID: r.id, PID: inc.pid})
+
+	err := r.drive(inc)
+	r.out.Phases.Total = time.Since(start)
+	var resumeErr error
+	if err != nil {
+		var ae *abortError
+		if !errors.As(err, &ae) {
+			ae = &abortError{reason: err.Error(), err: err}
+		}
+		r.out.AbortReason = ae.reason
+		resumeErr = r.rollback(ae)
+		r.out.Phases.Total = time.Since(start)
+		s.log.Warn("handoff: rolled back", "id", r.id, "reason", ae.reason, "resume_err", resumeErr)
+	} else {
+		s.log.Info("handoff: committed", "id", r.id, "pid", r.out.Child.Pid, "build_id", r.out.BuildID,
+			"accept_gap", r.out.Phases.AcceptGap, "library_overhead", r.out.Phases.LibraryOverhead)
+	}
+	r.close()
+	if jerr := writeJournal(s.cfg.Journal, s.idleRecord()); jerr != nil {
+		s.log.Error("handoff: journal write failed", "err", jerr)
+	}
+	s.mu.Lock()
+	s.succ = nil
+	s.handoffs++
+	s.outcomes = append(s.outcomes, r.out)
+	if len(s.outcomes) > keepOutcomes {
+		s.outcomes = slices.Delete(s.outcomes, 0, len(s.outcomes)-keepOutcomes)
+	}
+	s.mu.Unlock()
+	s.setPhase(r.id, PhaseIdle)
+	out := r.out
+	s.emit(Event{Kind: EventHandoffFinished, HandoffID: r.id, Outcome: &out})
+	if resumeErr != nil {
+		return out, resumeErr
+	}
+	return out, nil
+}
+
+func (r *run) close() {
+	close(r.stop)
+	for _, p := range []*peer{r.inc, r.succ} {
+		if p != nil {
+			p.conn.Close()
+		}
+	}
+	r.wg.Wait()
+}
+
+func (r *run) journal(phase Phase) error {
+	rec := r.s.idleRecord()
+	rec.Phase, rec.HandoffID = phase, r.id
+	if r.succ != nil {
+		c := r.succ.child
+		rec.SuccessorPID, rec.SuccessorStart, rec.SuccessorBinary, rec.SuccessorArgs = c.pid, procStart(c.pid), c.spec.Binary, c.spec.Args
+	}
+	if err := writeJournal(r.s.cfg.Journal, rec); err != nil {
+		return r.abort("the supervisor could not write its journal: %v", err)
+	}
+	return nil
+}
+
+// drive runs the handoff up to and including the commit. Any error is an
+// abort to roll back.
+func (r *run) drive(incChild *child) error {
+	s := r.s
+	// 1. Session with the incumbent.
+	t0 := time.Now()
+	dctx, cancel := context.WithDeadline(r.ctx, r.deadline)
+	conn, h, err := s.dialIncumbent(dctx)
+	cancel()
+	if err != nil {
+		return r.abort("the incumbent (pid %d) did not answer on its control socket: %v", incChild.pid, err)
+	}
+	r.inc = &peer{name: "incumbent", conn: conn, child: incChild}
+	if h.PID != incChild.pid {
+		return r.abort("pid %d answers on the control socket, but the supervisor's incumbent is pid %d", h.PID, incChild.pid)
+	}
+	incChild.buildID = h.BuildID
+	if err := s.ackHello(conn, h, r.id, r.deadline); err != nil {
+		return r.abort("handshake with the incumbent failed: %v", err)
+	}
+	r.out.Phases.IncumbentHello = time.Since(t0)
+	r.startReader(r.inc)
+
+	// 2. Spawn the successor with the listeners and a socketpair, and
+	// finish its handshake before anything stops accepting.
+	s.setPhase(r.id, PhaseSpawning)
+	t1 := time.Now()
+	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return r.abort("could not create the successor's control socketpair: %v", err)
+	}
+	names, fds := s.listenerFDs()
+	c, err := s.spawn(r.spec, names, fds, pair[1])
+	unix.Close(pair[1])
+	if err != nil {
+		unix.Close(pair[0])
+		return r.abort("could not start %s: %v", r.spec.Binary, err)
+	}
+	c.watch(s.onExit)
+	f := os.NewFile(uintptr(pair[0]), "successor-control")
+	nc, err := net.FileConn(f)
+	f.Close()
+	if err != nil {
+		c.killAndReap(0)
+		return r.abort("successor control socket: %v", err)
+	}
+	r.succ = &peer{name: "successor", conn: wire.NewConn(nc.(*net.UnixConn)), child: c}
+	s.mu.Lock()
+	s.succ = c
+	s.mu.Unlock()
+	r.startReader(r.succ)
+	if err := r.journal(PhaseSpawning); err != nil {
+		return err
+	}
+	fr, err := r.await(r.succ, s.cfg.HelloTimeout, wire.TypeHello)
+	if err != nil {
+		return err
+	}
+	sh := fr.Msg.(wire.Hello)
+	if sh.Role != wire.RoleSuccessor || sh.PID != c.pid {
+		return r.abort("the successor's Hello says role %q pid %d, but the spawned child is pid %d", sh.Role, sh.PID, c.pid)
+	}
+	c.buildID = sh.BuildID
+	if err := s.ackHello(r.succ.conn, sh, r.id, r.deadline); err != nil {
+		return r.abort("handshake with the successor failed: %v", err)
+	}
+	r.out.Phases.Spawn = time.Since(t1)
+	crash.Point("supervisor-after-successor-hello")
+
+	// 3. Drain.
+	s.setPhase(r.id, PhaseDraining)
+	gapStart := time.Now()
+	if err := r.send(r.inc, wire.PrepareHandoff{DeadlineMS: max(time.Until(r.deadline).Milliseconds(), 1), DrainGraceMS: r.spec.DrainGrace.Milliseconds()}); err != nil {
+		return err
+	}
+	fr, err = r.awaitUntil(r.inc, time.Now().Add(r.spec.DrainGrace+replySlack), wire.TypeDrained, wire.TypeDrainFailed)
+	if err != nil {
+		return err
+	}
+	if m, ok := fr.Msg.(wire.DrainFailed); ok {
+		return r.abort("the incumbent's drain failed: %s", m.Reason)
+	}
+	drained := fr.Msg.(wire.Drained)
+	r.out.Phases.Drain = time.Since(gapStart)
+	if err := r.journal(PhaseDraining); err != nil {
+		return err
+	}
+	crash.Point("supervisor-after-drained")
+
+	// 4. Seal: the incumbent releases the lock before answering.
+	s.setPhase(r.id, PhaseSealing)
+	t3 := time.Now()
+	if err := r.send(r.inc, wire.SealRequest{}); err != nil {
+		return err
+	}
+	fr, err = r.awaitUntil(r.inc, r.deadline, wire.TypeSealComplete, wire.TypeSealFailed)
+	if err != nil {
+		return err
+	}
+	if m, ok := fr.Msg.(wire.SealFailed); ok {
+		return r.abort("the incumbent's seal failed: %s", m.Reason)
+	}
+	sc := fr.Msg.(wire.SealComplete)
+	r.sealed = &sc
+	r.out.Phases.Seal = time.Since(t3)
+	if err := r.journal(PhaseSealing); err != nil {
+		return err
+	}
+	crash.Point("supervisor-after-sealed")
+
+	// 5. Begin: the successor takes the lock and opens the data.
+	s.setPhase(r.id, PhaseBegun)
+	t4 := time.Now()
+	if err := r.send(r.succ, wire.Begin{}); err != nil {
+		return err
+	}
+	fr, err = r.awaitUntil(r.succ, r.deadline, wire.TypeReady)
+	if err != nil {
+		return err
+	}
+	ready := fr.Msg.(wire.Ready)
+	r.out.Phases.BeginToReady = time.Since(t4)
+	if err := checkReady(ready, sc); err != nil {
+		return r.abort("%v", err)
+	}
+
+	// 6. Commit: the successor first (it is the next incumbent), then
+	// the old incumbent, which exits.
+	s.setPhase(r.id, PhaseCommitting)
+	if err := r.journal(PhaseCommitting); err != nil {
+		return err
+	}
+	crash.Point("supervisor-before-commit")
+	if err := r.succ.conn.Send(wire.Commit{}, string(r.id), writeTimeout); err != nil {
+		return r.abort("the successor vanished at the commit: %v", err)
+	}
+	r.out.Phases.AcceptGap = time.Since(gapStart)
+	work := time.Duration(drained.TookNS + sc.TookNS + ready.OpenTookNS)
+	r.out.Phases.DaemonWork = work
+	r.out.Phases.LibraryOverhead = max(r.out.Phases.AcceptGap-work, 0)
+	if err := r.inc.conn.Send(wire.Commit{}, string(r.id), writeTimeout); err != nil {
+		s.log.Warn("handoff: the old incumbent did not take its Commit (it will exit when it sees the session end and finds the lock taken)", "pid", incChild.pid, "err", err)
+	}
+	s.mu.Lock()
+	s.inc = c
+	s.mu.Unlock()
+	r.out.Committed = true
+	r.out.Child = c.proc
+	r.out.Binary = r.spec.Binary
+	r.out.BuildID = c.buildID
+	return nil
+}
+
+// checkReady accepts Ready only if the successor is healthy and has at
+// least every sealed revision.
+func checkReady(m wire.Ready, sc wire.SealComplete) error {
+	if !m.HealthzOK {
+		return errors.New("the successor reported itself unhealthy (HealthzOK=false)")
+	}
+	if len(m.AdvertisedRevisionPerShard) < len(sc.LastRevisionPerShard) {
+		return fmt.Errorf("the successor advertises %d shards, the incumbent sealed %d", len(m.AdvertisedRevisionPerShard), len(sc.LastRevisionPerShard))
+	}
+	for i, sealed := range sc.LastRevisionPerShard {
+		if adv := m.AdvertisedRevisionPerShard[i]; adv < sealed {
+			return fmt.Errorf("the successor advertises revision %d for shard %d, below the sealed %d (stale data)", adv, i, sealed)
+		}
+	}
+	return nil
+}
+
+func (r *run) send(p *peer, m wire.Message) error {
+	if err := p.conn.Send(m, string(r.id), writeTimeout); err != nil {
+		ae := r.abort("could not send %s to the %s: %v", m.Type(), p.name, err)
+		ae.incumbentGone = p == r.inc
+		return ae
+	}
+	return nil
+}
+
+func (r *run) await(p *peer, bound time.Duration, want ...wire.Type) (wire.Frame, error) {
+	return r.awaitUntil(p, time.Now().Add(bound), want...)
+}
+
+// awaitUntil waits for one of want from p. Heartbeats from either peer
+// reset that peer's liveness; the other peer failing, either process
+// exiting, liveness, until, the handoff deadline or ctx abort the wait.
+func (r *run) awaitUntil(p *peer, until time.Time, want ...wire.Type) (wire.Frame, error) {
+	until = minTime(until, r.deadline)
+	limit := time.NewTimer(time.Until(until))
+	defer limit.Stop()
+	live := time.NewTimer(r.s.cfg.Liveness)
+	defer live.Stop()
+	other := r.succ
+	if p == r.succ {
+		other = r.inc
+	}
+	var otherFrames <-chan recvResult
+	var otherDone <-chan struct{}
+	if other != nil && other.dead == nil {
+		otherFrames = other.frames
+	}
+	if other != nil {
+		otherDone = other.child.done
+	}
+	for {
+		select {
+		case res := <-p.frames:
+			if res.err != nil {
+				p.dead = res.err
+				return wire.Frame{}, r.peerFailed(p, res.err)
+			}
+			closeFDs(res.f.FDs)
+			if res.f.ID != string(r.id) {
+				return wire.Frame{}, r.violation(p, "frame for handoff %q during handoff %q", res.f.ID, r.id)
+			}
+			if res.f.Msg.Type() == wire.TypeHeartbeat {
+				live.Reset(r.s.cfg.Liveness)
+				r.s.emit(Event{Kind: EventHeartbeat, HandoffID: r.id, PID: p.child.pid})
+				continue
+			}
+			if slices.Contains(want, res.f.Msg.Type()) {
+				return res.f, nil
+			}
+			if m, ok := res.f.Msg.(wire.Error); ok {
+				return wire.Frame{}, r.abort("the %s refused: %s", p.name, m.Reason)
+			}
+			return wire.Frame{}, r.violation(p, "unexpected %s (waiting for %v)", res.f.Msg.Type(), want)
+		case res := <-otherFrames:
+			if res.err != nil {
+				other.dead = res.err
+				return wire.Frame{}, r.peerFailed(other, res.err)
+			}
+			closeFDs(res.f.FDs)
+			if res.f.ID != string(r.id) || res.f.Msg.Type() != wire.TypeHeartbeat {
+				return wire.Frame{}, r.violation(other, "unexpected %s while waiting for the %s", res.f.Msg.Type(), p.name)
+			}
+		case <-p.child.done:
+			return wire.Frame{}, r.exited(p)
+		case <-otherDone:
+			return wire.Frame{}, r.exited(other)
+		case <-live.C:
+			ae := r.abort("the %s (pid %d) sent nothing for %v (liveness timeout) while the supervisor waited for %v", p.name, p.child.pid, r.s.cfg.Liveness, want)
+			ae.err = ErrTimeout
+			return wire.Frame{}, ae
+		case <-limit.C:
+			what := "the handoff deadline passed"
+			if until.Before(r.deadline) {
+				what = "its time ran out"
+			}
+			ae := r.abort("the %s (pid %d) did not send %v: %s", p.name, p.child.pid, want, what)
+			ae.err = ErrTimeout
+			return wire.Frame{}, ae
+		case <-r.ctx.Done():
+			return wire.Frame{}, &abortError{reason: "the handoff was cancelled: " + r.ctx.Err().Error(), err: r.ctx.Err()}
+		}
+	}
+}
+
+func minTime(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
+}
+
+func closeFDs(fds []int) {
+	for _, fd := range fds {
+		unix.Close(fd)
+	}
+}
+
+func (r *run) peerFailed(p *peer, err error) error {
+	// A closed channel usually means the process died; say so if it did.
+	select {
+	case <-p.child.done:
+		return r.exited(p)
+	case <-time.After(100 * time.Millisecond):
+	}
+	ae := r.abort("the %s (pid %d) closed its control channel: %v", p.name, p.child.pid, err)
+	ae.err = err
+	ae.incumbentGone = p == r.inc
+	return ae
+}
+
+func (r *run) exited(p *peer) error {
+	ae := r.abort("the %s (pid %d) exited: %v", p.name, p.child.pid, p.child.state)
+	ae.incumbentGone = p == r.inc
+	return ae
+}
+
+func (r *run) violation(p *peer, format string, args ...any) error {
+	msg := fmt.Sprintf(format, args...)
+	p.conn.Send(wire.Error{Reason: msg}, string(r.id), writeTimeout)
+	p.dead = ErrProtocol
+	p.conn.Close()
+	ae := r.abort("protocol violation by the %s (pid %d): %s", p.name, p.child.pid, msg)
+	ae.err = ErrProtocol
+	return ae
+}
+
+// rollback puts things back as they were: the successor told to abort,
+// then killed and reaped; the incumbent told to resume (or, if its session
+// is unusable, asked again on a fresh one). It returns an error only if the
+// incumbent could not resume.
+func (r *run) rollback(ae *abortError) error {
+	s := r.s
+	s.setPhase(r.id, PhaseRollingBack)
+	if err := r.journal(PhaseRollingBack); err != nil {
+		s.log.Error("handoff: journal write failed during rollback", "err", err)
+	}
+	if r.succ != nil {
+		if r.succ.dead == nil && r.succ.conn.UnixConn() != nil {
+			r.succ.conn.Send(wire.Abort{Reason: ae.reason}, string(r.id), writeTimeout)
+		}
+		if err := r.succ.child.killAndReap(time.Second); err != nil {
+			s.log.Error("handoff: successor not reaped", "pid", r.succ.child.pid, "err", err)
+		}
+		r.succ.conn.Close()
+	}
+	inc := r.inc
+	s.mu.Lock()
+	c := s.inc
+	s.mu.Unlock()
+	if c == nil || c.exited() {
+		return nil // end() reports the exit; the known-good binary is cold-started by the caller
+	}
+	if inc != nil && inc.dead == nil {
+		if err := r.send(inc, wire.ResumeAfterAbort{Reason: ae.reason}); err == nil {
+			if err := r.awaitResumed(inc); err == nil || !errors.Is(err, ErrSessionLost) {
+				return err
+			}
+		}
+	}
+	// The session is gone (the incumbent resumes by itself when it sees
+	// that); confirm on a fresh one. ResumeAfterAbort is idempotent.
+	if inc != nil {
+		inc.conn.Close()
+	}
+	var last error
+	for attempt := 0; attempt < 3; attempt++ {
+		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.HelloTimeout+s.cfg.Liveness)
+		conn, h, err := s.dialIncumbent(ctx)
+		cancel()
+		if err != nil {
+			last = err
+			if c.exited() {
+				return nil
+			}
+			continue
+		}
+		p := &peer{name: "incumbent", conn: conn, child: c}
+		if err := s.ackHello(conn, h, r.id, time.Time{}); err == nil {
+			if err := conn.Send(wire.ResumeAfterAbort{Reason: ae.reason}, string(r.id), writeTimeout); err == nil {
+				r.startReader(p)
+				err = r.awaitResumed(p)
+				conn.Close()
+				return err
+			}
+		}
+		conn.Close()
+	}
+	return fmt.Errorf("handoff: could not confirm that the incumbent resumed: %w", last)
+}
+
+// awaitResumed waits for Resumed, skipping replies to earlier requests.
+func (r *run) awaitResumed(p *peer) error {
+	limit := time.NewTimer(max(time.Until(r.deadline), 0) + r.s.cfg.Liveness + replySlack)
+	defer limit.Stop()
+	for {
+		select {
+		case res := <-p.frames:
+			if res.err != nil {
+				p.dead = res.err
+				return fmt.Errorf("handoff: waiting for the incumbent to resume: %w", res.err)
+			}
+			closeFDs(res.f.FDs)
+			switch m := res.f.Msg.(type) {
+			case wire.Resumed:
+				if m.Error != "" {
+					return fmt.Errorf("handoff: the incumbent (pid %d) could not resume: %s", p.child.pid, m.Error)
+				}
+				return nil
+			case wire.Heartbeat, wire.Drained, wire.DrainFailed, wire.SealComplete, wire.SealFailed:
+				continue
+			default:
+				return fmt.Errorf("%w: %s from the incumbent while it resumed", ErrProtocol, res.f.Msg.Type())
+			}
+		case <-p.child.done:
+			return nil // its exit is reported by IncumbentExits
+		case <-limit.C:
+			return fmt.Errorf("%w: the incumbent (pid %d) did not confirm it resumed", ErrTimeout, p.child.pid)
+		}
+	}
+}
