@@ -45,7 +45,7 @@ func shortDir(t *testing.T) string {
 }
 
 func testLogger(t *testing.T) *slog.Logger {
-	if testing.Verbose() {
+	if testing.Verbose() || os.Getenv("HANDOFF_TEST_LOG") != "" {
 		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
 	return nil

@@ -1,0 +1,45 @@
+package store
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Errors returned by the store. Test for them with errors.Is.
+var (
+	// ErrSealed: the store was sealed for a handoff and takes no writes
+	// until Reopen.
+	ErrSealed = errors.New("store: sealed")
+
+	// ErrClosed: the store was closed.
+	ErrClosed = errors.New("store: closed")
+
+	// ErrFailed: writing or fsyncing the log failed. The store refuses
+	// writes for good; restart the process to recover from disk.
+	ErrFailed = errors.New("store: failed")
+
+	// ErrCorrupt: a file in the data directory is damaged somewhere other
+	// than a torn log tail. The error is a *CorruptError.
+	ErrCorrupt = errors.New("store: corrupt")
+
+	// ErrInvalidKey: the key is empty or longer than MaxKeyLen.
+	ErrInvalidKey = errors.New("store: invalid key")
+
+	// ErrValueTooLarge: the value is longer than MaxValueLen.
+	ErrValueTooLarge = errors.New("store: value too large")
+)
+
+// CorruptError names the file and offset of damaged data. It matches
+// ErrCorrupt with errors.Is.
+type CorruptError struct {
+	Path   string
+	Offset int64
+	Err    error // what is wrong there
+}
+
+func (e *CorruptError) Error() string {
+	return fmt.Sprintf("store: %s is corrupt at offset %d: %s", e.Path, e.Offset, e.Err)
+}
+
+// Unwrap makes errors.Is(err, ErrCorrupt) true and exposes the detail.
+func (e *CorruptError) Unwrap() []error { return []error{ErrCorrupt, e.Err} }
