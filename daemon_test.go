@@ -158,14 +158,13 @@ func testDaemon() int {
 
 // testDrainable is the test daemon's state.
 type testDrainable struct {
-	k     knobs
-	il    *InheritedListeners
-	mu    sync.Mutex
-	log   *os.File
-	rev   uint64
-	ln    net.Listener
-	wg    sync.WaitGroup // in-flight connections and the accept loop
-	conns int
+	k   knobs
+	il  *InheritedListeners
+	mu  sync.Mutex
+	log *os.File
+	rev uint64
+	ln  net.Listener
+	wg  sync.WaitGroup // in-flight connections and the accept loop
 }
 
 func (d *testDrainable) open(il *InheritedListeners) error {

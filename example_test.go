@@ -1,0 +1,146 @@
+package handoff_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log"
+	"net"
+	"net/http"
+	"os"
+
+	"github.com/handoff-go/handoff"
+)
+
+func ExampleAcquireDataDirLock() {
+	dir, _ := os.MkdirTemp("", "data")
+	defer os.RemoveAll(dir)
+
+	lock, err := handoff.AcquireDataDirLock(dir)
+	if err != nil {
+		log.Fatal(err)
+	}
+	// A second holder is refused; the error names the holder's pid.
+	_, err = handoff.AcquireDataDirLock(dir)
+	var held *handoff.LockHeldError
+	fmt.Println(errors.Is(err, handoff.ErrLockHeld), errors.As(err, &held) && held.HolderPID == os.Getpid())
+	fmt.Println(lock.Release())
+	// Output:
+	// true true
+	// <nil>
+}
+
+func ExampleDetectRole() {
+	role, err := handoff.DetectRole()
+	if err != nil {
+		log.Fatal(err)
+	}
+	switch r := role.(type) {
+	case *handoff.ColdStart:
+		// Started by hand: nothing inherited, so bind our own socket.
+		_, err := r.Inherited.Listener("http")
+		fmt.Println("cold start; http inherited:", !errors.Is(err, handoff.ErrNotInherited))
+	case *handoff.Successor:
+		fmt.Println("successor")
+	}
+	// Output: cold start; http inherited: false
+}
+
+// myDB stands for the daemon's state.
+type myDB struct{ srv *http.Server }
+
+func (db *myDB) Drain(ctx context.Context) (handoff.DrainReport, error) {
+	// Stop accepting, finish in-flight requests, fsync.
+	return handoff.DrainReport{AcceptClosed: true}, db.srv.Shutdown(ctx)
+}
+func (db *myDB) Seal(ctx context.Context) (handoff.SealReport, error) {
+	// Flush, close writer state, fsync; the library releases the lock next.
+	return handoff.SealReport{LastRevisionPerShard: []uint64{42}}, nil
+}
+func (db *myDB) ResumeAfterAbort(ctx context.Context) error { return nil }
+func (db *myDB) SnapshotState() handoff.StateSnapshot     { return handoff.StateSnapshot{ShardCount: 1} }
+
+// A daemon's main: both roles, in a few lines each.
+func Example_daemon() {
+	const dataDir, controlSock = "/var/lib/mydb", "/run/mydb/handoff.sock"
+	role, err := handoff.DetectRole()
+	if err != nil {
+		log.Fatal(err)
+	}
+	var inc *handoff.Incumbent
+	var ln net.Listener
+	switch r := role.(type) {
+	case *handoff.ColdStart:
+		if ln, err = r.Inherited.Listener("http"); errors.Is(err, handoff.ErrNotInherited) {
+			ln, err = net.Listen("tcp", "127.0.0.1:8080")
+		}
+		if err != nil {
+			log.Fatal(err)
+		}
+		lock, err := handoff.AcquireDataDirLockOrBreakStale(dataDir)
+		if err != nil {
+			log.Fatal(err)
+		}
+		if inc, err = handoff.BindColdStart(controlSock, lock); err != nil {
+			log.Fatal(err)
+		}
+	case *handoff.Successor:
+		h, err := r.Handshake("v2")
+		if err != nil {
+			log.Fatal(err)
+		}
+		b, err := h.WaitForBegin(context.Background()) // the incumbent has sealed
+		if err != nil {
+			log.Fatal(err)
+		}
+		guard := b.StartHeartbeats()
+		lock, err := handoff.AcquireDataDirLock(dataDir)
+		if err != nil {
+			log.Fatal(err)
+		}
+		// ... open the data ...
+		guard.Stop()
+		if ln, err = b.Listeners().Listener("http"); err != nil {
+			log.Fatal(err)
+		}
+		inc, err = b.AnnounceAndBind(handoff.ReadinessSnapshot{HealthzOK: true, AdvertisedRevisionPerShard: []uint64{42}}, controlSock, lock)
+		if err != nil {
+			os.Exit(1) // rejected (ErrAborted): exit without serving
+		}
+	}
+	db := &myDB{srv: &http.Server{}}
+	go db.srv.Serve(ln)
+	if err := inc.Serve(context.Background(), db); err != nil {
+		log.Fatal(err)
+	}
+	// Committed: the successor serves now. Exit.
+}
+
+// A supervisor embedded in a program: hold the listener, start the daemon,
+// hand it off to a new binary.
+func ExampleSupervisor_PerformHandoff() {
+	sup, err := handoff.NewSupervisor(handoff.SupervisorConfig{ControlSocket: "/run/mydb/handoff.sock"})
+	if err != nil {
+		log.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:8080")
+	if err != nil {
+		log.Fatal(err)
+	}
+	if err := sup.AddListener("http", ln); err != nil {
+		log.Fatal(err)
+	}
+	ctx := context.Background()
+	if _, err := sup.ColdStart(ctx, handoff.SpawnSpec{Binary: "/usr/local/bin/mydb"}); err != nil {
+		log.Fatal(err)
+	}
+	out, err := sup.PerformHandoff(ctx, handoff.SpawnSpec{Binary: "/usr/local/bin/mydb-v2"})
+	switch {
+	case err != nil:
+		log.Fatal(err)
+	case out.Committed:
+		fmt.Println("new pid", out.Child.Pid, "accept gap", out.Phases.AcceptGap)
+	default:
+		fmt.Println("rolled back:", out.AbortReason)
+	}
+}

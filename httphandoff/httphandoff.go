@@ -1,0 +1,335 @@
+// Package httphandoff makes a net/http server hand-off capable: its Server
+// implements handoff.Drainable on top of http.Server.Shutdown.
+//
+// Drain shuts the current http.Server down (no new connections are accepted,
+// in-flight requests finish, idle connections close) and then calls the
+// Sync hook so every accepted write is durable. Seal and ResumeAfterAbort
+// call the daemon's hooks; on resume the adapter serves again with a fresh
+// http.Server, because an http.Server cannot serve again after Shutdown.
+//
+// # Listeners stay open
+//
+// http.Server.Shutdown closes the listeners it serves, but during a handoff
+// the listening socket must stay open: connections that arrive while
+// nobody accepts wait in the kernel's accept queue, and an aborted handoff
+// serves them from the same socket. So the adapter hands Serve a wrapper
+// whose Close only ends Accept (through an accept deadline) and leaves the
+// socket open. The listeners must therefore be *net.TCPListener or
+// *net.UnixListener (or anything else with SetDeadline), as returned by
+// net.Listen and by handoff's InheritedListeners. Only Shutdown, when the
+// daemon exits, closes them.
+package httphandoff
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/handoff-go/handoff"
+)
+
+// ErrClosed is returned by the methods of a Server after Shutdown.
+var ErrClosed = errors.New("httphandoff: server shut down")
+
+// DefaultReadHeaderTimeout is the ReadHeaderTimeout of the http.Server
+// built for Config.Handler when Config.NewServer is nil.
+const DefaultReadHeaderTimeout = 10 * time.Second
+
+// Config says what to serve and how to reach the daemon's state. Only
+// Handler or NewServer is required; nil hooks do nothing.
+type Config struct {
+	// Handler serves the requests when NewServer is nil; the server then
+	// has ReadHeaderTimeout set to DefaultReadHeaderTimeout.
+	Handler http.Handler
+
+	// NewServer returns a fresh, unstarted http.Server (handler, timeouts,
+	// ErrorLog...; Addr is ignored). It is called by Start and by every
+	// resume. The adapter sets ConnState, calling the one NewServer set.
+	NewServer func() *http.Server
+
+	// Sync runs in Drain after the HTTP server stopped: make every accepted
+	// write durable (fsync). If the drain grace expired first, ctx is
+	// already done, yet Sync should still make the writes durable.
+	Sync func(ctx context.Context) error
+
+	// Seal flushes and closes writer state for the successor.
+	Seal func(ctx context.Context) (handoff.SealReport, error)
+
+	// Reopen reopens writer state from disk. ResumeAfterAbort calls it
+	// every time, before serving again, so it must be idempotent: a no-op
+	// when the state is open and healthy.
+	Reopen func(ctx context.Context) error
+
+	// State reports ShardCount and LastRevisionPerShard for SnapshotState
+	// (the adapter fills OpenConns). It must not block.
+	State func() handoff.StateSnapshot
+
+	// Logger receives unexpected Serve errors. Nil discards them.
+	Logger *slog.Logger
+}
+
+// Server serves HTTP on a set of listeners and implements
+// handoff.Drainable. Create it with New and call Start.
+type Server struct {
+	cfg       Config
+	listeners []net.Listener
+	conns     atomic.Int64 // open connections, across generations
+
+	mu       sync.Mutex // serialises Start, Drain, ResumeAfterAbort, Shutdown
+	cur      *generation
+	draining []*http.Server // shut down with connections still open
+	closed   bool
+
+	errMu     sync.Mutex // Serve goroutines take it while mu may be held
+	serveErrs []error
+}
+
+var _ handoff.Drainable = (*Server)(nil)
+
+// generation is one http.Server serving every listener.
+type generation struct {
+	srv *http.Server
+	wg  sync.WaitGroup // one Serve goroutine per listener
+}
+
+// deadliner is what the adapter needs of a listener to stop Accept
+// without closing the socket.
+type deadliner interface {
+	SetDeadline(time.Time) error
+}
+
+// New returns a Server for cfg on listeners. It does not serve yet.
+func New(cfg Config, listeners ...net.Listener) (*Server, error) {
+	if cfg.Handler == nil && cfg.NewServer == nil {
+		return nil, errors.New("httphandoff: Config needs Handler or NewServer")
+	}
+	if len(listeners) == 0 {
+		return nil, errors.New("httphandoff: no listener")
+	}
+	for _, l := range listeners {
+		if _, ok := l.(deadliner); !ok {
+			return nil, fmt.Errorf("httphandoff: listener %s (%T) has no SetDeadline; pass a *net.TCPListener or *net.UnixListener", l.Addr(), l)
+		}
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Server{cfg: cfg, listeners: listeners}, nil
+}
+
+// Addrs returns the addresses of the listeners.
+func (s *Server) Addrs() []net.Addr {
+	addrs := make([]net.Addr, len(s.listeners))
+	for i, l := range s.listeners {
+		addrs[i] = l.Addr()
+	}
+	return addrs
+}
+
+// Start serves on every listener, each in a goroutine the Server owns.
+func (s *Server) Start() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return ErrClosed
+	}
+	if s.cur != nil {
+		return errors.New("httphandoff: already serving")
+	}
+	return s.startLocked()
+}
+
+func (s *Server) startLocked() error {
+	for _, l := range s.listeners {
+		if err := l.(deadliner).SetDeadline(time.Time{}); err != nil {
+			return fmt.Errorf("httphandoff: clear the accept deadline of %s: %w", l.Addr(), err)
+		}
+	}
+	srv := s.newServer()
+	g := &generation{srv: srv}
+	for _, l := range s.listeners {
+		g.wg.Go(func() {
+			err := srv.Serve(&keepOpen{Listener: l})
+			if err != nil && !errors.Is(err, http.ErrServerClosed) {
+				s.cfg.Logger.Error("httphandoff: serve", "addr", l.Addr(), "err", err)
+				s.errMu.Lock()
+				s.serveErrs = append(s.serveErrs, fmt.Errorf("httphandoff: serve %s: %w", l.Addr(), err))
+				s.errMu.Unlock()
+			}
+		})
+	}
+	s.cur = g
+	return nil
+}
+
+func (s *Server) newServer() *http.Server {
+	var srv *http.Server
+	if s.cfg.NewServer != nil {
+		srv = s.cfg.NewServer()
+	} else {
+		srv = &http.Server{Handler: s.cfg.Handler, ReadHeaderTimeout: DefaultReadHeaderTimeout}
+	}
+	next := srv.ConnState
+	srv.ConnState = func(c net.Conn, st http.ConnState) {
+		switch st {
+		case http.StateNew:
+			s.conns.Add(1)
+		case http.StateClosed, http.StateHijacked:
+			s.conns.Add(-1)
+		}
+		if next != nil {
+			next(c, st)
+		}
+	}
+	return srv
+}
+
+// stopLocked shuts the current generation down: it stops accepting at
+// once, then waits until ctx ends for the connections to finish.
+func (s *Server) stopLocked(ctx context.Context) error {
+	g := s.cur
+	if g == nil {
+		return nil
+	}
+	s.cur = nil
+	err := g.srv.Shutdown(ctx)
+	g.wg.Wait() // Shutdown has ended every Serve loop; join the goroutines
+	if err != nil {
+		s.draining = append(s.draining, g.srv)
+		return err
+	}
+	return nil
+}
+
+// OpenConns returns the number of open client connections.
+func (s *Server) OpenConns() int { return int(s.conns.Load()) }
+
+// Drain stops accepting (the listening sockets stay open, so new
+// connections wait in the accept queue), waits until ctx's deadline for
+// in-flight requests to finish, and calls the Sync hook. Connections still
+// open at the deadline are reported in OpenConnsRemaining, not an error:
+// they finish on their own and are closed after their response.
+func (s *Server) Drain(ctx context.Context) (handoff.DrainReport, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return handoff.DrainReport{}, ErrClosed
+	}
+	if err := s.stopLocked(ctx); err != nil && !errors.Is(err, ctx.Err()) {
+		return handoff.DrainReport{}, fmt.Errorf("httphandoff: shut down: %w", err)
+	}
+	if s.cfg.Sync != nil {
+		if err := s.cfg.Sync(ctx); err != nil {
+			return handoff.DrainReport{}, fmt.Errorf("httphandoff: sync: %w", err)
+		}
+	}
+	return handoff.DrainReport{AcceptClosed: true, OpenConnsRemaining: s.OpenConns()}, nil
+}
+
+// Seal calls the Seal hook.
+func (s *Server) Seal(ctx context.Context) (handoff.SealReport, error) {
+	if s.cfg.Seal == nil {
+		return handoff.SealReport{}, nil
+	}
+	return s.cfg.Seal(ctx)
+}
+
+// ResumeAfterAbort calls the Reopen hook and, unless it is already
+// serving, serves again on the same listeners with a fresh http.Server:
+// the connections that queued meanwhile are accepted first. It is
+// idempotent.
+func (s *Server) ResumeAfterAbort(ctx context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return ErrClosed
+	}
+	if s.cfg.Reopen != nil {
+		if err := s.cfg.Reopen(ctx); err != nil {
+			return fmt.Errorf("httphandoff: reopen: %w", err)
+		}
+	}
+	if s.cur != nil {
+		return nil
+	}
+	return s.startLocked()
+}
+
+// SnapshotState returns the State hook's view with OpenConns filled in.
+func (s *Server) SnapshotState() handoff.StateSnapshot {
+	var st handoff.StateSnapshot
+	if s.cfg.State != nil {
+		st = s.cfg.State()
+	}
+	st.OpenConns = s.OpenConns()
+	return st
+}
+
+// Shutdown is for the end of the process (after a committed handoff or on
+// a stop signal): it stops serving if it still does, waits until ctx ends
+// for every connection to finish, including those a Drain left open, and
+// closes the listeners. It returns the errors Serve failed with, if any.
+// The Server cannot serve again.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil
+	}
+	s.closed = true
+	errs := []error{s.stopLocked(ctx)}
+	for _, srv := range s.draining {
+		errs = append(errs, srv.Shutdown(ctx))
+	}
+	s.draining = nil
+	for _, l := range s.listeners {
+		if err := l.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+			errs = append(errs, fmt.Errorf("httphandoff: close %s: %w", l.Addr(), err))
+		}
+	}
+	s.errMu.Lock()
+	errs = append(errs, s.serveErrs...)
+	s.errMu.Unlock()
+	return errors.Join(errs...)
+}
+
+// keepOpen is the listener an http.Server serves. Its Close ends Accept
+// (by setting an accept deadline in the past) but leaves the socket open.
+type keepOpen struct {
+	net.Listener
+	once   sync.Once
+	closed atomic.Bool
+}
+
+// aLongTimeAgo is a deadline that has always passed.
+var aLongTimeAgo = time.Unix(1, 0)
+
+// Accept returns the next connection. A connection the kernel handed over
+// as Close ran is still returned: http.Server tracks it before Serve
+// returns, so Shutdown waits for it.
+func (k *keepOpen) Accept() (net.Conn, error) {
+	if k.closed.Load() {
+		return nil, net.ErrClosed
+	}
+	c, err := k.Listener.Accept()
+	if err != nil && k.closed.Load() {
+		return nil, net.ErrClosed
+	}
+	return c, err
+}
+
+// Close stops Accept, now and for good, without closing the socket.
+func (k *keepOpen) Close() error {
+	var err error
+	k.once.Do(func() {
+		k.closed.Store(true)
+		err = k.Listener.(deadliner).SetDeadline(aLongTimeAgo)
+	})
+	return err
+}
