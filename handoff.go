@@ -320,6 +320,14 @@ func (r *run) drive(incChild *child) error {
 	s.mu.Lock()
 	s.inc = c
 	s.mu.Unlock()
+	// The new incumbent takes over the control socket path after its
+	// Commit; wait until it answers there, so the next handoff (or a
+	// restarted supervisor) finds it and not its predecessor.
+	actx, cancel := context.WithTimeout(context.WithoutCancel(r.ctx), s.cfg.HelloTimeout+s.cfg.Liveness)
+	if _, err := s.awaitDaemon(actx, c); err != nil {
+		s.log.Error("handoff: committed, but the new incumbent does not answer on the control socket", "pid", c.pid, "err", err)
+	}
+	cancel()
 	r.out.Committed = true
 	r.out.Child = c.proc
 	r.out.Binary = r.spec.Binary
@@ -375,7 +383,10 @@ func (r *run) awaitUntil(p *peer, until time.Time, want ...wire.Type) (wire.Fram
 	if other != nil && other.dead == nil {
 		otherFrames = other.frames
 	}
-	if other != nil {
+	// Once the incumbent has sealed it has nothing left to do: its exit
+	// no longer matters to a successor that is opening the data.
+	passive := other == r.inc && r.sealed != nil
+	if other != nil && !passive {
 		otherDone = other.child.done
 	}
 	for {
@@ -404,6 +415,11 @@ func (r *run) awaitUntil(p *peer, until time.Time, want ...wire.Type) (wire.Fram
 		case res := <-otherFrames:
 			if res.err != nil {
 				other.dead = res.err
+				otherFrames = nil
+				if passive {
+					r.s.log.Warn("handoff: the sealed incumbent closed its session", "pid", other.child.pid, "err", res.err)
+					continue
+				}
 				return wire.Frame{}, r.peerFailed(other, res.err)
 			}
 			closeFDs(res.f.FDs)

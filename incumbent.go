@@ -137,6 +137,9 @@ func (i *Incumbent) Serve(ctx context.Context, d Drainable) error {
 		err = i.session(ctx, wire.NewConn(c), d)
 		switch {
 		case errors.Is(err, errCommitted):
+			// The path belongs to the successor now (or will in a
+			// moment); stop answering on our socket.
+			i.Close()
 			return nil
 		case errors.Is(err, errResumeFailed):
 			return err

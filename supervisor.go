@@ -293,9 +293,11 @@ func (s *Supervisor) ColdStart(ctx context.Context, spec SpawnSpec) (*os.Process
 // awaitDaemon waits until c answers Hello on the control socket.
 func (s *Supervisor) awaitDaemon(ctx context.Context, c *child) (wire.Hello, error) {
 	backoff := time.Millisecond
+	helloWait := 100 * time.Millisecond
 	var last error
 	for {
-		conn, h, err := s.dialIncumbent(ctx)
+		conn, h, err := s.dialIncumbentWithin(ctx, helloWait)
+		helloWait = min(helloWait*2, s.cfg.HelloTimeout)
 		if err == nil {
 			conn.Close()
 			if h.PID == c.pid {
@@ -320,6 +322,11 @@ func (s *Supervisor) awaitDaemon(ctx context.Context, c *child) (wire.Hello, err
 
 // dialIncumbent connects to the control socket and reads the daemon's Hello.
 func (s *Supervisor) dialIncumbent(ctx context.Context) (*wire.Conn, wire.Hello, error) {
+	return s.dialIncumbentWithin(ctx, s.cfg.HelloTimeout)
+}
+
+// dialIncumbentWithin is dialIncumbent waiting at most helloWait for Hello.
+func (s *Supervisor) dialIncumbentWithin(ctx context.Context, helloWait time.Duration) (*wire.Conn, wire.Hello, error) {
 	d := net.Dialer{Timeout: s.cfg.HelloTimeout}
 	nc, err := d.DialContext(ctx, "unix", s.cfg.ControlSocket)
 	if err != nil {
@@ -332,7 +339,7 @@ func (s *Supervisor) dialIncumbent(ctx context.Context) (*wire.Conn, wire.Hello,
 		return nil, wire.Hello{}, err
 	}
 	conn := wire.NewConn(uc)
-	f, err := conn.Recv(s.cfg.HelloTimeout)
+	f, err := conn.Recv(helloWait)
 	if err != nil {
 		conn.Close()
 		return nil, wire.Hello{}, fmt.Errorf("handoff: incumbent hello: %w", err)
