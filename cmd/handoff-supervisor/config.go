@@ -49,6 +49,8 @@ type Config struct {
 	path string
 	// listenAddrs holds the parsed addr of each listener, by index.
 	listenAddrs []listenAddr
+	// lines locates keys for errors found after parsing.
+	lines keyLines
 }
 
 // Listener is one [[listeners]] table.
@@ -103,8 +105,8 @@ func parseConfig(path string, doc []byte) (*Config, error) {
 	if err := dec.Decode(&c); err != nil {
 		return nil, decodeErrors(path, err)
 	}
-	c.path = path
-	if err := c.validate(newKeyLines(doc)); err != nil {
+	c.path, c.lines = path, newKeyLines(doc)
+	if err := c.validate(c.lines); err != nil {
 		return nil, err
 	}
 	return &c, nil
@@ -423,6 +425,15 @@ func canonicalBinary(p string) (string, error) {
 		return "", fmt.Errorf("binary %s (%s) is not an executable file", p, real)
 	}
 	return real, nil
+}
+
+// checkBinary checks that the configured binary exists and is executable
+// now; the run command calls it before starting anything.
+func (c *Config) checkBinary() error {
+	if _, err := canonicalBinary(c.Binary); err != nil {
+		return &ConfigError{File: c.path, Line: c.lines.line("binary"), Key: "binary", Msg: err.Error(), Err: err}
+	}
+	return nil
 }
 
 // errNotAllowed marks a binary that neither binary nor allowed_binaries names.
