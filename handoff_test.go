@@ -168,6 +168,7 @@ func TestLongDrainAndSealCommitWithHeartbeats(t *testing.T) {
 func TestConcurrentHandoffIsRefused(t *testing.T) {
 	checkLeaks(t)
 	c := newCluster(t, SupervisorConfig{}, "TD_SLOW_DRAIN=2s")
+	l := startLoad(t, c.addr)
 	started := make(chan struct{})
 	c.sup.cfg.OnEvent = func(e Event) {
 		if e.Kind == EventPhase && e.Phase == PhaseDraining {
@@ -193,5 +194,5 @@ func TestConcurrentHandoffIsRefused(t *testing.T) {
 		t.Fatalf("first handoff: %s", out.AbortReason)
 	}
 	c.sup.cfg.OnEvent = nil
-	c.verify(nil)
+	c.verify(l)
 }

@@ -264,6 +264,7 @@ func (s *Supervisor) ColdStart(ctx context.Context, spec SpawnSpec) (*os.Process
 		s.mu.Unlock()
 		return nil, fmt.Errorf("handoff: cold start refused: pid %d is serving", pid)
 	}
+	s.stopping = false
 	s.mu.Unlock()
 	names, fds := s.listenerFDs()
 	c, err := s.spawn(spec, names, fds, -1)

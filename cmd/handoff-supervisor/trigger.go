@@ -1,0 +1,352 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// The trigger protocol: a client connects to the trigger socket, sends one
+// line and reads one line back.
+//
+//	handoff            hand off to the configured binary
+//	handoff <binary>   hand off to <binary> (binary or allowed_binaries)
+//	status             the supervisor's status as one JSON object
+//
+// Replies start with "ok: " or "err: ". A handoff answers
+// "ok: id=<id> committed=true|false pid=<pid> build_id=<q> reason=<q>"
+// (q: a Go-quoted string) once it has committed or rolled back.
+const (
+	// maxLine bounds a command line, newline excluded.
+	maxLine = 4096
+	// lineTimeout bounds the wait for a client's command line.
+	lineTimeout = 5 * time.Second
+	// replyTimeout bounds writing the reply.
+	replyTimeout = 5 * time.Second
+	// maxTriggerConns bounds the connections served at once.
+	maxTriggerConns = 16
+	// drainTimeout bounds reading what a client sent past its line before
+	// closing, so that our close does not reset the connection under
+	// the reply.
+	drainTimeout = 200 * time.Millisecond
+)
+
+// errLineTooLong: the client's line exceeds maxLine.
+var errLineTooLong = fmt.Errorf("line longer than %d bytes", maxLine)
+
+// command is one parsed trigger line.
+type command struct {
+	verb   string // "handoff" or "status"
+	binary string // for handoff; empty means the configured binary
+}
+
+// parseCommand parses one trigger line (without its newline).
+func parseCommand(line string) (command, error) {
+	line = strings.TrimSuffix(line, "\r")
+	verb, rest, _ := strings.Cut(strings.TrimSpace(line), " ")
+	rest = strings.TrimSpace(rest)
+	switch verb {
+	case "handoff":
+		return command{verb: verb, binary: rest}, nil
+	case "status":
+		if rest != "" {
+			return command{}, fmt.Errorf("status takes no argument, got %q", rest)
+		}
+		return command{verb: verb}, nil
+	case "":
+		return command{}, errors.New("empty command (want: handoff [<binary>] or status)")
+	}
+	return command{}, fmt.Errorf("unknown command %q (want: handoff [<binary>] or status)", verb)
+}
+
+// readLine reads one line of at most max bytes (newline excluded). A last
+// line without a newline counts when the client closed its side.
+func readLine(r io.Reader, max int) (string, error) {
+	br := bufio.NewReaderSize(io.LimitReader(r, int64(max)+1), max+1)
+	line, err := br.ReadString('\n')
+	if strings.HasSuffix(line, "\n") {
+		return strings.TrimSuffix(line, "\n"), nil
+	}
+	if len(line) > max {
+		return "", errLineTooLong
+	}
+	if errors.Is(err, io.EOF) && line != "" {
+		return line, nil
+	}
+	if err == nil || errors.Is(err, io.EOF) {
+		return "", io.ErrUnexpectedEOF
+	}
+	return "", err
+}
+
+// oneLine makes s safe to send as (part of) a reply line.
+func oneLine(s string) string {
+	return strings.NewReplacer("\n", " ", "\r", " ").Replace(s)
+}
+
+// errReply is the reply line for err.
+func errReply(err error) string { return "err: " + oneLine(err.Error()) }
+
+// peerPolicy says which local users may use the trigger socket: the
+// supervisor's own user, root, and allowed_uids.
+type peerPolicy struct {
+	self    uint32
+	allowed []uint32
+}
+
+func (p peerPolicy) permits(uid uint32) bool {
+	return uid == 0 || uid == p.self || slices.Contains(p.allowed, uid)
+}
+
+// peerCred returns the credentials of the process at the other end of c
+// (SO_PEERCRED: taken when it connected).
+func peerCred(c *net.UnixConn) (*unix.Ucred, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return nil, fmt.Errorf("peer credentials: %w", err)
+	}
+	var cred *unix.Ucred
+	var credErr error
+	if err := rc.Control(func(fd uintptr) {
+		cred, credErr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil {
+		return nil, fmt.Errorf("peer credentials: %w", err)
+	}
+	if credErr != nil {
+		return nil, fmt.Errorf("peer credentials: %w", credErr)
+	}
+	return cred, nil
+}
+
+// listenTrigger creates the trigger socket at path with mode 0600, never
+// leaving a moment where path exists with a wider mode: it binds a
+// temporary name beside path, restricts it and renames it over path. It
+// refuses when something already answers at path (another supervisor).
+func listenTrigger(path string) (*net.UnixListener, error) {
+	if c, err := net.DialTimeout("unix", path, staleProbeTimeout); err == nil {
+		c.Close()
+		return nil, fmt.Errorf("trigger socket %s: another process answers on it (is another supervisor running?)", path)
+	}
+	tmp := filepath.Join(filepath.Dir(path), ".t"+strconv.Itoa(os.Getpid())+"-"+filepath.Base(path))
+	if err := os.Remove(tmp); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("trigger socket: remove leftover %s: %w", tmp, err)
+	}
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: tmp, Net: "unix"})
+	if err != nil {
+		return nil, fmt.Errorf("trigger socket: %w", err)
+	}
+	ln.SetUnlinkOnClose(false)
+	fail := func(err error) (*net.UnixListener, error) {
+		ln.Close()
+		os.Remove(tmp)
+		return nil, err
+	}
+	if err := os.Chmod(tmp, 0o600); err != nil {
+		return fail(fmt.Errorf("trigger socket: %w", err))
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fail(fmt.Errorf("trigger socket: %w", err))
+	}
+	return ln, nil
+}
+
+// socketInode is the inode of the socket behind ln, to tell later whether
+// a path still belongs to it.
+func socketInode(path string) uint64 {
+	var st unix.Stat_t
+	if unix.Stat(path, &st) != nil {
+		return 0
+	}
+	return st.Ino
+}
+
+// triggerHandler answers one command. It must return once ctx is done.
+type triggerHandler func(ctx context.Context, cmd command) string
+
+// triggerServer serves the trigger socket. Its accept loop and one
+// goroutine per connection are joined by pause and close. It can be
+// paused without closing the socket (clients queue in the kernel), for a
+// re-exec that passes the socket on.
+type triggerServer struct {
+	ln     *net.UnixListener
+	path   string
+	ino    uint64
+	policy peerPolicy
+	handle triggerHandler
+	log    *slog.Logger
+	// lineTimeout is the wait for a client's line (lineTimeout outside tests).
+	lineTimeout time.Duration
+
+	mu      sync.Mutex
+	running bool
+	ctx     context.Context
+	cancel  context.CancelCauseFunc
+	conns   map[*net.UnixConn]struct{}
+	wg      sync.WaitGroup
+	sem     chan struct{}
+}
+
+func newTriggerServer(ln *net.UnixListener, path string, policy peerPolicy, handle triggerHandler, log *slog.Logger) *triggerServer {
+	return &triggerServer{
+		ln: ln, path: path, ino: socketInode(path), policy: policy, handle: handle, log: log,
+		lineTimeout: lineTimeout,
+		conns:       map[*net.UnixConn]struct{}{},
+		sem:         make(chan struct{}, maxTriggerConns),
+	}
+}
+
+// start serves until pause or close.
+func (s *triggerServer) start() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.running {
+		return
+	}
+	s.ln.SetDeadline(time.Time{})
+	s.running = true
+	s.ctx, s.cancel = context.WithCancelCause(context.Background())
+	s.wg.Add(1)
+	go s.acceptLoop(s.ctx)
+}
+
+// pause stops accepting, tells handlers still waiting why (cause) and
+// waits for every connection to finish. The socket stays open.
+func (s *triggerServer) pause(cause error) {
+	s.mu.Lock()
+	if !s.running {
+		s.mu.Unlock()
+		return
+	}
+	s.running = false
+	s.cancel(cause)
+	s.ln.SetDeadline(time.Unix(1, 0))
+	s.mu.Unlock()
+	s.wg.Wait()
+}
+
+// close stops serving, closes the socket and removes its path if it is
+// still ours.
+func (s *triggerServer) close(cause error) error {
+	s.pause(cause)
+	err := s.ln.Close()
+	if s.ino != 0 && socketInode(s.path) == s.ino {
+		if rerr := os.Remove(s.path); rerr != nil && err == nil {
+			err = rerr
+		}
+	}
+	return err
+}
+
+func (s *triggerServer) acceptLoop(ctx context.Context) {
+	defer s.wg.Done()
+	delay := 5 * time.Millisecond
+	for {
+		c, err := s.ln.AcceptUnix()
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			// Out of descriptors or memory: wait a little rather than spin.
+			s.log.Error("trigger socket: accept failed", "err", err)
+			t := time.NewTimer(delay)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return
+			case <-t.C:
+			}
+			delay = min(delay*2, time.Second)
+			continue
+		}
+		delay = 5 * time.Millisecond
+		select {
+		case s.sem <- struct{}{}:
+		default:
+			s.reply(c, "err: too many trigger connections; retry")
+			s.finish(c)
+			continue
+		}
+		s.mu.Lock()
+		s.conns[c] = struct{}{}
+		s.mu.Unlock()
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			defer func() { <-s.sem }()
+			s.serveConn(ctx, c)
+			s.mu.Lock()
+			delete(s.conns, c)
+			s.mu.Unlock()
+		}()
+	}
+}
+
+// serveConn answers one client: peer check, one line in, one line out.
+func (s *triggerServer) serveConn(ctx context.Context, c *net.UnixConn) {
+	defer s.finish(c)
+	cred, err := peerCred(c)
+	if err != nil {
+		s.reply(c, errReply(err))
+		return
+	}
+	log := s.log.With("peer_pid", cred.Pid, "peer_uid", cred.Uid)
+	if !s.policy.permits(cred.Uid) {
+		log.Warn("trigger: permission denied")
+		s.reply(c, "err: permission denied")
+		return
+	}
+	c.SetReadDeadline(time.Now().Add(s.lineTimeout))
+	line, err := readLine(c, maxLine)
+	if err != nil {
+		var ne net.Error
+		switch {
+		case errors.As(err, &ne) && ne.Timeout():
+			err = fmt.Errorf("no command line within %v", s.lineTimeout)
+		case errors.Is(err, io.ErrUnexpectedEOF):
+			err = errors.New("connection closed before a complete command line")
+		}
+		log.Warn("trigger: bad request", "err", err)
+		s.reply(c, errReply(err))
+		return
+	}
+	cmd, err := parseCommand(line)
+	if err != nil {
+		log.Warn("trigger: bad request", "err", err)
+		s.reply(c, errReply(err))
+		return
+	}
+	if cmd.verb == "handoff" {
+		log.Info("trigger: handoff requested", "binary", cmd.binary)
+	}
+	s.reply(c, oneLine(s.handle(ctx, cmd)))
+}
+
+func (s *triggerServer) reply(c *net.UnixConn, line string) {
+	c.SetWriteDeadline(time.Now().Add(replyTimeout))
+	if _, err := io.WriteString(c, line+"\n"); err != nil {
+		s.log.Warn("trigger: reply not delivered", "err", err)
+	}
+}
+
+// finish closes c after reading (bounded) whatever the client still sent:
+// closing a unix socket with unread data resets the peer, which could then
+// miss the reply.
+func (s *triggerServer) finish(c *net.UnixConn) {
+	c.CloseWrite()
+	c.SetReadDeadline(time.Now().Add(drainTimeout))
+	io.Copy(io.Discard, io.LimitReader(c, 64<<10))
+	c.Close()
+}

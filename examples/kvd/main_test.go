@@ -1,0 +1,177 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/handoff-go/handoff/examples/kvd/store"
+)
+
+func TestParseFlags(t *testing.T) {
+	tests := []struct {
+		name    string
+		args    []string
+		want    config
+		wantErr bool
+	}{
+		{"defaults", []string{"--data", "/d"},
+			config{dataDir: "/d", listen: "127.0.0.1:8080", control: "/d/control.sock", buildID: buildID}, false},
+		{"everything", []string{"--data", "/d", "--listen", ":9", "--control", "/c.sock", "--build-id", "v2",
+			"--fail-before-ready", "--slow-drain", "2s", "--slow-seal", "3s"},
+			config{dataDir: "/d", listen: ":9", control: "/c.sock", buildID: "v2",
+				failBeforeReady: true, slowDrain: 2 * time.Second, slowSeal: 3 * time.Second}, false},
+		{"no data dir", []string{"--listen", ":9"}, config{}, true},
+		{"stray argument", []string{"--data", "/d", "extra"}, config{}, true},
+		{"bad duration", []string{"--data", "/d", "--slow-seal", "soon"}, config{}, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := parseFlags(tt.args)
+			if (err != nil) != tt.wantErr || got != tt.want {
+				t.Errorf("parseFlags(%q) = %+v, %v; want %+v, error %v", tt.args, got, err, tt.want, tt.wantErr)
+			}
+		})
+	}
+	if _, err := parseFlags([]string{"-h"}); !errors.Is(err, flag.ErrHelp) {
+		t.Errorf("-h: %v, want flag.ErrHelp", err)
+	}
+}
+
+func newTestDaemon(t *testing.T, dir string) *daemon {
+	t.Helper()
+	st, err := store.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return &daemon{cfg: config{dataDir: dir, buildID: "test-build"}, log: slog.New(slog.DiscardHandler), store: st}
+}
+
+func do(t *testing.T, h http.Handler, method, path, body string) *httptest.ResponseRecorder {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest(method, path, strings.NewReader(body)))
+	return rec
+}
+
+func TestAPI(t *testing.T) {
+	d := newTestDaemon(t, t.TempDir())
+	h := d.routes()
+	steps := []struct {
+		method, path, body string
+		wantCode           int
+		wantBody           string // substring
+	}{
+		{"GET", "/kv/a", "", 404, "not found"},
+		{"PUT", "/kv/a", "one", 200, `"revision":1`},
+		{"GET", "/kv/a", "", 200, "one"},
+		{"PUT", "/kv/a", "two", 200, `"revision":2`},
+		{"PUT", "/kv/b", "", 200, `"revision":3`},
+		{"GET", "/kv/b", "", 200, ""},
+		{"DELETE", "/kv/a", "", 200, `"revision":4`},
+		{"GET", "/kv/a", "", 404, "not found"},
+		{"PUT", "/kv/big", strings.Repeat("x", store.MaxValueLen+1), 413, "error"},
+		{"POST", "/kv/a", "", 405, ""},
+		{"GET", "/healthz", "", 200, "ok"},
+		{"GET", "/stats", "", 200, `"revision":4,"keys":1,"build_id":"test-build"`},
+	}
+	for _, s := range steps {
+		rec := do(t, h, s.method, s.path, s.body)
+		if rec.Code != s.wantCode || !strings.Contains(rec.Body.String(), s.wantBody) {
+			t.Errorf("%s %s = %d %q; want %d containing %q", s.method, s.path, rec.Code, rec.Body, s.wantCode, s.wantBody)
+		}
+	}
+	var st statsReply
+	if err := json.Unmarshal(do(t, h, "GET", "/stats", "").Body.Bytes(), &st); err != nil || st.PID != os.Getpid() {
+		t.Errorf("stats = %+v, %v; want pid %d", st, err, os.Getpid())
+	}
+}
+
+// TestHandoffHooks drives the adapter's hooks the way the library does in
+// an aborted handoff: sync, seal (writes now get 503), a successor writes
+// and dies, reopen (the successor's write is visible, writes go on).
+func TestHandoffHooks(t *testing.T) {
+	dir := t.TempDir()
+	d := newTestDaemon(t, dir)
+	h := d.routes()
+	ctx := context.Background()
+	do(t, h, "PUT", "/kv/k", "v1")
+
+	if err := d.sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := d.seal(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.LastRevisionPerShard) != 1 || rep.LastRevisionPerShard[0] != 1 || rep.DataDirFingerprint == "" {
+		t.Errorf("SealReport = %+v, want revision [1] and a fingerprint", rep)
+	}
+	if rec := do(t, h, "PUT", "/kv/k", "v2"); rec.Code != http.StatusServiceUnavailable || rec.Header().Get("Retry-After") == "" {
+		t.Errorf("PUT on a sealed store = %d (Retry-After %q), want 503 with Retry-After", rec.Code, rec.Header().Get("Retry-After"))
+	}
+	if rec := do(t, h, "GET", "/healthz", ""); rec.Code != http.StatusServiceUnavailable {
+		t.Errorf("healthz on a sealed store = %d, want 503", rec.Code)
+	}
+	if rec := do(t, h, "GET", "/kv/k", ""); rec.Code != http.StatusOK || rec.Body.String() != "v1" {
+		t.Errorf("GET on a sealed store = %d %q, want the sealed value", rec.Code, rec.Body)
+	}
+
+	succ, err := store.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := succ.Put("from-successor", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	succ.Close()
+
+	for range 2 { // idempotent
+		if err := d.reopen(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if rec := do(t, h, "GET", "/kv/from-successor", ""); rec.Code != http.StatusOK {
+		t.Errorf("the successor's write is not visible after reopen: %d", rec.Code)
+	}
+	if rec := do(t, h, "PUT", "/kv/k", "v3"); rec.Code != http.StatusOK || !strings.Contains(rec.Body.String(), `"revision":3`) {
+		t.Errorf("PUT after reopen = %d %q, want revision 3", rec.Code, rec.Body)
+	}
+	if got := d.state(); got.ShardCount != 1 || got.LastRevisionPerShard[0] != 3 {
+		t.Errorf("state = %+v", got)
+	}
+}
+
+func TestSlowKnobsHonourTheDeadline(t *testing.T) {
+	d := newTestDaemon(t, t.TempDir())
+	d.cfg.slowDrain, d.cfg.slowSeal = time.Hour, time.Hour
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := d.sync(ctx); !errors.Is(err, context.Canceled) {
+		t.Errorf("sync = %v, want context.Canceled", err)
+	}
+	if _, err := d.seal(ctx); !errors.Is(err, context.Canceled) {
+		t.Errorf("seal = %v, want context.Canceled", err)
+	}
+	if _, err := d.store.Put("still", []byte("open")); err != nil {
+		t.Errorf("a seal that gave up must leave the store open: %v", err)
+	}
+}
+
+func TestRunRejectsBadFlags(t *testing.T) {
+	if err := run(context.Background(), []string{"--listen", ":0"}); err == nil {
+		t.Error("run without --data succeeded")
+	}
+	if err := run(context.Background(), []string{"-h"}); err != nil {
+		t.Errorf("run -h = %v, want nil", err)
+	}
+}

@@ -1,0 +1,239 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/handoff-go/handoff"
+	"github.com/handoff-go/handoff/examples/kvd/store"
+)
+
+// The test binary doubles as kvd: the supervisor in TestHandoffEndToEnd
+// spawns it with KVD_TEST_MAIN=1.
+func TestMain(m *testing.M) {
+	if os.Getenv("KVD_TEST_MAIN") == "1" {
+		main()
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// kvdCluster is an embedded supervisor running kvd processes.
+type kvdCluster struct {
+	t      *testing.T
+	data   string
+	sock   string
+	addr   string
+	sup    *handoff.Supervisor
+	client *http.Client
+}
+
+func startKVD(t *testing.T) *kvdCluster {
+	t.Helper()
+	dir := t.TempDir()
+	logs, err := os.Create(filepath.Join(dir, "daemons.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		logs.Close()
+		if t.Failed() {
+			b, _ := os.ReadFile(logs.Name())
+			t.Logf("daemon logs:\n%s", b)
+		}
+	})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &kvdCluster{t: t, data: filepath.Join(dir, "data"), sock: filepath.Join(dir, "control.sock"), addr: ln.Addr().String(),
+		client: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}}
+	c.sup, err = handoff.NewSupervisor(handoff.SupervisorConfig{ControlSocket: c.sock, Stdout: logs, Stderr: logs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.sup.AddListener("http", ln); err != nil {
+		t.Fatal(err)
+	}
+	ln.Close() // the supervisor holds its own duplicate
+	t.Cleanup(func() { c.sup.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := c.sup.ColdStart(ctx, c.spec("v1")); err != nil {
+		t.Fatalf("cold start: %v", err)
+	}
+	return c
+}
+
+func (c *kvdCluster) spec(build string, extra ...string) handoff.SpawnSpec {
+	return handoff.SpawnSpec{
+		Binary:     os.Args[0],
+		Args:       append([]string{"--data", c.data, "--control", c.sock, "--build-id", build}, extra...),
+		Env:        []string{"KVD_TEST_MAIN=1"},
+		DrainGrace: 10 * time.Second,
+		Deadline:   30 * time.Second,
+	}
+}
+
+func (c *kvdCluster) handoff(spec handoff.SpawnSpec) handoff.HandoffOutcome {
+	c.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	out, err := c.sup.PerformHandoff(ctx, spec)
+	if err != nil {
+		c.t.Fatalf("handoff to %v: %v", spec.Args, err)
+	}
+	return out
+}
+
+func (c *kvdCluster) do(method, path, body string) (int, string, error) {
+	req, err := http.NewRequest(method, "http://"+c.addr+path, strings.NewReader(body))
+	if err != nil {
+		return 0, "", err
+	}
+	resp, err := c.client.Do(req)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), err
+}
+
+func (c *kvdCluster) stats() statsReply {
+	c.t.Helper()
+	code, body, err := c.do("GET", "/stats", "")
+	var st statsReply
+	if err == nil && code == http.StatusOK {
+		err = json.Unmarshal([]byte(body), &st)
+	}
+	if err != nil || code != http.StatusOK {
+		c.t.Fatalf("GET /stats = %d %q, %v", code, body, err)
+	}
+	return st
+}
+
+// writer PUTs unique keys on fresh connections until stopped.
+type writer struct {
+	stop  chan struct{}
+	done  chan struct{}
+	mu    sync.Mutex
+	acked map[string]string
+	fails []string
+}
+
+func startWriter(c *kvdCluster) *writer {
+	w := &writer{stop: make(chan struct{}), done: make(chan struct{}), acked: map[string]string{}}
+	go func() {
+		defer close(w.done)
+		for i := 0; ; i++ {
+			select {
+			case <-w.stop:
+				return
+			default:
+			}
+			key, value := fmt.Sprintf("load-%d", i), fmt.Sprintf("value-%d", i)
+			code, body, err := c.do("PUT", "/kv/"+key, value)
+			w.mu.Lock()
+			if err != nil || code != http.StatusOK {
+				w.fails = append(w.fails, fmt.Sprintf("PUT %s: %d %q %v", key, code, body, err))
+			} else {
+				w.acked[key] = value
+			}
+			w.mu.Unlock()
+		}
+	}()
+	return w
+}
+
+func (w *writer) finish() {
+	close(w.stop)
+	<-w.done
+}
+
+// TestHandoffEndToEnd runs kvd under an embedded supervisor with writes in
+// flight: a handoff commits, one to a successor that crashes before Ready
+// rolls back, another commits, and a stop seals the store. No request
+// fails and every acknowledged write survives.
+func TestHandoffEndToEnd(t *testing.T) {
+	if testing.Short() {
+		t.Skip("spawns daemons")
+	}
+	c := startKVD(t)
+	first := c.stats()
+	if first.BuildID != "v1" {
+		t.Fatalf("cold-started build %q, want v1", first.BuildID)
+	}
+
+	w := startWriter(c)
+	steps := []struct {
+		spec          handoff.SpawnSpec
+		wantCommitted bool
+		wantBuild     string
+	}{
+		{c.spec("v2"), true, "v2"},
+		{c.spec("broken", "--fail-before-ready"), false, "v2"},
+		{c.spec("v3", "--slow-drain", "50ms", "--slow-seal", "50ms"), true, "v3"},
+	}
+	for _, s := range steps {
+		before := c.stats()
+		out := c.handoff(s.spec)
+		if out.Committed != s.wantCommitted {
+			t.Fatalf("handoff to %v: committed %v (%s), want %v", s.spec.Args, out.Committed, out.AbortReason, s.wantCommitted)
+		}
+		after := c.stats()
+		if after.BuildID != s.wantBuild || (after.PID == before.PID) == s.wantCommitted {
+			t.Errorf("after handoff to %v: serving build %s pid %d (was pid %d)", s.spec.Args, after.BuildID, after.PID, before.PID)
+		}
+		if after.Revision < before.Revision {
+			t.Errorf("revision went back from %d to %d", before.Revision, after.Revision)
+		}
+	}
+	w.finish()
+
+	if len(w.fails) > 0 {
+		t.Errorf("%d of %d writes failed, first: %s", len(w.fails), len(w.fails)+len(w.acked), w.fails[0])
+	}
+	for k, v := range w.acked {
+		if code, body, err := c.do("GET", "/kv/"+k, ""); err != nil || code != http.StatusOK || body != v {
+			t.Fatalf("acknowledged %s=%s reads back as %d %q, %v", k, v, code, body, err)
+		}
+	}
+	t.Logf("%d acknowledged writes across the handoffs", len(w.acked))
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := c.sup.Stop(ctx); err != nil {
+		t.Fatalf("stop: %v", err)
+	}
+	// Stopped means sealed and unlocked: the lock is free and the store
+	// opens from its snapshot with every acknowledged write.
+	lock, err := handoff.AcquireDataDirLock(c.data)
+	if err != nil {
+		t.Fatalf("lock after stop: %v", err)
+	}
+	defer lock.Release()
+	st, err := store.Open(c.data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if rc := st.Recovery(); rc.Replayed != 0 || rc.TornTailBytes != 0 {
+		t.Errorf("after a graceful stop Open replayed %+v; want a clean snapshot", rc)
+	}
+	for k, v := range w.acked {
+		if got, ok := st.Get(k); !ok || string(got) != v {
+			t.Fatalf("acknowledged %s=%s is %q (present %v) on disk", k, v, got, ok)
+		}
+	}
+}
