@@ -1,23 +1,34 @@
 // Package httphandoff makes a net/http server hand-off capable: its Server
-// implements handoff.Drainable on top of http.Server.Shutdown.
+// implements handoff.Drainable for an HTTP/1.1 server.
 //
-// Drain shuts the current http.Server down (no new connections are accepted,
-// in-flight requests finish, idle connections close) and then calls the
-// Sync hook so every accepted write is durable. Seal and ResumeAfterAbort
-// call the daemon's hooks; on resume the adapter serves again with a fresh
-// http.Server, because an http.Server cannot serve again after Shutdown.
+// Drain stops accepting, lets every connection already accepted finish the
+// request it carries (even one whose request has not arrived yet), closes
+// connections as they become idle, and then calls the Sync hook so every
+// accepted write is durable. Seal and ResumeAfterAbort call the daemon's
+// hooks; on resume the adapter serves again with a fresh http.Server from
+// Config, since an http.Server that stopped cannot be restarted.
+//
+// Drain does not use http.Server.Shutdown: once Shutdown has begun, a
+// server closes without an answer any connection whose request it reads
+// after that point, so a client that connected just before the drain
+// would see its request fail. Instead the adapter stops Serve and disables
+// keep-alives, which closes idle connections and makes busy ones close
+// after their response. As with any HTTP/1.1 server that closes an idle
+// keep-alive connection, a client may have just sent a request on it: Go's
+// http.Client retries such a request when it is idempotent (GET, HEAD, or
+// any method with an Idempotency-Key header). Requests on fresh
+// connections never see this.
 //
 // # Listeners stay open
 //
-// http.Server.Shutdown closes the listeners it serves, but during a handoff
-// the listening socket must stay open: connections that arrive while
-// nobody accepts wait in the kernel's accept queue, and an aborted handoff
-// serves them from the same socket. So the adapter hands Serve a wrapper
-// whose Close only ends Accept (through an accept deadline) and leaves the
-// socket open. The listeners must therefore be *net.TCPListener or
-// *net.UnixListener (or anything else with SetDeadline), as returned by
-// net.Listen and by handoff's InheritedListeners. Only Shutdown, when the
-// daemon exits, closes them.
+// During a handoff the listening socket must stay open: connections that
+// arrive while nobody accepts wait in the kernel's accept queue, and an
+// aborted handoff serves them from the same socket. So the adapter hands
+// Serve a wrapper whose Close only ends Accept (through an accept
+// deadline) and leaves the socket open. The listeners must therefore be
+// *net.TCPListener or *net.UnixListener (or anything else with
+// SetDeadline), as returned by net.Listen and by handoff's
+// InheritedListeners. Only Shutdown, when the daemon exits, closes them.
 package httphandoff
 
 import (
@@ -51,11 +62,14 @@ type Config struct {
 	// NewServer returns a fresh, unstarted http.Server (handler, timeouts,
 	// ErrorLog...; Addr is ignored). It is called by Start and by every
 	// resume. The adapter sets ConnState, calling the one NewServer set.
+	// Leave Protocols at its default: draining relies on HTTP/1.1
+	// keep-alive control, which unencrypted HTTP/2 does not have.
 	NewServer func() *http.Server
 
-	// Sync runs in Drain after the HTTP server stopped: make every accepted
-	// write durable (fsync). If the drain grace expired first, ctx is
-	// already done, yet Sync should still make the writes durable.
+	// Sync runs in Drain once the accepted connections are done (or the
+	// drain grace expired): make every accepted write durable (fsync). If
+	// the grace expired, ctx is already done, yet Sync should still make
+	// the writes durable.
 	Sync func(ctx context.Context) error
 
 	// Seal flushes and closes writer state for the successor.
@@ -80,14 +94,20 @@ type Server struct {
 	cfg       Config
 	listeners []net.Listener
 	conns     atomic.Int64 // open connections, across generations
+	hooks     testHooks
 
 	mu       sync.Mutex // serialises Start, Drain, ResumeAfterAbort, Shutdown
 	cur      *generation
-	draining []*http.Server // shut down with connections still open
+	draining []*generation // stopped, with connections maybe still open
 	closed   bool
 
 	errMu     sync.Mutex // Serve goroutines take it while mu may be held
 	serveErrs []error
+}
+
+// testHooks are seams for tests; nil fields do nothing.
+type testHooks struct {
+	drainWaiting func() // Drain stopped accepting and waits for connections
 }
 
 var _ handoff.Drainable = (*Server)(nil)
@@ -95,7 +115,12 @@ var _ handoff.Drainable = (*Server)(nil)
 // generation is one http.Server serving every listener.
 type generation struct {
 	srv *http.Server
+	lns []*keepOpen
 	wg  sync.WaitGroup // one Serve goroutine per listener
+
+	mu    sync.Mutex
+	conns int
+	idle  chan struct{} // closed when conns drops to 0; nil when nobody waits
 }
 
 // deadliner is what the adapter needs of a listener to stop Accept
@@ -151,24 +176,27 @@ func (s *Server) startLocked() error {
 			return fmt.Errorf("httphandoff: clear the accept deadline of %s: %w", l.Addr(), err)
 		}
 	}
-	srv := s.newServer()
-	g := &generation{srv: srv}
+	g := &generation{}
+	g.srv = s.newServer(g)
 	for _, l := range s.listeners {
+		k := &keepOpen{Listener: l}
+		g.lns = append(g.lns, k)
 		g.wg.Go(func() {
-			err := srv.Serve(&keepOpen{Listener: l})
-			if err != nil && !errors.Is(err, http.ErrServerClosed) {
-				s.cfg.Logger.Error("httphandoff: serve", "addr", l.Addr(), "err", err)
-				s.errMu.Lock()
-				s.serveErrs = append(s.serveErrs, fmt.Errorf("httphandoff: serve %s: %w", l.Addr(), err))
-				s.errMu.Unlock()
+			err := g.srv.Serve(k)
+			if k.closed.Load() {
+				return // stopped by the adapter
 			}
+			s.cfg.Logger.Error("httphandoff: serve", "addr", l.Addr(), "err", err)
+			s.errMu.Lock()
+			s.serveErrs = append(s.serveErrs, fmt.Errorf("httphandoff: serve %s: %w", l.Addr(), err))
+			s.errMu.Unlock()
 		})
 	}
 	s.cur = g
 	return nil
 }
 
-func (s *Server) newServer() *http.Server {
+func (s *Server) newServer(g *generation) *http.Server {
 	var srv *http.Server
 	if s.cfg.NewServer != nil {
 		srv = s.cfg.NewServer()
@@ -180,8 +208,10 @@ func (s *Server) newServer() *http.Server {
 		switch st {
 		case http.StateNew:
 			s.conns.Add(1)
+			g.connDelta(1)
 		case http.StateClosed, http.StateHijacked:
 			s.conns.Add(-1)
+			g.connDelta(-1)
 		}
 		if next != nil {
 			next(c, st)
@@ -190,21 +220,69 @@ func (s *Server) newServer() *http.Server {
 	return srv
 }
 
-// stopLocked shuts the current generation down: it stops accepting at
-// once, then waits until ctx ends for the connections to finish.
-func (s *Server) stopLocked(ctx context.Context) error {
-	g := s.cur
-	if g == nil {
+func (g *generation) connDelta(d int) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.conns += d
+	if g.conns == 0 && g.idle != nil {
+		close(g.idle)
+		g.idle = nil
+	}
+}
+
+// stop ends accepting and keep-alives: Serve returns, idle connections
+// close now, busy ones after their response. Every connection Serve
+// accepted is counted by the time stop returns.
+func (g *generation) stop() {
+	for _, k := range g.lns {
+		k.Close()
+	}
+	g.wg.Wait()
+	g.srv.SetKeepAlivesEnabled(false)
+}
+
+// waitIdle waits until the generation has no connection or ctx ends.
+func (g *generation) waitIdle(ctx context.Context) error {
+	g.mu.Lock()
+	if g.conns == 0 {
+		g.mu.Unlock()
 		return nil
 	}
-	s.cur = nil
-	err := g.srv.Shutdown(ctx)
-	g.wg.Wait() // Shutdown has ended every Serve loop; join the goroutines
-	if err != nil {
-		s.draining = append(s.draining, g.srv)
-		return err
+	if g.idle == nil {
+		g.idle = make(chan struct{})
 	}
-	return nil
+	idle := g.idle
+	g.mu.Unlock()
+	select {
+	case <-idle:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// stopLocked stops the current generation, if any, and waits until ctx
+// ends for the connections of every stopped generation to finish.
+func (s *Server) stopLocked(ctx context.Context) error {
+	if g := s.cur; g != nil {
+		s.cur = nil
+		g.stop()
+		s.draining = append(s.draining, g)
+	}
+	if s.hooks.drainWaiting != nil {
+		s.hooks.drainWaiting()
+	}
+	var busy []*generation
+	var err error
+	for _, g := range s.draining {
+		if werr := g.waitIdle(ctx); werr != nil {
+			busy, err = append(busy, g), werr
+			continue
+		}
+		g.srv.Close() // nothing left to close; marks the server done
+	}
+	s.draining = busy
+	return err
 }
 
 // OpenConns returns the number of open client connections.
@@ -212,18 +290,17 @@ func (s *Server) OpenConns() int { return int(s.conns.Load()) }
 
 // Drain stops accepting (the listening sockets stay open, so new
 // connections wait in the accept queue), waits until ctx's deadline for
-// in-flight requests to finish, and calls the Sync hook. Connections still
-// open at the deadline are reported in OpenConnsRemaining, not an error:
-// they finish on their own and are closed after their response.
+// the accepted connections to finish their requests, and calls the Sync
+// hook. Connections still open at the deadline are reported in
+// OpenConnsRemaining, not as an error: they finish their request on their
+// own and close.
 func (s *Server) Drain(ctx context.Context) (handoff.DrainReport, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
 		return handoff.DrainReport{}, ErrClosed
 	}
-	if err := s.stopLocked(ctx); err != nil && !errors.Is(err, ctx.Err()) {
-		return handoff.DrainReport{}, fmt.Errorf("httphandoff: shut down: %w", err)
-	}
+	s.stopLocked(ctx) // an expired grace shows in OpenConnsRemaining
 	if s.cfg.Sync != nil {
 		if err := s.cfg.Sync(ctx); err != nil {
 			return handoff.DrainReport{}, fmt.Errorf("httphandoff: sync: %w", err)
@@ -273,8 +350,9 @@ func (s *Server) SnapshotState() handoff.StateSnapshot {
 
 // Shutdown is for the end of the process (after a committed handoff or on
 // a stop signal): it stops serving if it still does, waits until ctx ends
-// for every connection to finish, including those a Drain left open, and
-// closes the listeners. It returns the errors Serve failed with, if any.
+// for every connection to finish, including those a Drain left open,
+// closes what is left, and closes the listeners. It returns ctx's error if
+// connections had to be cut, and the errors Serve failed with, if any.
 // The Server cannot serve again.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
@@ -284,8 +362,8 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.closed = true
 	errs := []error{s.stopLocked(ctx)}
-	for _, srv := range s.draining {
-		errs = append(errs, srv.Shutdown(ctx))
+	for _, g := range s.draining {
+		g.srv.Close()
 	}
 	s.draining = nil
 	for _, l := range s.listeners {
@@ -311,8 +389,8 @@ type keepOpen struct {
 var aLongTimeAgo = time.Unix(1, 0)
 
 // Accept returns the next connection. A connection the kernel handed over
-// as Close ran is still returned: http.Server tracks it before Serve
-// returns, so Shutdown waits for it.
+// as Close ran is still returned: http.Server counts it (ConnState) before
+// it calls Accept again, so stop waits for it.
 func (k *keepOpen) Accept() (net.Conn, error) {
 	if k.closed.Load() {
 		return nil, net.ErrClosed

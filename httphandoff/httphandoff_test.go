@@ -37,8 +37,9 @@ type fixture struct {
 	servers atomic.Int32 // http.Servers built
 	reopens atomic.Int32
 
-	shutdownStarted chan struct{} // receives when an http.Server starts shutting down
-	closedConns     chan struct{} // receives when a connection closes
+	drainWaiting chan struct{} // receives when Drain stopped accepting
+	newConns     chan struct{} // receives when the server accepts a connection
+	closedConns  chan struct{} // receives when a connection closes
 }
 
 func newFixture(t *testing.T, h http.Handler, cfg Config) *fixture {
@@ -48,16 +49,18 @@ func newFixture(t *testing.T, h http.Handler, cfg Config) *fixture {
 		t.Fatal(err)
 	}
 	f := &fixture{t: t, ln: ln, addr: ln.Addr().String(),
-		shutdownStarted: make(chan struct{}, 16), closedConns: make(chan struct{}, 64)}
+		drainWaiting: make(chan struct{}, 16), newConns: make(chan struct{}, 64), closedConns: make(chan struct{}, 64)}
 	cfg.NewServer = func() *http.Server {
 		f.servers.Add(1)
 		srv := &http.Server{Handler: h, ReadHeaderTimeout: waitBound,
 			ConnState: func(_ net.Conn, st http.ConnState) {
-				if st == http.StateClosed {
+				switch st {
+				case http.StateNew:
+					f.newConns <- struct{}{}
+				case http.StateClosed:
 					f.closedConns <- struct{}{}
 				}
 			}}
-		srv.RegisterOnShutdown(func() { f.shutdownStarted <- struct{}{} })
 		return srv
 	}
 	if cfg.Reopen == nil {
@@ -67,6 +70,7 @@ func newFixture(t *testing.T, h http.Handler, cfg Config) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
+	f.srv.hooks.drainWaiting = func() { f.drainWaiting <- struct{}{} }
 	if err := f.srv.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -188,7 +192,7 @@ func TestDrainFinishesInFlightRequest(t *testing.T) {
 		}
 		drained <- rep
 	}()
-	recv(t, f.shutdownStarted, "Drain to stop accepting")
+	recv(t, f.drainWaiting, "Drain to stop accepting")
 	close(release)
 
 	code, body, err := answer(c, waitBound)
@@ -206,6 +210,37 @@ func TestDrainFinishesInFlightRequest(t *testing.T) {
 	}
 	if got, want := ev.list(), []string{"handler finished", "sync"}; !slices.Equal(got, want) {
 		t.Errorf("events = %q, want %q: Sync must follow the in-flight request", got, want)
+	}
+}
+
+// TestDrainServesAcceptedConnectionWithoutRequestYet: a connection the
+// server accepted before Drain, whose request arrives only after Drain
+// began, is answered (http.Server.Shutdown would close it unanswered).
+func TestDrainServesAcceptedConnectionWithoutRequestYet(t *testing.T) {
+	f := newFixture(t, http.HandlerFunc(hello), Config{})
+	c := f.dial()
+	recv(t, f.newConns, "the server to accept the connection")
+
+	drained := make(chan error, 1)
+	go func() {
+		_, err := f.srv.Drain(context.Background())
+		drained <- err
+	}()
+	recv(t, f.drainWaiting, "Drain to stop accepting")
+	if err := send(c, "/"); err != nil {
+		t.Fatal(err)
+	}
+	code, body, err := answer(c, waitBound)
+	if err != nil || code != http.StatusOK || body != "hello" {
+		t.Fatalf("request sent after Drain began on a connection accepted before = %d %q, %v; want 200", code, body, err)
+	}
+	select {
+	case err := <-drained:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(waitBound):
+		t.Fatal("Drain did not return after the last connection closed")
 	}
 }
 

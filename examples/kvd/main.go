@@ -38,8 +38,13 @@ import (
 	"github.com/handoff-go/handoff/examples/kvd/store"
 )
 
-// buildID is the default of --build-id: go build -ldflags "-X main.buildID=v2".
-var buildID = "dev"
+// Link-time defaults: go build -ldflags "-X main.buildID=v2". The demo
+// builds a deliberately broken kvd with -X main.failBeforeReady=true, so a
+// handoff to that binary (same arguments) must roll back.
+var (
+	buildID         = "dev"
+	failBeforeReady = "false"
+)
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -69,7 +74,7 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&c.listen, "listen", "127.0.0.1:8080", "TCP `address` to bind when no listener \"http\" was inherited")
 	fs.StringVar(&c.control, "control", "", "control socket `path` (default DIR/control.sock)")
 	fs.StringVar(&c.buildID, "build-id", buildID, "build `id` announced to the supervisor")
-	fs.BoolVar(&c.failBeforeReady, "fail-before-ready", false, "test knob: as a successor, exit 1 after Begin, before Ready")
+	fs.BoolVar(&c.failBeforeReady, "fail-before-ready", failBeforeReady == "true", "test knob: as a successor, exit 1 after Begin, before Ready")
 	fs.DurationVar(&c.slowDrain, "slow-drain", 0, "test knob: make every drain take this much longer")
 	fs.DurationVar(&c.slowSeal, "slow-seal", 0, "test knob: make every seal take this much longer")
 	if err := fs.Parse(args); err != nil {

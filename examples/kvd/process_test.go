@@ -123,42 +123,44 @@ func (c *kvdCluster) stats() statsReply {
 	return st
 }
 
-// writer PUTs unique keys on fresh connections until stopped.
-type writer struct {
+// writers PUT unique keys, each request on a fresh connection, until
+// stopped.
+type writers struct {
 	stop  chan struct{}
-	done  chan struct{}
+	wg    sync.WaitGroup
 	mu    sync.Mutex
 	acked map[string]string
 	fails []string
 }
 
-func startWriter(c *kvdCluster) *writer {
-	w := &writer{stop: make(chan struct{}), done: make(chan struct{}), acked: map[string]string{}}
-	go func() {
-		defer close(w.done)
-		for i := 0; ; i++ {
-			select {
-			case <-w.stop:
-				return
-			default:
+func startWriters(c *kvdCluster, n int) *writers {
+	w := &writers{stop: make(chan struct{}), acked: map[string]string{}}
+	for g := range n {
+		w.wg.Go(func() {
+			for i := 0; ; i++ {
+				select {
+				case <-w.stop:
+					return
+				default:
+				}
+				key, value := fmt.Sprintf("load-%d-%d", g, i), fmt.Sprintf("value-%d-%d", g, i)
+				code, body, err := c.do("PUT", "/kv/"+key, value)
+				w.mu.Lock()
+				if err != nil || code != http.StatusOK {
+					w.fails = append(w.fails, fmt.Sprintf("PUT %s: %d %q %v", key, code, body, err))
+				} else {
+					w.acked[key] = value
+				}
+				w.mu.Unlock()
 			}
-			key, value := fmt.Sprintf("load-%d", i), fmt.Sprintf("value-%d", i)
-			code, body, err := c.do("PUT", "/kv/"+key, value)
-			w.mu.Lock()
-			if err != nil || code != http.StatusOK {
-				w.fails = append(w.fails, fmt.Sprintf("PUT %s: %d %q %v", key, code, body, err))
-			} else {
-				w.acked[key] = value
-			}
-			w.mu.Unlock()
-		}
-	}()
+		})
+	}
 	return w
 }
 
-func (w *writer) finish() {
+func (w *writers) finish() {
 	close(w.stop)
-	<-w.done
+	w.wg.Wait()
 }
 
 // TestHandoffEndToEnd runs kvd under an embedded supervisor with writes in
@@ -175,7 +177,7 @@ func TestHandoffEndToEnd(t *testing.T) {
 		t.Fatalf("cold-started build %q, want v1", first.BuildID)
 	}
 
-	w := startWriter(c)
+	w := startWriters(c, 4)
 	steps := []struct {
 		spec          handoff.SpawnSpec
 		wantCommitted bool
