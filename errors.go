@@ -57,6 +57,7 @@ type LockHeldError struct {
 	StaleHolder bool
 }
 
+// Error names the directory and the holder.
 func (e *LockHeldError) Error() string {
 	if e.StaleHolder {
 		return fmt.Sprintf("handoff: data-directory lock %s is still held although its recorded holder pid %d is dead: another process holds its descriptor (inherited, or still exiting)", e.Dir, e.HolderPID)

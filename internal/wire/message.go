@@ -143,24 +143,59 @@ type Error struct {
 	Reason string `json:"reason"`
 }
 
-func (Hello) Type() Type            { return TypeHello }
-func (HelloAck) Type() Type         { return TypeHelloAck }
-func (PrepareHandoff) Type() Type   { return TypePrepareHandoff }
-func (Drained) Type() Type          { return TypeDrained }
-func (DrainFailed) Type() Type      { return TypeDrainFailed }
-func (SealRequest) Type() Type      { return TypeSealRequest }
-func (SealComplete) Type() Type     { return TypeSealComplete }
-func (SealFailed) Type() Type       { return TypeSealFailed }
-func (Begin) Type() Type            { return TypeBegin }
-func (Ready) Type() Type            { return TypeReady }
-func (Commit) Type() Type           { return TypeCommit }
-func (Abort) Type() Type            { return TypeAbort }
+// Type returns TypeHello.
+func (Hello) Type() Type { return TypeHello }
+
+// Type returns TypeHelloAck.
+func (HelloAck) Type() Type { return TypeHelloAck }
+
+// Type returns TypePrepareHandoff.
+func (PrepareHandoff) Type() Type { return TypePrepareHandoff }
+
+// Type returns TypeDrained.
+func (Drained) Type() Type { return TypeDrained }
+
+// Type returns TypeDrainFailed.
+func (DrainFailed) Type() Type { return TypeDrainFailed }
+
+// Type returns TypeSealRequest.
+func (SealRequest) Type() Type { return TypeSealRequest }
+
+// Type returns TypeSealComplete.
+func (SealComplete) Type() Type { return TypeSealComplete }
+
+// Type returns TypeSealFailed.
+func (SealFailed) Type() Type { return TypeSealFailed }
+
+// Type returns TypeBegin.
+func (Begin) Type() Type { return TypeBegin }
+
+// Type returns TypeReady.
+func (Ready) Type() Type { return TypeReady }
+
+// Type returns TypeCommit.
+func (Commit) Type() Type { return TypeCommit }
+
+// Type returns TypeAbort.
+func (Abort) Type() Type { return TypeAbort }
+
+// Type returns TypeResumeAfterAbort.
 func (ResumeAfterAbort) Type() Type { return TypeResumeAfterAbort }
-func (Resumed) Type() Type          { return TypeResumed }
-func (Heartbeat) Type() Type        { return TypeHeartbeat }
+
+// Type returns TypeResumed.
+func (Resumed) Type() Type { return TypeResumed }
+
+// Type returns TypeHeartbeat.
+func (Heartbeat) Type() Type { return TypeHeartbeat }
+
+// Type returns TypeListenersRequest.
 func (ListenersRequest) Type() Type { return TypeListenersRequest }
-func (Listeners) Type() Type        { return TypeListeners }
-func (Error) Type() Type            { return TypeError }
+
+// Type returns TypeListeners.
+func (Listeners) Type() Type { return TypeListeners }
+
+// Type returns TypeError.
+func (Error) Type() Type { return TypeError }
 
 var factories = map[Type]func() Message{
 	TypeHello:            func() Message { return &Hello{} },

@@ -37,6 +37,7 @@ type CorruptError struct {
 	Err    error // what is wrong there
 }
 
+// Error names the file, the offset and the cause.
 func (e *CorruptError) Error() string {
 	return fmt.Sprintf("store: %s is corrupt at offset %d: %s", e.Path, e.Offset, e.Err)
 }
