@@ -34,7 +34,7 @@ type loader struct {
 }
 
 func newLoader(addr string) *loader {
-	return &loader{addr: addr, acked: map[string]string{}}
+	return &loader{addr: addr, acked: map[string]string{}, began: time.Now()}
 }
 
 func client(keepAlive bool) *http.Client {
@@ -45,7 +45,6 @@ func client(keepAlive bool) *http.Client {
 // run issues requests at rate per second across workers until ctx ends.
 // Every request is bounded by the client timeout; the loop by ctx.
 func (l *loader) run(ctx context.Context, workers, rate int) {
-	l.began = time.Now()
 	perWorker := time.Duration(float64(time.Second) * float64(workers) / float64(rate))
 	var wg sync.WaitGroup
 	for w := range workers {
