@@ -95,9 +95,14 @@ func waitPidfd(pid int, stop <-chan struct{}) {
 	if err != nil {
 		return
 	}
+	done := make(chan struct{})
+	defer close(done)
 	go func() {
-		<-stop
-		f.SetReadDeadline(time.Now())
+		select {
+		case <-stop:
+			f.SetReadDeadline(time.Now())
+		case <-done:
+		}
 	}()
 	rc.Read(func(fd uintptr) bool {
 		n, _ := unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, 0)

@@ -20,32 +20,61 @@ import (
 // The listener never unlinks the path on Close: the path changes hands from
 // incumbent to successor.
 func bindControlSocket(path string) (*net.UnixListener, uint64, error) {
+	p, err := prepareControlSocket(path)
+	if err != nil {
+		return nil, 0, err
+	}
+	if err := p.publish(); err != nil {
+		return nil, 0, err
+	}
+	return p.ln, p.ino, nil
+}
+
+// preparedSocket is a control socket bound at its temporary name.
+type preparedSocket struct {
+	path, tmp string
+	ln        *net.UnixListener
+	ino       uint64
+}
+
+func prepareControlSocket(path string) (*preparedSocket, error) {
 	if path == "" {
-		return nil, 0, errors.New("handoff: control socket path is empty")
+		return nil, errors.New("handoff: control socket path is empty")
 	}
 	tmp := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".tmp-"+strconv.Itoa(os.Getpid()))
 	os.Remove(tmp)
 	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: tmp, Net: "unix"})
 	if err != nil {
-		return nil, 0, fmt.Errorf("handoff: bind control socket: %w", err)
+		return nil, fmt.Errorf("handoff: bind control socket: %w", err)
 	}
 	ln.SetUnlinkOnClose(false)
-	fail := func(err error) (*net.UnixListener, uint64, error) {
-		ln.Close()
-		os.Remove(tmp)
-		return nil, 0, err
-	}
+	p := &preparedSocket{path: path, tmp: tmp, ln: ln}
 	if err := os.Chmod(tmp, 0o600); err != nil {
-		return fail(fmt.Errorf("handoff: chmod control socket: %w", err))
+		p.discard()
+		return nil, fmt.Errorf("handoff: chmod control socket: %w", err)
 	}
 	var st unix.Stat_t
 	if err := unix.Stat(tmp, &st); err != nil {
-		return fail(fmt.Errorf("handoff: stat control socket: %w", err))
+		p.discard()
+		return nil, fmt.Errorf("handoff: stat control socket: %w", err)
 	}
-	if err := os.Rename(tmp, path); err != nil {
-		return fail(fmt.Errorf("handoff: move control socket into place at %s: %w", path, err))
+	p.ino = st.Ino
+	return p, nil
+}
+
+// publish renames the socket over its path.
+func (p *preparedSocket) publish() error {
+	if err := os.Rename(p.tmp, p.path); err != nil {
+		p.discard()
+		return fmt.Errorf("handoff: move control socket into place at %s: %w", p.path, err)
 	}
-	return ln, st.Ino, nil
+	return nil
+}
+
+// discard closes the socket and removes its temporary name.
+func (p *preparedSocket) discard() {
+	p.ln.Close()
+	os.Remove(p.tmp)
 }
 
 // ownsPath reports whether path is still the socket file with inode ino.

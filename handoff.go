@@ -162,6 +162,9 @@ func (r *run) close() {
 }
 
 func (r *run) journal(phase Phase) error {
+	if r.s.cfg.Journal == "" {
+		return nil
+	}
 	rec := r.s.idleRecord()
 	rec.Phase, rec.HandoffID = phase, r.id
 	if r.succ != nil {

@@ -44,8 +44,12 @@ func newIncumbent(path string, lock *DataDirLock, buildID string) (*Incumbent, e
 	if err != nil {
 		return nil, err
 	}
+	return incumbentOn(path, ln, ino, lock, buildID), nil
+}
+
+func incumbentOn(path string, ln *net.UnixListener, ino uint64, lock *DataDirLock, buildID string) *Incumbent {
 	return &Incumbent{path: path, lock: lock, ln: ln, ino: ino, buildID: buildID,
-		logger: slog.New(slog.DiscardHandler), closed: make(chan struct{})}, nil
+		logger: slog.New(slog.DiscardHandler), closed: make(chan struct{})}
 }
 
 func defaultBuildID() string {
@@ -282,7 +286,7 @@ func (i *Incumbent) session(ctx context.Context, conn *wire.Conn, d Drainable) (
 				continue
 			}
 			// The seal succeeded: only now may the lock go.
-			if err := i.lock.Release(); err != nil {
+			if err := i.lock.release(false); err != nil {
 				i.log().Warn("handoff: releasing the lock after seal", "err", err)
 			}
 			state = stSealed

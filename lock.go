@@ -151,13 +151,20 @@ func (l *DataDirLock) Inode() uint64 { return l.ino }
 
 // Release removes the pid file and releases the lock. Calling it again is a no-op.
 func (l *DataDirLock) Release() error {
+	return l.release(true)
+}
+
+// release drops the lock; the pid file is removed only if removePID. The
+// incumbent keeps it during a handoff (the successor overwrites it at
+// once), which keeps an unlink off the accept gap.
+func (l *DataDirLock) release(removePID bool) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.f == nil {
 		return nil
 	}
 	var err error
-	if readPID(l.dir) == os.Getpid() {
+	if removePID && readPID(l.dir) == os.Getpid() {
 		if rmErr := os.Remove(filepath.Join(l.dir, PIDFileName)); rmErr != nil && !errors.Is(rmErr, os.ErrNotExist) {
 			err = fmt.Errorf("handoff: remove pid file: %w", rmErr)
 		}

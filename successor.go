@@ -190,11 +190,25 @@ func (s *BegunSuccessor) AnnounceAndBind(r ReadinessSnapshot, controlSocket stri
 	if lock == nil || lock.released() {
 		return abort(errors.New("handoff: AnnounceAndBind needs the held data-directory lock"))
 	}
+	// The daemon's own start-up ends here; what follows is the library's.
+	openTook := time.Since(s.begun)
+	// Bind the control socket at its temporary name now, so that after
+	// the commit only a rename stands between us and serving.
+	sock, err := prepareControlSocket(controlSocket)
+	if err != nil {
+		return abort(fmt.Errorf("%w: %w", ErrAborted, err))
+	}
+	published := false
+	defer func() {
+		if !published {
+			sock.discard()
+		}
+	}()
 	ready := wire.Ready{
 		ListeningOn:                r.ListeningOn,
 		HealthzOK:                  r.HealthzOK,
 		AdvertisedRevisionPerShard: r.AdvertisedRevisionPerShard,
-		OpenTookNS:                 int64(time.Since(s.begun)),
+		OpenTookNS:                 int64(openTook),
 	}
 	if err := conn.Send(ready, s.id, writeTimeout); err != nil {
 		return abort(fmt.Errorf("%w: sending Ready: %w", ErrAborted, err))
@@ -211,14 +225,14 @@ func (s *BegunSuccessor) AnnounceAndBind(r ReadinessSnapshot, controlSocket stri
 		case wire.Heartbeat:
 			continue
 		case wire.Commit:
-			inc, err := newIncumbent(controlSocket, lock, s.buildID)
-			if err != nil {
+			published = true
+			if err := sock.publish(); err != nil {
 				// Committed, but the control socket could not be taken:
 				// keep serving; the supervisor can no longer hand this
 				// process off until it restarts it.
 				return nil, fmt.Errorf("handoff: committed, but taking over the control socket failed: %w", err)
 			}
-			return inc, nil
+			return incumbentOn(controlSocket, sock.ln, sock.ino, lock, s.buildID), nil
 		case wire.Abort:
 			return abort(fmt.Errorf("%w: %s", ErrAborted, m.Reason))
 		default:
