@@ -1,0 +1,365 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"time"
+)
+
+type options struct {
+	handoffs int
+	rate     int
+	clients  int
+	every    time.Duration
+	idle     time.Duration
+	json     bool
+}
+
+func parseFlags(args []string, stderr io.Writer) (options, error) {
+	var o options
+	fs := flag.NewFlagSet("handoff-bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.IntVar(&o.handoffs, "handoffs", 100, "handoffs, and restarts of each baseline, to perform")
+	fs.IntVar(&o.rate, "rate", 1000, "requests per second across all clients, each on a fresh connection")
+	fs.IntVar(&o.clients, "clients", 8, "concurrent client goroutines")
+	fs.DurationVar(&o.every, "every", 200*time.Millisecond, "time from the start of one handoff or restart to the start of the next")
+	fs.DurationVar(&o.idle, "idle", 5*time.Second, "how long the supervisor's CPU time is measured while idle")
+	fs.BoolVar(&o.json, "json", false, "print the results as JSON")
+	if err := fs.Parse(args); err != nil {
+		return o, err
+	}
+	switch {
+	case fs.NArg() > 0:
+		return o, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	case o.handoffs < 1 || o.handoffs > 10000:
+		return o, fmt.Errorf("-handoffs %d: must be between 1 and 10000", o.handoffs)
+	case o.rate < 1 || o.rate > 50000:
+		return o, fmt.Errorf("-rate %d: must be between 1 and 50000 requests per second", o.rate)
+	case o.clients < 1 || o.clients > 1024:
+		return o, fmt.Errorf("-clients %d: must be between 1 and 1024", o.clients)
+	case o.every < 10*time.Millisecond || o.every > time.Minute:
+		return o, fmt.Errorf("-every %v: must be between 10ms and 1m", o.every)
+	case o.idle < 0 || o.idle > time.Minute:
+		return o, fmt.Errorf("-idle %v: must be between 0 and 1m", o.idle)
+	}
+	return o, nil
+}
+
+// bench is one run: its options, its work directory and this binary.
+type bench struct {
+	o      options
+	self   string
+	dir    string
+	log    *os.File // the children's stderr
+	stderr io.Writer
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	o, err := parseFlags(args, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("find own binary: %w", err)
+	}
+	dir, err := os.MkdirTemp("", "handoff-bench-")
+	if err != nil {
+		return fmt.Errorf("work directory: %w", err)
+	}
+	defer os.RemoveAll(dir)
+	if err := os.Mkdir(filepath.Join(dir, dataDirName), 0o755); err != nil {
+		return fmt.Errorf("data directory: %w", err)
+	}
+	logf, err := os.Create(filepath.Join(dir, "children.log"))
+	if err != nil {
+		return fmt.Errorf("log: %w", err)
+	}
+	defer logf.Close()
+	b := &bench{o: o, self: self, dir: dir, log: logf, stderr: stderr}
+	res, err := b.run(ctx)
+	if err != nil {
+		return errors.Join(err, b.logTail())
+	}
+	if o.json {
+		return res.writeJSON(stdout)
+	}
+	res.print(stdout)
+	return nil
+}
+
+// logTail returns the end of the children's log as an error, if not empty.
+func (b *bench) logTail() error {
+	data, err := os.ReadFile(b.log.Name())
+	if err != nil || len(data) == 0 {
+		return nil
+	}
+	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+	if len(lines) > 20 {
+		lines = lines[len(lines)-20:]
+	}
+	return fmt.Errorf("children's log (last lines):\n%s", strings.Join(lines, "\n"))
+}
+
+func (b *bench) say(format string, args ...any) {
+	fmt.Fprintf(b.stderr, format+"\n", args...)
+}
+
+func (b *bench) run(ctx context.Context) (*result, error) {
+	res := &result{
+		Date: time.Now().UTC().Format(time.RFC3339), CPUs: runtime.NumCPU(),
+		OS: runtime.GOOS + "/" + runtime.GOARCH, Go: runtime.Version(),
+		Handoffs: b.o.handoffs, Rate: b.o.rate, Clients: b.o.clients, Every: b.o.every,
+	}
+	for _, m := range []struct {
+		name string
+		fn   func(context.Context, *result) (modeResult, error)
+	}{
+		{modeHandoff, b.runHandoff},
+		{modeRestart, b.runRestart},
+		{modeReusePort, b.runReusePort},
+	} {
+		b.say("handoff-bench: %s: %d %s under %d req/s ...", m.name, b.o.handoffs, map[bool]string{true: "handoffs", false: "restarts"}[m.name == modeHandoff], b.o.rate)
+		mr, err := m.fn(ctx, res)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", m.name, err)
+		}
+		res.Modes = append(res.Modes, mr)
+	}
+	return res, nil
+}
+
+// opSample is one handoff or restart as the bench saw it.
+type opSample struct {
+	took      time.Duration // the whole handoff or restart
+	gap       time.Duration // handoff: accept gap; restart: refused window
+	lib, work time.Duration // handoff: the library's share of the gap and the daemons' work
+	failed    string        // a handoff that did not commit: why
+	handoff   supOutcome    // handoff: as the supervisor reported it
+}
+
+// modeTimeout bounds one mode: its restarts and its load.
+func (b *bench) modeTimeout() time.Duration {
+	return time.Duration(b.o.handoffs+1)*(b.o.every+5*time.Second) + time.Minute
+}
+
+// drive runs the load against addr and calls restart once every
+// b.o.every, b.o.handoffs times, then lets the load run one more period.
+// Both the load and the restarts are bounded by modeTimeout.
+func (b *bench) drive(ctx context.Context, addr string, restart func() (opSample, error)) ([]opSample, *load, error) {
+	mctx, cancel := context.WithTimeout(ctx, b.modeTimeout())
+	defer cancel()
+	lctx, stopLoad := context.WithCancel(mctx)
+	defer stopLoad()
+	ld := newLoad()
+	maxPerClient := int(math.Ceil(float64(b.o.rate) * b.modeTimeout().Seconds() / float64(b.o.clients)))
+	loadDone := make(chan struct{})
+	go func() {
+		defer close(loadDone)
+		ld.run(lctx, addr, b.o.clients, b.o.rate, maxPerClient)
+	}()
+	defer func() { stopLoad(); <-loadDone }()
+
+	tick := time.NewTicker(b.o.every)
+	defer tick.Stop()
+	var samples []opSample
+	for len(samples) < b.o.handoffs {
+		select {
+		case <-mctx.Done():
+			return samples, ld, fmt.Errorf("after %d of %d: %w", len(samples), b.o.handoffs, mctx.Err())
+		case <-tick.C:
+		}
+		s, err := restart()
+		if err != nil {
+			return samples, ld, fmt.Errorf("after %d of %d: %w", len(samples), b.o.handoffs, err)
+		}
+		samples = append(samples, s)
+	}
+	select {
+	case <-mctx.Done():
+		return samples, ld, mctx.Err()
+	case <-tick.C:
+	}
+	stopLoad()
+	<-loadDone
+	return samples, ld, nil
+}
+
+// runHandoff measures the library: a supervisor process hands the daemon
+// off under load, then sits idle while its CPU time is measured.
+func (b *bench) runHandoff(ctx context.Context, res *result) (modeResult, error) {
+	sup, ready, err := startSupervisorProc(b.self, b.dir, b.log)
+	if err != nil {
+		return modeResult{}, err
+	}
+	samples, ld, err := b.drive(ctx, ready.Addr, func() (opSample, error) {
+		o, err := sup.handoff()
+		if err != nil {
+			return opSample{}, err
+		}
+		s := opSample{took: o.Phases.Total, gap: o.Phases.AcceptGap, lib: o.Phases.LibraryOverhead, work: o.Phases.DaemonWork, handoff: o}
+		if !o.Committed {
+			s.failed = o.AbortReason
+		}
+		return s, nil
+	})
+	if err != nil {
+		_, serr := sup.stop()
+		return modeResult{}, errors.Join(err, serr)
+	}
+	idle, err := b.measureIdle(ctx, sup)
+	final, serr := sup.stop()
+	if err = errors.Join(err, serr); err != nil {
+		return modeResult{}, err
+	}
+	idle.Peak = final.Supervisor
+	res.Supervisor = idle
+	mr := newModeResult(modeHandoff, samples, ld)
+	timings, err := readTimings(filepath.Join(b.dir, timingsName))
+	if err != nil {
+		return modeResult{}, err
+	}
+	mr.Breakdown = newBreakdown(samples, timings)
+	return mr, nil
+}
+
+func readTimings(path string) (map[int]daemonTimings, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("daemon timings: %w", err)
+	}
+	m := map[int]daemonTimings{}
+	for line := range strings.Lines(string(data)) {
+		var t daemonTimings
+		if err := json.Unmarshal([]byte(line), &t); err != nil {
+			return nil, fmt.Errorf("daemon timings %q: %w", line, err)
+		}
+		m[t.PID] = t
+	}
+	return m, nil
+}
+
+// newBreakdown splits each committed handoff's accept gap with the
+// daemons' own timings: the old daemon's drain and seal, the new one's
+// lock and open.
+func newBreakdown(samples []opSample, timings map[int]daemonTimings) *breakdown {
+	var gap, drain, seal, begin, between, lock []time.Duration
+	for _, s := range samples {
+		o := s.handoff
+		inc, ok1 := timings[o.OldPID]
+		succ, ok2 := timings[o.PID]
+		if s.failed != "" || !ok1 || !ok2 || inc.Stopped == 0 || succ.Accepting == 0 {
+			continue
+		}
+		p := o.Phases
+		gap = append(gap, time.Duration(succ.Accepting-inc.Stopped))
+		drain = append(drain, p.Drain-inc.Drain)
+		seal = append(seal, p.Seal-inc.Seal)
+		begin = append(begin, p.BeginToReady-succ.Open)
+		between = append(between, p.AcceptGap-p.Drain-p.Seal-p.BeginToReady)
+		lock = append(lock, succ.Lock)
+	}
+	return &breakdown{
+		DaemonSeenGap: newDist(gap), DrainHop: newDist(drain), SealHop: newDist(seal),
+		BeginHop: newDist(begin), BetweenHops: newDist(between), Lock: newDist(lock),
+	}
+}
+
+// measureIdle reads the supervisor's and the daemon's CPU time before and
+// after b.o.idle without load.
+func (b *bench) measureIdle(ctx context.Context, sup *supervisorProc) (supervisorResult, error) {
+	before, err := sup.stats()
+	if err != nil {
+		return supervisorResult{}, err
+	}
+	t := time.NewTimer(b.o.idle)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return supervisorResult{}, ctx.Err()
+	case <-t.C:
+	}
+	after, err := sup.stats()
+	if err != nil {
+		return supervisorResult{}, err
+	}
+	r := supervisorResult{
+		Idle:    b.o.idle,
+		CPU:     after.Supervisor.CPU - before.Supervisor.CPU,
+		Wakeups: after.Supervisor.Switches - before.Supervisor.Switches,
+		Daemon:  after.Daemon,
+	}
+	if after.Daemon.PID == before.Daemon.PID {
+		r.DaemonCPU = after.Daemon.CPU - before.Daemon.CPU
+		r.DaemonWakeups = after.Daemon.Switches - before.Daemon.Switches
+	}
+	return r, nil
+}
+
+// runRestart measures the stop-then-start baseline.
+func (b *bench) runRestart(ctx context.Context, _ *result) (modeResult, error) {
+	cur, addr, _, err := startPlain(b.self, "127.0.0.1:0", false, b.log)
+	if err != nil {
+		return modeResult{}, err
+	}
+	samples, ld, err := b.drive(ctx, addr, func() (opSample, error) {
+		start := time.Now()
+		closed, err := cur.stop()
+		if err != nil {
+			cur = nil
+			return opSample{}, err
+		}
+		next, _, bound, err := startPlain(b.self, addr, false, b.log)
+		cur = next
+		if err != nil {
+			return opSample{}, err
+		}
+		return opSample{took: time.Since(start), gap: bound.Sub(closed)}, nil
+	})
+	if cur != nil {
+		_, serr := cur.stop()
+		err = errors.Join(err, serr)
+	}
+	if err != nil {
+		return modeResult{}, err
+	}
+	return newModeResult(modeRestart, samples, ld), nil
+}
+
+// runReusePort measures the SO_REUSEPORT overlap baseline.
+func (b *bench) runReusePort(ctx context.Context, _ *result) (modeResult, error) {
+	cur, addr, _, err := startPlain(b.self, "127.0.0.1:0", true, b.log)
+	if err != nil {
+		return modeResult{}, err
+	}
+	samples, ld, err := b.drive(ctx, addr, func() (opSample, error) {
+		start := time.Now()
+		next, _, _, err := startPlain(b.self, addr, true, b.log)
+		if err != nil {
+			return opSample{}, err
+		}
+		old := cur
+		cur = next
+		if _, err := old.stop(); err != nil {
+			return opSample{}, err
+		}
+		return opSample{took: time.Since(start)}, nil
+	})
+	_, serr := cur.stop()
+	if err = errors.Join(err, serr); err != nil {
+		return modeResult{}, err
+	}
+	return newModeResult(modeReusePort, samples, ld), nil
+}

@@ -1,0 +1,40 @@
+// Command handoff-bench measures what SPEC §8 promises, side by side in one
+// run on loopback, under the same load of fresh connections:
+//
+//   - handoff: an embedded handoff.Supervisor (in its own process) hands a
+//     minimal daemon off to a new process again and again;
+//   - restart: the same daemon without the library, stopped (SIGTERM: it
+//     closes its listener and exits) and then started again;
+//   - reuseport: a new process binds the port with SO_REUSEPORT while the old
+//     one still listens, then the old one closes its listener and exits.
+//
+// It counts failed requests (refused, reset, timeout, bad reply) in each
+// mode, reports the handoff's accept gap and the library's own share of it,
+// the supervisor's memory and its CPU time while idle.
+//
+//	go run ./cmd/handoff-bench [-handoffs 100] [-rate 1000] [-clients 8] [-every 200ms] [-idle 5s] [-json]
+//
+// The daemons are this binary re-executed in a role chosen by the
+// HANDOFF_BENCH_ROLE environment variable.
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+func main() {
+	if role, ok := os.LookupEnv(envRole); ok {
+		os.Exit(runRole(role))
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "handoff-bench:", err)
+		os.Exit(1)
+	}
+}

@@ -1,0 +1,53 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+// The bench re-executes itself; the environment says in which role.
+const (
+	envRole      = "HANDOFF_BENCH_ROLE"
+	envDir       = "HANDOFF_BENCH_DIR"       // work directory (supervisor, daemon)
+	envAddr      = "HANDOFF_BENCH_ADDR"      // address to bind (plain)
+	envReusePort = "HANDOFF_BENCH_REUSEPORT" // "1": bind with SO_REUSEPORT (plain)
+
+	roleSupervisor = "supervisor" // the embedded handoff.Supervisor, driven over stdin/stdout
+	roleDaemon     = "daemon"     // the daemon the supervisor hands off
+	rolePlain      = "plain"      // the same daemon without the library (baselines)
+)
+
+// runRole runs one re-executed role and returns the exit code.
+func runRole(role string) int {
+	dir, addr, reusePort := os.Getenv(envDir), os.Getenv(envAddr), os.Getenv(envReusePort) == "1"
+	// Children of this process must not inherit the role.
+	for _, k := range []string{envRole, envDir, envAddr, envReusePort} {
+		os.Unsetenv(k)
+	}
+	var err error
+	switch role {
+	case roleSupervisor:
+		// No signal handler: the bench drives it through stdin, and
+		// closing stdin stops it. It leads its own process group, so a
+		// terminal's Ctrl-C reaches only the bench.
+		err = runSupervisor(context.Background(), dir, os.Stdin, os.Stdout)
+	case roleDaemon, rolePlain:
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
+		if role == roleDaemon {
+			err = runDaemon(ctx, dir)
+		} else {
+			err = runPlain(ctx, addr, reusePort, os.NewFile(3, "report"))
+		}
+		stop()
+	default:
+		err = fmt.Errorf("unknown %s %q", envRole, role)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "handoff-bench %s[%d]: %v\n", role, os.Getpid(), err)
+		return 1
+	}
+	return 0
+}
