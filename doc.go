@@ -24,8 +24,8 @@
 //
 //	supervisor → incumbent  Hello/HelloAck (version, handoff id)
 //	supervisor spawns the successor; Hello/HelloAck (pid checked)
-//	→ incumbent  PrepareHandoff   ← Drained      (heartbeats meanwhile)
-//	→ incumbent  SealRequest      ← SealComplete (lock released first)
+//	→ incumbent  PrepareHandoff, SealRequest (pipelined)
+//	             ← Drained, ← SealComplete      (heartbeats meanwhile; lock released first)
 //	→ successor  Begin            ← Ready        (checked: healthy, revisions ≥ sealed)
 //	→ successor  Commit, → incumbent Commit      (the incumbent exits)
 //

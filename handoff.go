@@ -246,10 +246,15 @@ func (r *run) drive(incChild *child) error {
 	r.out.Phases.Spawn = time.Since(t1)
 	crash.Point("supervisor-after-successor-hello")
 
-	// 3. Drain.
+	// 3. Drain. SealRequest is pipelined behind PrepareHandoff: the
+	// incumbent seals only after its own drain succeeded (after a failed
+	// drain it answers SealFailed), and one round trip leaves the gap.
 	s.setPhase(r.id, PhaseDraining)
 	gapStart := time.Now()
 	if err := r.send(r.inc, wire.PrepareHandoff{DeadlineMS: max(time.Until(r.deadline).Milliseconds(), 1), DrainGraceMS: r.spec.DrainGrace.Milliseconds()}); err != nil {
+		return err
+	}
+	if err := r.send(r.inc, wire.SealRequest{}); err != nil {
 		return err
 	}
 	fr, err = r.awaitUntil(r.inc, time.Now().Add(r.spec.DrainGrace+replySlack), wire.TypeDrained, wire.TypeDrainFailed)
@@ -266,12 +271,10 @@ func (r *run) drive(incChild *child) error {
 	}
 	crash.Point("supervisor-after-drained")
 
-	// 4. Seal: the incumbent releases the lock before answering.
+	// 4. Seal (already requested): the incumbent releases the lock
+	// before answering.
 	s.setPhase(r.id, PhaseSealing)
 	t3 := time.Now()
-	if err := r.send(r.inc, wire.SealRequest{}); err != nil {
-		return err
-	}
 	fr, err = r.awaitUntil(r.inc, r.deadline, wire.TypeSealComplete, wire.TypeSealFailed)
 	if err != nil {
 		return err

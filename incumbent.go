@@ -268,6 +268,13 @@ func (i *Incumbent) session(ctx context.Context, conn *wire.Conn, d Drainable) (
 				return err
 			}
 		case wire.SealRequest:
+			if state == stDrainFailed {
+				// Pipelined behind a drain that failed: nothing is sealed.
+				if err := conn.Send(wire.SealFailed{Reason: "not sealed: the drain failed"}, id, writeTimeout); err != nil {
+					return err
+				}
+				continue
+			}
 			if state != stDrained {
 				conn.Send(wire.Error{Reason: "seal_request before drained"}, id, writeTimeout)
 				return violation("seal_request in state %d", state)

@@ -261,7 +261,9 @@ func TestSpawnPassesNamedListeners(t *testing.T) {
 
 	// The parent's listener is still non-blocking and still accepts.
 	assertNonblocking(t, tcp.(*net.TCPListener))
+	dialed := make(chan struct{})
 	go func() {
+		defer close(dialed)
 		if c, err := net.Dial("tcp", tcp.Addr().String()); err == nil {
 			c.Close()
 		}
@@ -272,6 +274,7 @@ func TestSpawnPassesNamedListeners(t *testing.T) {
 		t.Fatalf("parent accept after spawn: %v", err)
 	}
 	conn.Close()
+	<-dialed
 	sup.Close()
 	if got := countOwnFDs("socket:", "plain"); got != fdsBefore {
 		t.Errorf("parent fds: %d before, %d after: %s", fdsBefore, got, listFDs())
