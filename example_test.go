@@ -58,7 +58,7 @@ func (db *myDB) Seal(ctx context.Context) (handoff.SealReport, error) {
 	return handoff.SealReport{LastRevisionPerShard: []uint64{42}}, nil
 }
 func (db *myDB) ResumeAfterAbort(ctx context.Context) error { return nil }
-func (db *myDB) SnapshotState() handoff.StateSnapshot     { return handoff.StateSnapshot{ShardCount: 1} }
+func (db *myDB) SnapshotState() handoff.StateSnapshot       { return handoff.StateSnapshot{ShardCount: 1} }
 
 // A daemon's main: both roles, in a few lines each.
 func Example_daemon() {

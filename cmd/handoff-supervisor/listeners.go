@@ -40,13 +40,13 @@ func (o *openListener) localAddr() string {
 	return o.pc.LocalAddr().String()
 }
 
-// openListeners returns one socket per configured listener that have is
-// missing: taken from inherited when a descriptor of that name was passed
-// (systemd socket activation or our own re-exec), bound here otherwise.
-// It takes ownership of every file in inherited: the ones it uses end up
-// in the returned listeners, the others are closed with a warning. On
-// error nothing stays open.
-func openListeners(cfg *Config, have []string, inherited map[string]inheritedFile, log *slog.Logger) ([]*openListener, error) {
+// openListeners returns one socket per configured listener not named in
+// have: taken from inherited when a descriptor of that name was passed
+// (systemd socket activation or our own re-exec), else bound here if bind
+// is set. It takes every file in inherited and empties the map: the ones
+// it uses end up in the returned listeners, the others are closed with a
+// warning. On error nothing stays open.
+func openListeners(cfg *Config, have []string, inherited map[string]inheritedFile, bind bool, log *slog.Logger) ([]*openListener, error) {
 	var out []*openListener
 	var errs []error
 	for i, l := range cfg.Listeners {
@@ -66,6 +66,9 @@ func openListeners(cfg *Config, have []string, inherited map[string]inheritedFil
 			out = append(out, o)
 			continue
 		}
+		if !bind {
+			continue
+		}
 		o, err := bindListener(l.Name, a)
 		if err != nil {
 			errs = append(errs, err)
@@ -77,6 +80,7 @@ func openListeners(cfg *Config, have []string, inherited map[string]inheritedFil
 		log.Warn("closing an inherited descriptor that no [[listeners]] entry names", "name", name, "from", in.origin)
 		in.file.Close()
 	}
+	clear(inherited)
 	if len(errs) > 0 {
 		for _, o := range out {
 			o.close()

@@ -7,7 +7,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/coreos/go-systemd/v22/daemon"
+	sddaemon "github.com/coreos/go-systemd/v22/daemon"
 
 	"github.com/handoff-go/handoff"
 )
@@ -20,7 +20,7 @@ import (
 // throughout. Without NOTIFY_SOCKET every call does nothing.
 type notifier struct {
 	log *slog.Logger
-	// send delivers one notification; daemon.SdNotify outside tests.
+	// send delivers one notification; sddaemon.SdNotify outside tests.
 	send func(state string) error
 	// extend is how far each sign of life pushes systemd's timeout: the
 	// supervisor's liveness bound plus slack, since a daemon that stops
@@ -35,7 +35,7 @@ func newNotifier(log *slog.Logger, extend time.Duration) *notifier {
 		send: func(state string) error {
 			// Keep NOTIFY_SOCKET: a re-executed supervisor needs it too. The
 			// library removes it from every daemon's environment.
-			_, err := daemon.SdNotify(false, state)
+			_, err := sddaemon.SdNotify(false, state)
 			return err
 		},
 	}
@@ -58,7 +58,7 @@ func statusLine(format string, args ...any) string {
 // monotonicUsec is the MONOTONIC_USEC= assignment systemd wants with
 // RELOADING=1 (CLOCK_MONOTONIC in microseconds).
 func monotonicUsec() string {
-	return strings.TrimSuffix(daemon.SdNotifyMonotonicUsec(), "\n")
+	return strings.TrimSuffix(sddaemon.SdNotifyMonotonicUsec(), "\n")
 }
 
 func extendTimeout(d time.Duration) string {
@@ -67,13 +67,13 @@ func extendTimeout(d time.Duration) string {
 
 // ready reports that a daemon serves.
 func (n *notifier) ready(status string) {
-	n.notify(daemon.SdNotifyReady, statusLine("%s", status))
+	n.notify(sddaemon.SdNotifyReady, statusLine("%s", status))
 }
 
 // reloading reports the start of a reload-like operation that may take up
 // to d (a handoff, a re-exec).
 func (n *notifier) reloading(status string, d time.Duration) {
-	lines := []string{daemon.SdNotifyReloading}
+	lines := []string{sddaemon.SdNotifyReloading}
 	if m := monotonicUsec(); m != "" {
 		lines = append(lines, m)
 	}
@@ -91,7 +91,7 @@ func (n *notifier) status(format string, args ...any) {
 // stopping reports that the supervisor is stopping the daemon, which may
 // take up to d.
 func (n *notifier) stopping(status string, d time.Duration) {
-	n.notify(daemon.SdNotifyStopping, extendTimeout(d), statusLine("%s", status))
+	n.notify(sddaemon.SdNotifyStopping, extendTimeout(d), statusLine("%s", status))
 }
 
 // onEvent turns the Supervisor's events about handoffs into notifications.

@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/handoff-go/handoff"
 )
 
 // The trigger protocol: a client connects to the trigger socket, sends one
@@ -184,7 +186,7 @@ type triggerServer struct {
 	ln     *net.UnixListener
 	path   string
 	ino    uint64
-	policy peerPolicy
+	permit func(uid uint32) bool // peerPolicy.permits outside tests
 	handle triggerHandler
 	log    *slog.Logger
 	// lineTimeout is the wait for a client's line (lineTimeout outside tests).
@@ -201,7 +203,7 @@ type triggerServer struct {
 
 func newTriggerServer(ln *net.UnixListener, path string, policy peerPolicy, handle triggerHandler, log *slog.Logger) *triggerServer {
 	return &triggerServer{
-		ln: ln, path: path, ino: socketInode(path), policy: policy, handle: handle, log: log,
+		ln: ln, path: path, ino: socketInode(path), permit: policy.permits, handle: handle, log: log,
 		lineTimeout: lineTimeout,
 		conns:       map[*net.UnixConn]struct{}{},
 		sem:         make(chan struct{}, maxTriggerConns),
@@ -233,6 +235,10 @@ func (s *triggerServer) pause(cause error) {
 	s.running = false
 	s.cancel(cause)
 	s.ln.SetDeadline(time.Unix(1, 0))
+	for c := range s.conns {
+		// Wake a handler still waiting for its client's line.
+		c.SetReadDeadline(time.Unix(1, 0))
+	}
 	s.mu.Unlock()
 	s.wg.Wait()
 }
@@ -303,16 +309,23 @@ func (s *triggerServer) serveConn(ctx context.Context, c *net.UnixConn) {
 		return
 	}
 	log := s.log.With("peer_pid", cred.Pid, "peer_uid", cred.Uid)
-	if !s.policy.permits(cred.Uid) {
+	if !s.permit(cred.Uid) {
 		log.Warn("trigger: permission denied")
 		s.reply(c, "err: permission denied")
 		return
 	}
 	c.SetReadDeadline(time.Now().Add(s.lineTimeout))
+	if ctx.Err() != nil {
+		// pause ran before our deadline was set and could not wake us.
+		s.reply(c, errReply(context.Cause(ctx)))
+		return
+	}
 	line, err := readLine(c, maxLine)
 	if err != nil {
 		var ne net.Error
 		switch {
+		case ctx.Err() != nil:
+			err = context.Cause(ctx)
 		case errors.As(err, &ne) && ne.Timeout():
 			err = fmt.Errorf("no command line within %v", s.lineTimeout)
 		case errors.Is(err, io.ErrUnexpectedEOF):
@@ -349,4 +362,40 @@ func (s *triggerServer) finish(c *net.UnixConn) {
 	c.SetReadDeadline(time.Now().Add(drainTimeout))
 	io.Copy(io.Discard, io.LimitReader(c, 64<<10))
 	c.Close()
+}
+
+// handoffReply is the reply line for a finished handoff.
+func handoffReply(o handoff.HandoffOutcome) string {
+	pid := 0
+	if o.Child != nil {
+		pid = o.Child.Pid
+	}
+	return fmt.Sprintf("ok: id=%s committed=%t pid=%d build_id=%s reason=%s",
+		o.ID, o.Committed, pid, strconv.Quote(o.BuildID), strconv.Quote(oneLine(o.AbortReason)))
+}
+
+// parseFields parses the key=value fields of an "ok:" reply; a value is
+// a bare word or a Go-quoted string.
+func parseFields(s string) (map[string]string, error) {
+	out := map[string]string{}
+	for s = strings.TrimSpace(s); s != ""; s = strings.TrimSpace(s) {
+		key, rest, ok := strings.Cut(s, "=")
+		if !ok || key == "" || strings.ContainsAny(key, " \"") {
+			return nil, fmt.Errorf("malformed field at %q", s)
+		}
+		var val string
+		if strings.HasPrefix(rest, `"`) {
+			q, err := strconv.QuotedPrefix(rest)
+			if err != nil {
+				return nil, fmt.Errorf("field %s: %w", key, err)
+			}
+			val, _ = strconv.Unquote(q)
+			rest = rest[len(q):]
+		} else {
+			val, rest, _ = strings.Cut(rest, " ")
+		}
+		out[key] = val
+		s = rest
+	}
+	return out, nil
 }

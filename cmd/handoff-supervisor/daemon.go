@@ -1,0 +1,301 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"sync"
+	"time"
+
+	"github.com/handoff-go/handoff"
+)
+
+// errShuttingDown and errReexecuting tell trigger clients why they were
+// cut off.
+var (
+	errShuttingDown = errors.New("the supervisor is shutting down")
+	errReexecuting  = errors.New("the supervisor is re-executing itself; retry in a moment")
+)
+
+// daemon is the run command: it owns the Supervisor, the trigger and
+// metrics servers, and one loop goroutine (loop.go) that owns all
+// decisions. Handoffs and cold starts run one at a time on an op goroutine
+// that reports back to the loop.
+type daemon struct {
+	cfg        *Config
+	log        *slog.Logger
+	sup        *handoff.Supervisor
+	notify     *notifier
+	metrics    *metrics
+	metricsSrv *metricsServer // nil without metrics_addr
+	trigger    *triggerServer
+	exe        string    // what SIGUSR2 executes
+	started    time.Time // when the first image of this supervisor started
+
+	requests chan request   // trigger commands for the loop
+	results  chan opResult  // the op goroutine's result (one op at a time)
+	stopping chan struct{}  // closed when shutdown begins
+	opWG     sync.WaitGroup // the op goroutine
+
+	// Owned by the loop goroutine.
+	knownGood     string // canonical path of the binary to restart
+	op            *opState
+	backoff       backoff
+	restart       *restartStatus // set while a restart is scheduled
+	restartTimer  *time.Timer
+	restartDue    bool // the restart timer fired while an op ran
+	reexecPending bool
+}
+
+// runDaemon is the run command.
+func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("run")
+	config := fs.String("config", "", "configuration `file` (required)")
+	if err := parseFlags(fs, args, stdout); err != nil {
+		return err
+	}
+	cfg, err := loadConfigFlag(*config)
+	if err != nil {
+		return err
+	}
+	if err := cfg.checkBinary(); err != nil {
+		return err
+	}
+	log := newLogger(cfg.LogFormat, stderr)
+	// Catch signals before anything starts: their default action would kill
+	// the supervisor and leave the daemon without one.
+	sigs := make(chan os.Signal, 8)
+	signal.Notify(sigs, handledSignals...)
+	defer signal.Stop(sigs)
+
+	d, err := startDaemon(ctx, cfg, log, stdout, stderr)
+	if err != nil {
+		return err
+	}
+	return d.loop(ctx, sigs)
+}
+
+// newLogger logs to w in format ("text" or "json").
+func newLogger(format string, w io.Writer) *slog.Logger {
+	if format == "json" {
+		return slog.New(slog.NewJSONHandler(w, nil))
+	}
+	return slog.New(slog.NewTextHandler(w, nil))
+}
+
+// startDaemon sets everything up and brings the daemon up: adopted after a
+// re-exec, resumed from the journal after a supervisor restart, or
+// cold-started. On error it leaves nothing open.
+func startDaemon(ctx context.Context, cfg *Config, log *slog.Logger, stdout, stderr io.Writer) (_ *daemon, err error) {
+	d := &daemon{
+		cfg:      cfg,
+		log:      log,
+		metrics:  newMetrics(),
+		notify:   newNotifier(log, handoff.DefaultLiveness+5*time.Second),
+		started:  time.Now(),
+		requests: make(chan request),
+		results:  make(chan opResult, 1),
+		stopping: make(chan struct{}),
+		backoff:  backoff{min: restartMinDelay, max: restartMaxDelay, stable: restartStableAfter},
+	}
+	d.exe, err = os.Executable()
+	if err != nil {
+		d.exe = "/proc/self/exe"
+	}
+
+	inherited, err := takeReexecState()
+	if err != nil {
+		return nil, err
+	}
+	var cleanups []func()
+	defer func() {
+		if err != nil {
+			for i := len(cleanups) - 1; i >= 0; i-- {
+				cleanups[i]()
+			}
+		}
+	}()
+	files := map[string]inheritedFile{}
+	if inherited != nil {
+		cleanups = append(cleanups, inherited.close)
+		files = inherited.listeners
+		d.started = inherited.Started
+		log.Info("re-executed: taking over from the previous image", "daemon_pid", inherited.ChildPID, "binary", inherited.KnownGood)
+	} else if files, err = systemdFiles(); err != nil {
+		return nil, err
+	}
+	cleanups = append(cleanups, func() { closeInherited(files) })
+
+	if cfg.MetricsAddr != "" {
+		var ln *net.TCPListener
+		if inherited != nil {
+			ln = inherited.metricsListener(cfg.MetricsAddr)
+		}
+		if ln == nil {
+			l, err := net.Listen("tcp", cfg.MetricsAddr)
+			if err != nil {
+				return nil, fmt.Errorf("metrics_addr: %w", err)
+			}
+			ln = l.(*net.TCPListener)
+		}
+		d.metricsSrv = newMetricsServer(ln, d.metrics, log)
+		cleanups = append(cleanups, func() { d.metricsSrv.close(context.Background()) })
+	}
+
+	var tln *net.UnixListener
+	if inherited != nil {
+		tln = inherited.triggerListener(cfg.TriggerSocket)
+	}
+	if tln == nil {
+		if tln, err = listenTrigger(cfg.TriggerSocket); err != nil {
+			return nil, err
+		}
+	}
+	self := uint32(os.Getuid())
+	d.trigger = newTriggerServer(tln, cfg.TriggerSocket, peerPolicy{self: self, allowed: cfg.AllowedUIDs}, d.handleTrigger, log)
+	cleanups = append(cleanups, func() { d.trigger.close(errShuttingDown) })
+
+	scfg := handoff.SupervisorConfig{
+		ControlSocket: cfg.ControlSocket,
+		Journal:       cfg.Journal,
+		Logger:        log,
+		OnEvent: func(e handoff.Event) {
+			d.notify.onEvent(e)
+			d.metrics.onEvent(e)
+		},
+	}
+	scfg.Stdout, _ = stdout.(*os.File)
+	scfg.Stderr, _ = stderr.(*os.File)
+	if d.sup, err = handoff.NewSupervisor(scfg); err != nil {
+		return nil, err
+	}
+	cleanups = append(cleanups, func() { d.sup.Close() })
+
+	// Listeners passed to us (systemd, re-exec) first; the journal may then
+	// recover the rest from a live daemon; whatever is still missing is
+	// bound here.
+	ls, err := openListeners(cfg, nil, files, false, log)
+	if err != nil {
+		return nil, err
+	}
+	if err := handOver(d.sup, ls, log); err != nil {
+		return nil, err
+	}
+	serving := false
+	if inherited != nil {
+		d.knownGood = inherited.KnownGood
+		if inherited.ChildPID != 0 {
+			if err := d.sup.Adopt(ctx, inherited.ChildPID, cfg.spawnSpec(d.knownGood)); err != nil {
+				log.Error("re-exec: could not adopt the daemon; starting it anew", "pid", inherited.ChildPID, "err", err)
+			} else {
+				serving = true
+			}
+		}
+	} else if cfg.Journal != "" {
+		serving = d.resume(ctx)
+	}
+	if d.knownGood == "" {
+		if d.knownGood, err = canonicalBinary(cfg.Binary); err != nil {
+			return nil, err
+		}
+	}
+	if ls, err = openListeners(cfg, d.sup.Status().Listeners, nil, true, log); err != nil {
+		return nil, err
+	}
+	if err := handOver(d.sup, ls, log); err != nil {
+		return nil, err
+	}
+	switch {
+	case !serving && inherited != nil:
+		// After a re-exec a failed start must not end the supervisor (its
+		// pid is the service's): the loop starts the daemon, with backoff.
+		d.scheduleRestart(0, "no daemon was running at the re-exec")
+	case !serving:
+		p, err := d.sup.ColdStart(ctx, cfg.spawnSpec(d.knownGood))
+		if err != nil {
+			return nil, fmt.Errorf("start the daemon: %w", err)
+		}
+		log.Info("daemon started", "pid", p.Pid, "binary", d.knownGood)
+	}
+
+	d.trigger.start()
+	if d.metricsSrv != nil {
+		d.metricsSrv.start()
+		log.Info("serving metrics", "addr", d.metricsSrv.ln.Addr().String())
+	}
+	st := d.sup.Status()
+	d.notify.ready(fmt.Sprintf("serving: pid %d, build %s", st.IncumbentPID, st.IncumbentBuildID))
+	log.Info("supervisor ready", "daemon_pid", st.IncumbentPID, "build_id", st.IncumbentBuildID, "trigger_socket", cfg.TriggerSocket)
+	return d, nil
+}
+
+// resume recovers a daemon that outlived a previous supervisor, from the
+// journal. It reports whether a daemon now serves under this supervisor.
+func (d *daemon) resume(ctx context.Context) bool {
+	err := d.sup.ResumeFromJournal(ctx)
+	st := d.sup.Status()
+	switch {
+	case err == nil && st.IncumbentPID != 0:
+		if b, cerr := canonicalBinary(st.IncumbentBinary); cerr == nil {
+			d.knownGood = b
+		}
+		d.log.Info("resumed the daemon left by a previous supervisor", "pid", st.IncumbentPID, "binary", st.IncumbentBinary)
+		return true
+	case err == nil, errors.Is(err, handoff.ErrNoIncumbent):
+		return false
+	default:
+		d.log.Error("could not resume from the journal; starting the daemon anew", "journal", d.cfg.Journal, "err", err)
+		return false
+	}
+}
+
+// shutdown stops the daemon (it drains itself; killed after deadline_secs
+// or at a second signal) and releases everything. It runs on the loop
+// goroutine, which exits after it.
+func (d *daemon) shutdown(why string, sigs <-chan os.Signal) error {
+	close(d.stopping)
+	bound := d.cfg.deadline()
+	d.log.Info("stopping", "reason", why, "bound", bound)
+	d.notify.stopping("stopping: "+why, bound)
+	d.cancelRestart()
+	d.trigger.close(errShuttingDown)
+	if d.op != nil {
+		d.op.cancel()
+		d.finishOp(<-d.results)
+	}
+	d.opWG.Wait()
+
+	ctx, cancel := context.WithTimeout(context.Background(), bound)
+	defer cancel()
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		select {
+		case s := <-sigs:
+			d.log.Warn("second signal while stopping: killing the daemon", "signal", s.String())
+			cancel()
+		case <-done:
+		}
+	}()
+	err := d.sup.Stop(ctx)
+	close(done)
+	wg.Wait()
+	if err != nil {
+		d.log.Error("the daemon did not stop in time and was killed", "err", err)
+	} else {
+		d.log.Info("daemon stopped")
+	}
+	if d.metricsSrv != nil {
+		sctx, scancel := context.WithTimeout(context.Background(), time.Second)
+		d.metricsSrv.close(sctx)
+		scancel()
+	}
+	return d.sup.Close()
+}

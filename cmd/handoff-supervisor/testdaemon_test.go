@@ -1,0 +1,168 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+
+	"github.com/handoff-go/handoff"
+)
+
+// The test binary doubles as the supervised daemon: TestMain runs
+// testDaemon when HS_TEST_ROLE=daemon (the supervisor passes it through
+// the config's env). The daemon answers every connection on its listener
+// "web" with one line, "<build> <pid>", and closes it. Its build id is the
+// base name it was started as, so copies of the test binary named
+// daemon-v1, daemon-v2 are distinct builds; a build whose name holds
+// "bad" exits as a successor before its Hello, which must roll back.
+const (
+	envTestRole    = "HS_TEST_ROLE"
+	envTestData    = "HS_TEST_DATA"
+	envTestControl = "HS_TEST_CONTROL"
+)
+
+func dlog(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "testdaemon[%d]: "+format+"\n", append([]any{os.Getpid()}, args...)...)
+}
+
+func testDaemon() int {
+	build := filepath.Base(os.Args[0])
+	dir, sock := os.Getenv(envTestData), os.Getenv(envTestControl)
+	role, err := handoff.DetectRole()
+	if err != nil {
+		dlog("detect role: %v", err)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
+	defer stop()
+	d := &lineServer{build: build}
+	var inc *handoff.Incumbent
+	switch r := role.(type) {
+	case *handoff.ColdStart:
+		lock, err := handoff.AcquireDataDirLockOrBreakStale(dir)
+		if err != nil {
+			dlog("lock: %v", err)
+			return 2
+		}
+		d.il = r.Inherited
+		if inc, err = handoff.BindColdStart(sock, lock); err != nil {
+			dlog("bind: %v", err)
+			return 2
+		}
+		inc.SetBuildID(build)
+	case *handoff.Successor:
+		if strings.Contains(build, "bad") {
+			dlog("a bad build: exiting before hello")
+			return 3
+		}
+		h, err := r.Handshake(build)
+		if err != nil {
+			dlog("handshake: %v", err)
+			return 2
+		}
+		b, err := h.WaitForBegin(ctx)
+		if err != nil {
+			dlog("wait for begin: %v", err)
+			return 4
+		}
+		lock, err := handoff.AcquireDataDirLock(dir)
+		if err != nil {
+			dlog("lock after begin: %v", err)
+			return 2
+		}
+		d.il = b.Listeners()
+		inc, err = b.AnnounceAndBind(handoff.ReadinessSnapshot{ListeningOn: d.il.Names(), HealthzOK: true}, sock, lock)
+		if err != nil {
+			dlog("announce: %v", err)
+			return 5
+		}
+	}
+	if err := d.start(); err != nil {
+		dlog("serve: %v", err)
+		return 2
+	}
+	err = inc.Serve(ctx, d)
+	switch {
+	case err == nil: // committed: drained already
+		inc.Close()
+		return 0
+	case ctx.Err() != nil: // SIGTERM: drain and exit
+		d.Drain(context.Background())
+		inc.Lock().Release()
+		inc.Close()
+		return 0
+	default:
+		dlog("serve: %v", err)
+		return 6
+	}
+}
+
+// lineServer is the test daemon's Drainable.
+type lineServer struct {
+	build string
+	il    *handoff.InheritedListeners
+	mu    sync.Mutex
+	ln    net.Listener
+	wg    sync.WaitGroup
+}
+
+func (s *lineServer) start() error {
+	ln, err := s.il.Listener("web")
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.ln = ln
+	s.mu.Unlock()
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			fmt.Fprintf(c, "%s %d\n", s.build, os.Getpid())
+			c.Close()
+		}
+	}()
+	return nil
+}
+
+func (s *lineServer) Drain(ctx context.Context) (handoff.DrainReport, error) {
+	s.mu.Lock()
+	ln := s.ln
+	s.ln = nil
+	s.mu.Unlock()
+	if ln != nil {
+		ln.Close()
+	}
+	s.wg.Wait()
+	return handoff.DrainReport{AcceptClosed: true}, nil
+}
+
+func (s *lineServer) Seal(ctx context.Context) (handoff.SealReport, error) {
+	return handoff.SealReport{}, nil
+}
+
+func (s *lineServer) ResumeAfterAbort(ctx context.Context) error {
+	s.mu.Lock()
+	running := s.ln != nil
+	s.mu.Unlock()
+	if running {
+		return nil
+	}
+	if err := s.start(); err != nil && !errors.Is(err, handoff.ErrNotInherited) {
+		return err
+	}
+	return nil
+}
+
+func (s *lineServer) SnapshotState() handoff.StateSnapshot { return handoff.StateSnapshot{} }

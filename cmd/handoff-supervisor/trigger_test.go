@@ -1,0 +1,418 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/handoff-go/handoff"
+)
+
+// shortDir is a temporary directory with a path short enough for unix
+// socket names (t.TempDir's can exceed 107 bytes with long test names).
+func shortDir(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "hs")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
+// testLogger logs through t.
+func testLogger(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type tWriter struct{ t *testing.T }
+
+func (w tWriter) Write(p []byte) (int, error) {
+	w.t.Helper()
+	w.t.Log(strings.TrimSuffix(string(p), "\n"))
+	return len(p), nil
+}
+
+// startTrigger serves a trigger socket with handle; permit nil allows all.
+func startTrigger(t *testing.T, handle triggerHandler, permit func(uint32) bool) *triggerServer {
+	t.Helper()
+	path := filepath.Join(shortDir(t), "trigger")
+	ln, err := listenTrigger(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := newTriggerServer(ln, path, peerPolicy{self: uint32(os.Getuid())}, handle, testLogger(t))
+	if permit != nil {
+		s.permit = permit
+	}
+	s.lineTimeout = 300 * time.Millisecond
+	s.start()
+	t.Cleanup(func() { s.close(errShuttingDown) })
+	return s
+}
+
+func echoHandler(_ context.Context, cmd command) string {
+	return "ok: " + cmd.verb + " " + cmd.binary
+}
+
+// exchange writes raw to the trigger socket and returns the reply line,
+// bounded by a generous timeout.
+func exchange(t *testing.T, path, raw string) string {
+	t.Helper()
+	line, err := exchangeErr(path, raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return line
+}
+
+func exchangeErr(path, raw string) (string, error) {
+	c, err := net.Dial("unix", path)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(c, raw)
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		return "", fmt.Errorf("reading the reply: %w (got %q)", err, line)
+	}
+	return strings.TrimSuffix(line, "\n"), nil
+}
+
+func TestParseCommand(t *testing.T) {
+	tests := []struct {
+		line    string
+		want    command
+		wantErr string
+	}{
+		{line: "handoff", want: command{verb: "handoff"}},
+		{line: "handoff\r", want: command{verb: "handoff"}},
+		{line: "  handoff   /usr/bin/d v2 ", want: command{verb: "handoff", binary: "/usr/bin/d v2"}},
+		{line: "status", want: command{verb: "status"}},
+		{line: "status now", wantErr: "no argument"},
+		{line: "", wantErr: "empty command"},
+		{line: "reboot", wantErr: `unknown command "reboot"`},
+	}
+	for _, tt := range tests {
+		got, err := parseCommand(tt.line)
+		if tt.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Errorf("%q: got %+v, %v; want error containing %q", tt.line, got, err, tt.wantErr)
+			}
+			continue
+		}
+		if err != nil || got != tt.want {
+			t.Errorf("%q: got %+v, %v; want %+v", tt.line, got, err, tt.want)
+		}
+	}
+}
+
+func TestReadLine(t *testing.T) {
+	tests := []struct {
+		in      string
+		want    string
+		wantErr error
+	}{
+		{in: "status\n", want: "status"},
+		{in: "status\nmore\n", want: "status"},
+		{in: "status", want: "status"}, // closed after the line
+		{in: strings.Repeat("x", maxLine) + "\n", want: strings.Repeat("x", maxLine)},
+		{in: strings.Repeat("x", maxLine+1) + "\n", wantErr: errLineTooLong},
+		{in: strings.Repeat("x", 3*maxLine), wantErr: errLineTooLong},
+		{in: "", wantErr: io.ErrUnexpectedEOF},
+	}
+	for _, tt := range tests {
+		got, err := readLine(strings.NewReader(tt.in), maxLine)
+		if tt.wantErr != nil {
+			if !errors.Is(err, tt.wantErr) {
+				t.Errorf("%.20q: got %.20q, %v; want %v", tt.in, got, err, tt.wantErr)
+			}
+			continue
+		}
+		if err != nil || got != tt.want {
+			t.Errorf("%.20q: got %.20q, %v; want %.20q", tt.in, got, err, tt.want)
+		}
+	}
+}
+
+func TestTriggerProtocol(t *testing.T) {
+	s := startTrigger(t, echoHandler, nil)
+	tests := []struct {
+		name, send, want string
+	}{
+		{"handoff", "handoff\n", "ok: handoff "},
+		{"handoff binary", "handoff /opt/d\n", "ok: handoff /opt/d"},
+		{"status", "status\n", "ok: status "},
+		{"no newline then close", "status", "ok: status "},
+		{"bad command", "frobnicate\n", `err: unknown command "frobnicate"`},
+		{"empty line", "\n", "err: empty command"},
+		{"oversized line", strings.Repeat("a", maxLine+1) + "\n", "err: line longer than 4096 bytes"},
+		{"oversized without newline", strings.Repeat("a", 64<<10), "err: line longer than 4096 bytes"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := ""
+			if tt.send == "status" {
+				got = exchangeHalfClosed(t, s.path, tt.send)
+			} else {
+				got = exchange(t, s.path, tt.send)
+			}
+			if !strings.HasPrefix(got, tt.want) {
+				t.Fatalf("got %q, want prefix %q", got, tt.want)
+			}
+		})
+	}
+}
+
+// exchangeHalfClosed sends raw, closes the writing side and reads the reply.
+func exchangeHalfClosed(t *testing.T, path, raw string) string {
+	t.Helper()
+	c, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(c, raw)
+	c.CloseWrite()
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		t.Fatalf("reading the reply: %v", err)
+	}
+	return strings.TrimSuffix(line, "\n")
+}
+
+// TestTriggerSlowClient: a client that sends nothing is answered and cut
+// off after the line timeout, while other clients are served meanwhile.
+func TestTriggerSlowClient(t *testing.T) {
+	s := startTrigger(t, echoHandler, nil)
+	slow, err := net.Dial("unix", s.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slow.Close()
+	io.WriteString(slow, "hand") // a partial line, then silence
+	if got := exchange(t, s.path, "status\n"); got != "ok: status " {
+		t.Fatalf("a second client got %q while the first stalled", got)
+	}
+	slow.SetDeadline(time.Now().Add(10 * time.Second))
+	r := bufio.NewReader(slow)
+	line, err := r.ReadString('\n')
+	if err != nil || !strings.HasPrefix(line, "err: no command line within") {
+		t.Fatalf("slow client got %q, %v", line, err)
+	}
+	if _, err := r.ReadByte(); err != io.EOF {
+		t.Fatalf("slow client not cut off: %v", err)
+	}
+}
+
+func TestTriggerPermissionDenied(t *testing.T) {
+	var mu sync.Mutex
+	var seen []uint32
+	handled := false
+	s := startTrigger(t, func(ctx context.Context, cmd command) string {
+		mu.Lock()
+		handled = true
+		mu.Unlock()
+		return "ok: should not run"
+	}, func(uid uint32) bool {
+		mu.Lock()
+		seen = append(seen, uid)
+		mu.Unlock()
+		return false
+	})
+	if got := exchange(t, s.path, "handoff\n"); got != "err: permission denied" {
+		t.Fatalf("got %q", got)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if handled {
+		t.Error("the handler ran for a denied peer")
+	}
+	if len(seen) != 1 || seen[0] != uint32(os.Getuid()) {
+		t.Errorf("policy saw uids %v, want [%d]", seen, os.Getuid())
+	}
+}
+
+func TestPeerPolicy(t *testing.T) {
+	p := peerPolicy{self: 1000, allowed: []uint32{2000, 2001}}
+	for uid, want := range map[uint32]bool{0: true, 1000: true, 2000: true, 2001: true, 1001: false, 65534: false} {
+		if got := p.permits(uid); got != want {
+			t.Errorf("permits(%d) = %t, want %t", uid, got, want)
+		}
+	}
+}
+
+func TestPeerCred(t *testing.T) {
+	path := filepath.Join(shortDir(t), "s")
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := net.Dial("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	sc, err := ln.AcceptUnix()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sc.Close()
+	cred, err := peerCred(sc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if int(cred.Uid) != os.Getuid() || int(cred.Pid) != os.Getpid() {
+		t.Fatalf("peer cred %+v, want uid %d pid %d", cred, os.Getuid(), os.Getpid())
+	}
+}
+
+func TestListenTrigger(t *testing.T) {
+	dir := shortDir(t)
+	path := filepath.Join(dir, "trigger")
+	// A stale socket file (nothing listens) is replaced.
+	stale, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stale.SetUnlinkOnClose(false)
+	stale.Close()
+	ln, err := listenTrigger(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode()&os.ModeSocket == 0 || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("trigger socket mode %v, want a 0600 socket", fi.Mode())
+	}
+	entries, _ := os.ReadDir(dir)
+	if len(entries) != 1 {
+		t.Errorf("temporary names left behind: %v", entries)
+	}
+	// A live one (another supervisor) is refused.
+	if _, err := listenTrigger(path); err == nil || !strings.Contains(err.Error(), "another process answers") {
+		t.Fatalf("second listen: %v", err)
+	}
+}
+
+// TestTriggerPauseKeepsSocket: while paused, the socket stays open and a
+// client that connects is served once serving resumes.
+func TestTriggerPauseKeepsSocket(t *testing.T) {
+	s := startTrigger(t, echoHandler, nil)
+	s.pause(errReexecuting)
+	c, err := net.Dial("unix", s.path)
+	if err != nil {
+		t.Fatalf("dial while paused: %v", err)
+	}
+	defer c.Close()
+	io.WriteString(c, "status\n")
+	s.start()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil || line != "ok: status \n" {
+		t.Fatalf("got %q, %v", line, err)
+	}
+}
+
+// TestTriggerPauseWakesWaiters: a handler waiting for the loop returns
+// the pause's cause at once.
+func TestTriggerPauseWakesWaiters(t *testing.T) {
+	entered := make(chan struct{})
+	s := startTrigger(t, func(ctx context.Context, cmd command) string {
+		close(entered)
+		<-ctx.Done()
+		return errReply(context.Cause(ctx))
+	}, nil)
+	type result struct {
+		line string
+		err  error
+	}
+	got := make(chan result, 1)
+	go func() {
+		line, err := exchangeErr(s.path, "handoff\n")
+		got <- result{line, err}
+	}()
+	<-entered
+	s.pause(errReexecuting)
+	if r := <-got; r.err != nil || r.line != "err: "+errReexecuting.Error() {
+		t.Fatalf("got %q, %v", r.line, r.err)
+	}
+}
+
+func TestCloseRemovesOnlyOwnSocket(t *testing.T) {
+	s := startTrigger(t, echoHandler, nil)
+	if err := s.close(errShuttingDown); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(s.path); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("trigger socket still there after close: %v", err)
+	}
+
+	s2 := startTrigger(t, echoHandler, nil)
+	// Someone else's socket now sits at the path: close must leave it.
+	other := s2.path + ".other"
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: other, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	if err := os.Rename(other, s2.path); err != nil {
+		t.Fatal(err)
+	}
+	s2.close(errShuttingDown)
+	if _, err := os.Stat(s2.path); err != nil {
+		t.Fatalf("close removed a socket that was not its own: %v", err)
+	}
+}
+
+func TestHandoffReplyRoundTrip(t *testing.T) {
+	p := &os.Process{Pid: 4242}
+	tests := []handoff.HandoffOutcome{
+		{ID: "ab12", Committed: true, Child: p, BuildID: "v2 (x)"},
+		{ID: "cd34", AbortReason: "the successor exited:\nexit status 3 \"quoted\""},
+	}
+	for _, o := range tests {
+		line := handoffReply(o)
+		if strings.ContainsAny(line, "\n\r") {
+			t.Fatalf("reply spans lines: %q", line)
+		}
+		rest, ok := strings.CutPrefix(line, "ok: ")
+		if !ok {
+			t.Fatalf("reply %q", line)
+		}
+		f, err := parseFields(rest)
+		if err != nil {
+			t.Fatalf("%q: %v", line, err)
+		}
+		want := map[string]string{"id": string(o.ID), "build_id": o.BuildID, "reason": oneLine(o.AbortReason), "committed": "false", "pid": "0"}
+		if o.Committed {
+			want["committed"], want["pid"] = "true", "4242"
+		}
+		for k, v := range want {
+			if f[k] != v {
+				t.Errorf("%q: field %s = %q, want %q", line, k, f[k], v)
+			}
+		}
+	}
+	if _, err := parseFields(`id=1 reason="unterminated`); err == nil {
+		t.Error("unterminated quote parsed")
+	}
+}

@@ -1,0 +1,142 @@
+package main
+
+import _ "embed"
+
+// unitExample is a systemd unit for the supervisor, shown by --help.
+//
+//go:embed handoff-supervisor.service.example
+var unitExample string
+
+// helpText documents every command, flag, configuration key, signal,
+// the trigger protocol and the metrics.
+var helpText = `handoff-supervisor holds a daemon's listening sockets, starts the daemon,
+restarts it when it dies, and replaces its binary without refusing a
+connection or losing an acknowledged write (a "handoff"). A handoff that does
+not commit is rolled back: the old binary keeps serving.
+
+Usage:
+  handoff-supervisor [run] --config FILE
+  handoff-supervisor upgrade --config FILE [--binary PATH] [--timeout D]
+  handoff-supervisor status --config FILE [--json]
+  handoff-supervisor version
+  handoff-supervisor --help
+
+Commands:
+  run       (the default) Bind the listeners, or take them from systemd socket
+            activation, start the daemon and supervise it, and serve the
+            trigger socket. Logs go to stderr.
+              --config FILE   the configuration file (required)
+  upgrade   Ask the running supervisor (over trigger_socket) for a handoff and
+            print its one-line answer. Exits 0 only if the handoff committed.
+              --config FILE   the configuration file (required)
+              --binary PATH   hand off to PATH instead of the configured binary;
+                              it must be binary or one of allowed_binaries
+              --timeout D     how long to wait for the outcome, e.g. 3m
+                              (default: 2 x deadline_secs + 30s)
+  status    Print the running supervisor's phase, pids, build ids, uptimes and
+            last handoff outcomes.
+              --config FILE   the configuration file (required)
+              --json          print one JSON object instead
+  version   Print the version.
+
+Exit status: 0 success; 1 failure (including a handoff that rolled back);
+2 bad usage.
+
+Configuration (TOML; unknown keys and wrong types are errors that name the
+key and the line):
+  control_socket    (required) absolute path of the unix socket on which the
+                    daemon listens for the supervisor; created 0600.
+  trigger_socket    (required) absolute path of the supervisor's trigger
+                    socket; created 0600.
+  binary            (required) absolute path of the daemon's binary; what
+                    run starts and what SIGHUP and a plain upgrade hand off to.
+                    Symlinks are resolved when it is started.
+  args              arguments for the daemon (after the program name).
+                    Default: none.
+  env               extra environment for the daemon, as "KEY=value" strings,
+                    added to the supervisor's own. Default: none.
+  drain_grace_secs  how long the old daemon may take to drain (seconds, may be
+                    fractional). Default: 25. Must be below deadline_secs.
+  deadline_secs     bound on a whole handoff, and on stopping the daemon at
+                    SIGTERM. Default: 60.
+  journal           absolute path of the state journal. With it, a restarted
+                    supervisor finds and adopts a daemon that outlived the
+                    previous one instead of starting another. Default: none.
+  allowed_binaries  absolute paths that upgrade --binary may name, besides
+                    binary. Compared after resolving symlinks. Default: none.
+  allowed_uids      user ids, besides the supervisor's own and root's, that may
+                    use the trigger socket. Default: none.
+  metrics_addr      host:port for Prometheus metrics at /metrics.
+                    Default: none (no metrics server).
+  log_format        "text" or "json". Default: "text".
+  [[listeners]]     one table per listening socket, passed to the daemon in
+                    order (fd 3, 4, ...) with LISTEN_FDS and LISTEN_FDNAMES:
+    name            (required) unique name: printable ASCII without spaces,
+                    ':', ',' or '='. Matched against systemd's
+                    FileDescriptorName= under socket activation.
+    addr            (required) "host:port" or "tcp:host:port" (TCP),
+                    "udp:host:port", "unix:/abs/path" or "unixgram:/abs/path".
+                    A stale unix socket file is removed before binding only if
+                    nothing answers on it; socket files are never removed by
+                    the supervisor afterwards.
+
+Example:
+  control_socket   = "/run/my-daemon/handoff.sock"
+  trigger_socket   = "/run/my-daemon/handoff.trigger"
+  binary           = "/usr/local/bin/my-daemon"
+  args             = ["--data", "/var/lib/my-daemon"]
+  drain_grace_secs = 25
+  deadline_secs    = 60
+  journal          = "/var/lib/my-daemon/handoff.journal"
+  allowed_binaries = ["/usr/local/bin/my-daemon-v2"]
+  metrics_addr     = "127.0.0.1:9464"
+
+  [[listeners]]
+  name = "http"
+  addr = "0.0.0.0:8080"
+
+Signals (run):
+  SIGHUP           hand off to the configured binary (systemctl reload).
+  SIGTERM, SIGINT  stop the daemon gracefully (it drains; killed after
+                   deadline_secs or at a second signal), then exit 0.
+  SIGUSR2          re-execute the supervisor's own binary in place: same pid,
+                   same listening sockets (never closed), same daemon. Deferred
+                   while a handoff runs.
+
+If the daemon exits outside a handoff, the supervisor starts the last
+known-good binary (the last one that committed) on the same sockets, so
+connections queued meanwhile are served. Restarts back off from 100ms,
+doubling to 10s; a daemon that ran 30s resets the backoff.
+
+Trigger protocol (trigger_socket): send one line, read one line.
+  handoff             hand off to binary
+  handoff /abs/path   hand off to that binary (binary or allowed_binaries)
+  status              the status as "ok: " followed by one JSON object
+Answers: "ok: id=ID committed=true|false pid=PID build_id="B" reason="R""
+or "err: MESSAGE". Lines over 4096 bytes, and clients that send no line within
+5s, get an err: and are disconnected. Only the supervisor's user, root and
+allowed_uids are served (checked with SO_PEERCRED); others get
+"err: permission denied".
+
+systemd: works as Type=notify-reload: READY=1 once the daemon serves,
+RELOADING=1 with MONOTONIC_USEC when a handoff starts and READY=1 when it ends,
+EXTEND_TIMEOUT_USEC while a handoff makes progress, STOPPING=1, and STATUS=
+lines. Socket activation: sockets passed with LISTEN_FDS are matched to
+[[listeners]] by name (LISTEN_FDNAMES); the others are bound.
+
+Metrics (metrics_addr, /metrics):
+  handoff_handoffs_total{outcome="committed|rolled_back"}  handoffs finished
+  handoff_rollbacks_total                 handoffs rolled back
+  handoff_seal_failures_total             rollbacks because the seal failed
+  handoff_duration_seconds{outcome}       whole handoffs (histogram)
+  handoff_drain_duration_seconds          the old daemon's drain (histogram)
+  handoff_seal_duration_seconds           the old daemon's seal (histogram)
+  handoff_begin_to_ready_seconds          the new daemon's start (histogram)
+  handoff_accept_gap_seconds              time nobody accepted (histogram)
+  handoff_daemon_restarts_total           restarts after the daemon exited
+  handoff_in_progress                     1 while a handoff runs
+  plus the Go runtime's and the process's standard metrics.
+
+A systemd unit:
+
+` + unitExample
