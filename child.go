@@ -111,13 +111,22 @@ func waitPidfd(pid int, stop <-chan struct{}) {
 }
 
 // spawnEnv is the supervisor's environment without handoff, activation and
-// notify variables, plus extra.
+// notify variables, with extra ("K=V") added or replacing the same keys.
 func spawnEnv(extra ...string) []string {
+	override := map[string]bool{}
+	for _, kv := range extra {
+		k, _, _ := strings.Cut(kv, "=")
+		override[k] = true
+	}
 	var env []string
 	for _, kv := range os.Environ() {
 		k, _, _ := strings.Cut(kv, "=")
+		switch {
+		case override[k], strings.HasPrefix(k, "HANDOFF_SUPERVISOR_"):
+			continue
+		}
 		switch k {
-		case EnvListenFDs, EnvListenFDNames, EnvListenPID, EnvRole, EnvSockFD, "NOTIFY_SOCKET", "HANDOFF_SUPERVISOR_FDS":
+		case EnvListenFDs, EnvListenFDNames, EnvListenPID, EnvRole, EnvSockFD, "NOTIFY_SOCKET":
 			continue
 		}
 		env = append(env, kv)

@@ -54,7 +54,8 @@ type SupervisorConfig struct {
 	Stdout, Stderr *os.File
 
 	// OnEvent, if set, is called for every Event, from the goroutine that
-	// caused it. It must return quickly.
+	// caused it, never while the supervisor holds its own lock (so it may
+	// call Status). It must return quickly.
 	OnEvent func(Event)
 }
 
@@ -160,9 +161,14 @@ type PhaseTimings struct {
 type HandoffOutcome struct {
 	ID          HandoffID
 	Committed   bool
-	AbortReason string      // why it did not commit, in words for a person
-	Child       *os.Process // the new incumbent when Committed
-	Phases      PhaseTimings
+	AbortReason string // why it did not commit, in words for a person
+	// Err is nil for a commit; otherwise it matches ErrAborted and the kind
+	// of failure (ErrSuccessorFailed, ErrIncumbentFailed, ErrDrainFailed,
+	// ErrSealFailed, ErrReadyRejected; also ErrTimeout or ErrProtocol
+	// when those were the cause) with errors.Is.
+	Err    error
+	Child  *os.Process // the new incumbent when Committed
+	Phases PhaseTimings
 	// Binary and BuildID of the process serving after the handoff.
 	Binary  string
 	BuildID string

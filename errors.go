@@ -43,6 +43,20 @@ var (
 	// ErrNoIncumbent: the supervisor has no running incumbent to hand off from.
 	ErrNoIncumbent = errors.New("handoff: no incumbent")
 
+	// Kinds of failed handoffs, matched by HandoffOutcome.Err:
+	// ErrSuccessorFailed: the successor exited, stalled, broke the protocol
+	// or could not be started.
+	ErrSuccessorFailed = errors.New("handoff: the successor failed")
+	// ErrIncumbentFailed: the incumbent exited, stalled, broke the protocol
+	// or could not be reached.
+	ErrIncumbentFailed = errors.New("handoff: the incumbent failed")
+	// ErrDrainFailed: the incumbent's Drain returned an error.
+	ErrDrainFailed = errors.New("handoff: drain failed")
+	// ErrSealFailed: the incumbent's Seal returned an error (it kept the lock).
+	ErrSealFailed = errors.New("handoff: seal failed")
+	// ErrReadyRejected: the successor's Ready was unhealthy or stale.
+	ErrReadyRejected = errors.New("handoff: ready rejected")
+
 	// ErrSessionLost: the peer closed the control channel (EOF or reset).
 	ErrSessionLost = wire.ErrPeerClosed
 )

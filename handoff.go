@@ -69,19 +69,45 @@ func (r *run) startReader(p *peer) {
 	}()
 }
 
-// abortError carries a reason for a person; incumbentGone says the
-// incumbent died or vanished.
+// abortError carries a reason for a person, the kind of failure (one of
+// the Err*Failed sentinels, ErrReadyRejected) and the underlying error;
+// incumbentGone says the incumbent died or vanished.
 type abortError struct {
 	reason        string
 	incumbentGone bool
+	kind          error
 	err           error
 }
 
 func (e *abortError) Error() string { return e.reason }
-func (e *abortError) Unwrap() error { return e.err }
+
+// Unwrap makes the error match ErrAborted, its kind and its cause.
+func (e *abortError) Unwrap() []error {
+	out := []error{ErrAborted}
+	for _, err := range []error{e.kind, e.err} {
+		if err != nil {
+			out = append(out, err)
+		}
+	}
+	return out
+}
 
 func (r *run) abort(format string, args ...any) *abortError {
 	return &abortError{reason: fmt.Sprintf(format, args...)}
+}
+
+func (r *run) abortAs(kind error, format string, args ...any) *abortError {
+	ae := r.abort(format, args...)
+	ae.kind = kind
+	return ae
+}
+
+// kindOf is the failure kind of something wrong with p.
+func (r *run) kindOf(p *peer) error {
+	if p == r.inc {
+		return ErrIncumbentFailed
+	}
+	return ErrSuccessorFailed
 }
 
 // PerformHandoff replaces the serving daemon with spec's binary. It spawns
@@ -123,6 +149,7 @@ func (s *Supervisor) PerformHandoff(ctx context.Context, spec SpawnSpec) (Handof
 			ae = &abortError{reason: err.Error(), err: err}
 		}
 		r.out.AbortReason = ae.reason
+		r.out.Err = ae
 		resumeErr = r.rollback(ae)
 		r.out.Phases.Total = time.Since(start)
 		s.log.Warn("handoff: rolled back", "id", r.id, "reason", ae.reason, "resume_err", resumeErr)
@@ -187,15 +214,15 @@ func (r *run) drive(incChild *child) error {
 	conn, h, err := s.dialIncumbent(dctx)
 	cancel()
 	if err != nil {
-		return r.abort("the incumbent (pid %d) did not answer on its control socket: %v", incChild.pid, err)
+		return r.abortAs(ErrIncumbentFailed, "the incumbent (pid %d) did not answer on its control socket: %v", incChild.pid, err)
 	}
 	r.inc = &peer{name: "incumbent", conn: conn, child: incChild}
 	if h.PID != incChild.pid {
-		return r.abort("pid %d answers on the control socket, but the supervisor's incumbent is pid %d", h.PID, incChild.pid)
+		return r.abortAs(ErrIncumbentFailed, "pid %d answers on the control socket, but the supervisor's incumbent is pid %d", h.PID, incChild.pid)
 	}
 	incChild.buildID = h.BuildID
 	if err := s.ackHello(conn, h, r.id, r.deadline); err != nil {
-		return r.abort("handshake with the incumbent failed: %v", err)
+		return r.abortAs(ErrIncumbentFailed, "handshake with the incumbent failed: %v", err)
 	}
 	r.out.Phases.IncumbentHello = time.Since(t0)
 	r.startReader(r.inc)
@@ -206,14 +233,14 @@ func (r *run) drive(incChild *child) error {
 	t1 := time.Now()
 	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
-		return r.abort("could not create the successor's control socketpair: %v", err)
+		return r.abortAs(ErrSuccessorFailed, "could not create the successor's control socketpair: %v", err)
 	}
 	names, fds := s.listenerFDs()
 	c, err := s.spawn(r.spec, names, fds, pair[1])
 	unix.Close(pair[1])
 	if err != nil {
 		unix.Close(pair[0])
-		return r.abort("could not start %s: %v", r.spec.Binary, err)
+		return r.abortAs(ErrSuccessorFailed, "could not start %s: %v", r.spec.Binary, err)
 	}
 	c.watch(s.onExit)
 	f := os.NewFile(uintptr(pair[0]), "successor-control")
@@ -221,7 +248,7 @@ func (r *run) drive(incChild *child) error {
 	f.Close()
 	if err != nil {
 		c.killAndReap(0)
-		return r.abort("successor control socket: %v", err)
+		return r.abortAs(ErrSuccessorFailed, "successor control socket: %v", err)
 	}
 	r.succ = &peer{name: "successor", conn: wire.NewConn(nc.(*net.UnixConn)), child: c}
 	s.mu.Lock()
@@ -237,11 +264,11 @@ func (r *run) drive(incChild *child) error {
 	}
 	sh := fr.Msg.(wire.Hello)
 	if sh.Role != wire.RoleSuccessor || sh.PID != c.pid {
-		return r.abort("the successor's Hello says role %q pid %d, but the spawned child is pid %d", sh.Role, sh.PID, c.pid)
+		return r.abortAs(ErrSuccessorFailed, "the successor's Hello says role %q pid %d, but the spawned child is pid %d", sh.Role, sh.PID, c.pid)
 	}
 	c.buildID = sh.BuildID
 	if err := s.ackHello(r.succ.conn, sh, r.id, r.deadline); err != nil {
-		return r.abort("handshake with the successor failed: %v", err)
+		return r.abortAs(ErrSuccessorFailed, "handshake with the successor failed: %v", err)
 	}
 	r.out.Phases.Spawn = time.Since(t1)
 	crash.Point("supervisor-after-successor-hello")
@@ -262,7 +289,7 @@ func (r *run) drive(incChild *child) error {
 		return err
 	}
 	if m, ok := fr.Msg.(wire.DrainFailed); ok {
-		return r.abort("the incumbent's drain failed: %s", m.Reason)
+		return r.abortAs(ErrDrainFailed, "the incumbent's drain failed: %s", m.Reason)
 	}
 	drained := fr.Msg.(wire.Drained)
 	r.out.Phases.Drain = time.Since(gapStart)
@@ -280,7 +307,7 @@ func (r *run) drive(incChild *child) error {
 		return err
 	}
 	if m, ok := fr.Msg.(wire.SealFailed); ok {
-		return r.abort("the incumbent's seal failed: %s", m.Reason)
+		return r.abortAs(ErrSealFailed, "the incumbent's seal failed: %s", m.Reason)
 	}
 	sc := fr.Msg.(wire.SealComplete)
 	r.sealed = &sc
@@ -303,7 +330,7 @@ func (r *run) drive(incChild *child) error {
 	ready := fr.Msg.(wire.Ready)
 	r.out.Phases.BeginToReady = time.Since(t4)
 	if err := checkReady(ready, sc); err != nil {
-		return r.abort("%v", err)
+		return r.abortAs(ErrReadyRejected, "%v", err)
 	}
 
 	// 6. Commit: the successor first (it is the next incumbent), then
@@ -314,7 +341,7 @@ func (r *run) drive(incChild *child) error {
 	}
 	crash.Point("supervisor-before-commit")
 	if err := r.succ.conn.Send(wire.Commit{}, string(r.id), writeTimeout); err != nil {
-		return r.abort("the successor vanished at the commit: %v", err)
+		return r.abortAs(ErrSuccessorFailed, "the successor vanished at the commit: %v", err)
 	}
 	r.out.Phases.AcceptGap = time.Since(gapStart)
 	work := time.Duration(drained.TookNS + sc.TookNS + ready.OpenTookNS)
@@ -360,7 +387,7 @@ func checkReady(m wire.Ready, sc wire.SealComplete) error {
 
 func (r *run) send(p *peer, m wire.Message) error {
 	if err := p.conn.Send(m, string(r.id), writeTimeout); err != nil {
-		ae := r.abort("could not send %s to the %s: %v", m.Type(), p.name, err)
+		ae := r.abortAs(r.kindOf(p), "could not send %s to the %s: %v", m.Type(), p.name, err)
 		ae.incumbentGone = p == r.inc
 		return ae
 	}
@@ -415,7 +442,7 @@ func (r *run) awaitUntil(p *peer, until time.Time, want ...wire.Type) (wire.Fram
 				return res.f, nil
 			}
 			if m, ok := res.f.Msg.(wire.Error); ok {
-				return wire.Frame{}, r.abort("the %s refused: %s", p.name, m.Reason)
+				return wire.Frame{}, r.abortAs(r.kindOf(p), "the %s refused: %s", p.name, m.Reason)
 			}
 			return wire.Frame{}, r.violation(p, "unexpected %s (waiting for %v)", res.f.Msg.Type(), want)
 		case res := <-otherFrames:
@@ -437,7 +464,7 @@ func (r *run) awaitUntil(p *peer, until time.Time, want ...wire.Type) (wire.Fram
 		case <-otherDone:
 			return wire.Frame{}, r.exited(other)
 		case <-live.C:
-			ae := r.abort("the %s (pid %d) sent nothing for %v (liveness timeout) while the supervisor waited for %v", p.name, p.child.pid, r.s.cfg.Liveness, want)
+			ae := r.abortAs(r.kindOf(p), "the %s (pid %d) sent nothing for %v (liveness timeout) while the supervisor waited for %v", p.name, p.child.pid, r.s.cfg.Liveness, want)
 			ae.err = ErrTimeout
 			return wire.Frame{}, ae
 		case <-limit.C:
@@ -445,7 +472,7 @@ func (r *run) awaitUntil(p *peer, until time.Time, want ...wire.Type) (wire.Fram
 			if until.Before(r.deadline) {
 				what = "its time ran out"
 			}
-			ae := r.abort("the %s (pid %d) did not send %v: %s", p.name, p.child.pid, want, what)
+			ae := r.abortAs(r.kindOf(p), "the %s (pid %d) did not send %v: %s", p.name, p.child.pid, want, what)
 			ae.err = ErrTimeout
 			return wire.Frame{}, ae
 		case <-r.ctx.Done():
@@ -474,14 +501,14 @@ func (r *run) peerFailed(p *peer, err error) error {
 		return r.exited(p)
 	case <-time.After(100 * time.Millisecond):
 	}
-	ae := r.abort("the %s (pid %d) closed its control channel: %v", p.name, p.child.pid, err)
+	ae := r.abortAs(r.kindOf(p), "the %s (pid %d) closed its control channel: %v", p.name, p.child.pid, err)
 	ae.err = err
 	ae.incumbentGone = p == r.inc
 	return ae
 }
 
 func (r *run) exited(p *peer) error {
-	ae := r.abort("the %s (pid %d) exited: %v", p.name, p.child.pid, p.child.state)
+	ae := r.abortAs(r.kindOf(p), "the %s (pid %d) exited: %v", p.name, p.child.pid, p.child.state)
 	ae.incumbentGone = p == r.inc
 	return ae
 }
@@ -491,7 +518,7 @@ func (r *run) violation(p *peer, format string, args ...any) error {
 	p.conn.Send(wire.Error{Reason: msg}, string(r.id), writeTimeout)
 	p.dead = ErrProtocol
 	p.conn.Close()
-	ae := r.abort("protocol violation by the %s (pid %d): %s", p.name, p.child.pid, msg)
+	ae := r.abortAs(r.kindOf(p), "protocol violation by the %s (pid %d): %s", p.name, p.child.pid, msg)
 	ae.err = ErrProtocol
 	return ae
 }

@@ -67,16 +67,17 @@ func TestHandoffAbortsRollBack(t *testing.T) {
 		env        []string // knobs of the successor
 		cfg        SupervisorConfig
 		wantReason string
+		wantErr    error
 	}{
-		{"successor exits before handshake", nil, []string{"TD_FAIL_AT=before-hello"}, SupervisorConfig{}, "successor"},
-		{"successor exits after handshake", nil, []string{"TD_FAIL_AT=after-hello"}, SupervisorConfig{}, "successor"},
-		{"successor exits after begin", nil, []string{"TD_FAIL_AT=after-begin"}, SupervisorConfig{}, "successor"},
-		{"successor hangs after begin", nil, []string{"TD_HANG_AT=after-begin"}, SupervisorConfig{Liveness: time.Second}, "liveness"},
-		{"successor hangs before begin", nil, []string{"TD_HANG_AT=after-hello", "TD_SLOW_DRAIN=1500ms"}, SupervisorConfig{Liveness: time.Second}, ""},
-		{"ready unhealthy", nil, []string{"TD_UNHEALTHY=1"}, SupervisorConfig{}, "unhealthy"},
-		{"ready with stale revisions", nil, []string{"TD_STALE=1"}, SupervisorConfig{}, "stale"},
-		{"seal fails", []string{"TD_SEAL_FAIL=1"}, nil, SupervisorConfig{}, "seal failed"},
-		{"drain fails", []string{"TD_DRAIN_FAIL=1"}, nil, SupervisorConfig{}, "drain failed"},
+		{"successor exits before handshake", nil, []string{"TD_FAIL_AT=before-hello"}, SupervisorConfig{}, "successor", ErrSuccessorFailed},
+		{"successor exits after handshake", nil, []string{"TD_FAIL_AT=after-hello"}, SupervisorConfig{}, "successor", ErrSuccessorFailed},
+		{"successor exits after begin", nil, []string{"TD_FAIL_AT=after-begin"}, SupervisorConfig{}, "successor", ErrSuccessorFailed},
+		{"successor hangs after begin", nil, []string{"TD_HANG_AT=after-begin"}, SupervisorConfig{Liveness: time.Second}, "liveness", ErrTimeout},
+		{"successor hangs before begin", nil, []string{"TD_HANG_AT=after-hello", "TD_SLOW_DRAIN=1500ms"}, SupervisorConfig{Liveness: time.Second}, "", ErrAborted},
+		{"ready unhealthy", nil, []string{"TD_UNHEALTHY=1"}, SupervisorConfig{}, "unhealthy", ErrReadyRejected},
+		{"ready with stale revisions", nil, []string{"TD_STALE=1"}, SupervisorConfig{}, "stale", ErrReadyRejected},
+		{"seal fails", []string{"TD_SEAL_FAIL=1"}, nil, SupervisorConfig{}, "seal failed", ErrSealFailed},
+		{"drain fails", []string{"TD_DRAIN_FAIL=1"}, nil, SupervisorConfig{}, "drain failed", ErrDrainFailed},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -93,6 +94,9 @@ func TestHandoffAbortsRollBack(t *testing.T) {
 			}
 			if !strings.Contains(out.AbortReason, tc.wantReason) {
 				t.Fatalf("abort reason %q does not mention %q", out.AbortReason, tc.wantReason)
+			}
+			if !errors.Is(out.Err, ErrAborted) || !errors.Is(out.Err, tc.wantErr) {
+				t.Fatalf("outcome error %v does not match ErrAborted and %v", out.Err, tc.wantErr)
 			}
 			if pid := c.servingPID(); pid != before {
 				t.Fatalf("pid %d serves after the rollback, want the incumbent %d", pid, before)

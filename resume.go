@@ -6,14 +6,17 @@ import (
 	"fmt"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/handoff-go/handoff/internal/wire"
 )
 
 // ResumeFromJournal recovers after the supervisor itself died. It reads
 // the journal, kills an orphaned successor, finds the live incumbent on the
 // control socket, makes sure it serves and holds its lock (ResumeAfterAbort
-// is idempotent), takes back the listener descriptors from it if this
-// supervisor has none, adopts it, and clears the journal. No journal: nil.
+// is idempotent), takes back from it the listener descriptors this
+// supervisor lacks (those it already has, bound or from systemd, are kept),
+// adopts it, and clears the journal. No journal: nil.
 // No live daemon: an error matching ErrNoIncumbent (cold-start then). A
 // corrupt journal is moved aside and reported with ErrJournalCorrupt.
 func (s *Supervisor) ResumeFromJournal(ctx context.Context) error {
@@ -67,13 +70,8 @@ func (s *Supervisor) ResumeFromJournal(ctx context.Context) error {
 			return err
 		}
 	}
-	s.mu.Lock()
-	need := len(s.listeners) == 0
-	s.mu.Unlock()
-	if need {
-		if err := s.takeListeners(conn, id); err != nil {
-			return err
-		}
+	if err := s.takeListeners(conn, id); err != nil {
+		return err
 	}
 	conn.Close()
 	return s.Adopt(ctx, live, spec)
@@ -95,10 +93,20 @@ func (s *Supervisor) takeListeners(conn *wire.Conn, id HandoffID) error {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	var took []string
+next:
 	for i, name := range m.Names {
+		for _, have := range s.listeners {
+			if have.name == name {
+				// Already bound or inherited (socket activation): keep ours.
+				unix.Close(f.FDs[i])
+				continue next
+			}
+		}
 		s.listeners = append(s.listeners, namedFD{name, f.FDs[i]})
+		took = append(took, name)
 	}
-	s.log.Info("handoff: took the listeners back from the incumbent", "names", m.Names)
+	s.log.Info("handoff: took listeners back from the incumbent", "names", took)
 	return nil
 }
 

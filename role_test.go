@@ -463,3 +463,24 @@ func TestLockRejectsEmptyDir(t *testing.T) {
 		t.Fatalf("missing dir: %v", err)
 	}
 }
+
+func TestSpawnEnvOverridesAndStrips(t *testing.T) {
+	t.Setenv("HANDOFF_TEST_KEEP", "supervisor")
+	t.Setenv("NOTIFY_SOCKET", "/run/systemd/notify")
+	t.Setenv(EnvListenFDs, "2")
+	env := spawnEnv("HANDOFF_TEST_KEEP=spec", EnvListenFDs+"=1")
+	count := map[string]int{}
+	for _, kv := range env {
+		k, v, _ := strings.Cut(kv, "=")
+		count[k]++
+		if k == "HANDOFF_TEST_KEEP" && v != "spec" {
+			t.Errorf("HANDOFF_TEST_KEEP=%q, want the spec's value", v)
+		}
+		if k == "NOTIFY_SOCKET" {
+			t.Errorf("NOTIFY_SOCKET passed to the daemon")
+		}
+	}
+	if count["HANDOFF_TEST_KEEP"] != 1 || count[EnvListenFDs] != 1 {
+		t.Errorf("duplicate keys: %v", count)
+	}
+}

@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -124,7 +123,7 @@ func (m *metrics) observe(o handoff.HandoffOutcome) {
 	if !o.Committed {
 		outcome = outcomeRolledBack
 		m.rollbacks.Inc()
-		if isSealFailure(o.AbortReason) {
+		if isSealFailure(o) {
 			m.sealFailures.Inc()
 		}
 	}
@@ -143,11 +142,10 @@ func (m *metrics) observe(o handoff.HandoffOutcome) {
 	}
 }
 
-// isSealFailure tells from an abort reason whether the seal failed (the
-// incumbent reported SealFailed, or never answered the SealRequest). The
-// library reports the cause only in words for now.
-func isSealFailure(reason string) bool {
-	return strings.Contains(reason, "seal failed") || strings.Contains(reason, "SealComplete")
+// isSealFailure tells whether a handoff failed because the incumbent's
+// seal failed.
+func isSealFailure(o handoff.HandoffOutcome) bool {
+	return errors.Is(o.Err, handoff.ErrSealFailed)
 }
 
 // metricsServer serves /metrics on a listener it can pause without

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -104,11 +105,13 @@ func TestMetricsScrape(t *testing.T) {
 	// A rollback at the seal: no begin-to-ready observed, no accept gap.
 	m.onEvent(handoff.Event{Kind: handoff.EventHandoffFinished, Outcome: &handoff.HandoffOutcome{
 		AbortReason: "the incumbent's seal failed: fsync: input/output error",
+		Err:         fmt.Errorf("%w: %w", handoff.ErrAborted, handoff.ErrSealFailed),
 		Phases:      handoff.PhaseTimings{Total: time.Second, Drain: 200 * time.Millisecond, Seal: 50 * time.Millisecond},
 	}})
 	// A rollback elsewhere.
 	m.onEvent(handoff.Event{Kind: handoff.EventHandoffFinished, Outcome: &handoff.HandoffOutcome{
 		AbortReason: "the successor (pid 9) exited: exit status 3",
+		Err:         fmt.Errorf("%w: %w", handoff.ErrAborted, handoff.ErrSuccessorFailed),
 		Phases:      handoff.PhaseTimings{Total: time.Second},
 	}})
 	m.restarts.Inc()
@@ -131,14 +134,18 @@ func TestMetricsScrape(t *testing.T) {
 }
 
 func TestIsSealFailure(t *testing.T) {
-	for reason, want := range map[string]bool{
-		"the incumbent's seal failed: disk full": true,
-		"the incumbent (pid 3) sent nothing for 10s (liveness timeout) while the supervisor waited for [SealComplete SealFailed]": true,
-		"the successor (pid 9) exited: exit status 3": false,
-		"the incumbent's drain failed: busy":          false,
+	seal := fmt.Errorf("%w: %w", handoff.ErrAborted, handoff.ErrSealFailed)
+	other := fmt.Errorf("%w: %w", handoff.ErrAborted, handoff.ErrSuccessorFailed)
+	for _, tc := range []struct {
+		o    handoff.HandoffOutcome
+		want bool
+	}{
+		{handoff.HandoffOutcome{Err: seal, AbortReason: "the incumbent's seal failed: disk full"}, true},
+		{handoff.HandoffOutcome{Err: other, AbortReason: "the successor exited after the seal"}, false},
+		{handoff.HandoffOutcome{Committed: true}, false},
 	} {
-		if got := isSealFailure(reason); got != want {
-			t.Errorf("isSealFailure(%q) = %t, want %t", reason, got, want)
+		if got := isSealFailure(tc.o); got != tc.want {
+			t.Errorf("isSealFailure(%v) = %t, want %t", tc.o.Err, got, tc.want)
 		}
 	}
 }

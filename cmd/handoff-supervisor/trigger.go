@@ -29,7 +29,7 @@ import (
 //	status             the supervisor's status as one JSON object
 //
 // Replies start with "ok: " or "err: ". A handoff answers
-// "ok: id=<id> committed=true|false pid=<pid> build_id=<q> reason=<q>"
+// "ok: id=<id> committed=true|false pid=<pid> build_id=<q> accept_gap=<d> library_overhead=<d> reason=<q>"
 // (q: a Go-quoted string) once it has committed or rolled back.
 const (
 	// maxLine bounds a command line, newline excluded.
@@ -370,8 +370,8 @@ func handoffReply(o handoff.HandoffOutcome) string {
 	if o.Child != nil {
 		pid = o.Child.Pid
 	}
-	return fmt.Sprintf("ok: id=%s committed=%t pid=%d build_id=%s reason=%s",
-		o.ID, o.Committed, pid, strconv.Quote(o.BuildID), strconv.Quote(oneLine(o.AbortReason)))
+	return fmt.Sprintf("ok: id=%s committed=%t pid=%d build_id=%s accept_gap=%s library_overhead=%s reason=%s",
+		o.ID, o.Committed, pid, strconv.Quote(o.BuildID), o.Phases.AcceptGap, o.Phases.LibraryOverhead, strconv.Quote(oneLine(o.AbortReason)))
 }
 
 // parseFields parses the key=value fields of an "ok:" reply; a value is
