@@ -2,8 +2,10 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -83,17 +85,24 @@ func freePort(t *testing.T) string {
 	return ln.Addr().String()
 }
 
-// fixture is a supervisor run in-process on a config in a fresh directory.
+// fixture is a configuration in a fresh directory for a supervisor run as
+// a process of its own: the test binary re-executed with
+// HS_TEST_SUPERVISOR set, whose TestMain calls main as the real binary
+// does. The client commands (upgrade, status) run the same way.
 type fixture struct {
 	dir, cfg, web, metrics string
-	v1, v2, bad            string
+	daemonLog, gate        string
+	v1, v2, bad, rogue     string
 	notes                  func() string // next sd_notify message
 }
 
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
 	dir := shortDir(t)
-	f := &fixture{dir: dir, web: filepath.Join(dir, "web.sock"), metrics: freePort(t), notes: notifySocket(t)}
+	f := &fixture{
+		dir: dir, web: filepath.Join(dir, "web.sock"), metrics: freePort(t), notes: notifySocket(t),
+		daemonLog: filepath.Join(dir, "daemons.log"), gate: filepath.Join(dir, "gate"),
+	}
 	bin := filepath.Join(dir, "bin")
 	data := filepath.Join(dir, "data")
 	for _, d := range []string{bin, data} {
@@ -102,13 +111,16 @@ func newFixture(t *testing.T) *fixture {
 		}
 	}
 	f.v1, f.v2, f.bad = installBuild(t, bin, "daemon-v1"), installBuild(t, bin, "daemon-v2"), installBuild(t, bin, "daemon-bad")
+	// A working daemon build that is not allowed: it would log its start
+	// if it were ever started.
+	f.rogue = installBuild(t, bin, "daemon-rogue")
 	control := filepath.Join(dir, "control.sock")
 	f.cfg = filepath.Join(dir, "handoff.toml")
 	doc := fmt.Sprintf(`control_socket   = %q
 trigger_socket   = %q
 binary           = %q
 allowed_binaries = [%q, %q]
-env              = [%q, %q, %q]
+env              = [%q, %q, %q, %q, %q]
 drain_grace_secs = 5
 deadline_secs    = 20
 journal          = %q
@@ -119,6 +131,7 @@ name = "web"
 addr = "unix:%s"
 `, control, filepath.Join(dir, "trigger.sock"), f.v1, f.v2, f.bad,
 		envTestRole+"=daemon", envTestData+"="+data, envTestControl+"="+control,
+		envTestLog+"="+f.daemonLog, envTestGate+"="+f.gate,
 		filepath.Join(dir, "journal"), f.metrics, f.web)
 	if err := os.WriteFile(f.cfg, []byte(doc), 0o644); err != nil {
 		t.Fatal(err)
@@ -126,24 +139,49 @@ addr = "unix:%s"
 	return f
 }
 
-// start runs the supervisor until the test ends and waits for READY=1.
-func (f *fixture) start(t *testing.T) {
+// supervisorEnv is the environment of the test binary in the supervisor
+// role. The daemons inherit it. Under the race detector a process that
+// exits 0 sleeps a second first (GORACE atexit_sleep_ms): turned off, as
+// every upgrade and status command and every replaced daemon would pay it.
+func supervisorEnv() []string {
+	gorace := strings.TrimSpace(os.Getenv("GORACE") + " atexit_sleep_ms=0")
+	return append(os.Environ(), envTestSupervisor+"=1", "GORACE="+gorace)
+}
+
+// supervisorCmd is a command line for the test binary in the supervisor
+// role: handoff-supervisor ARGS.
+func supervisorCmd(ctx context.Context, t *testing.T, args ...string) *exec.Cmd {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- run(ctx, []string{"--config", f.cfg}, os.Stdout, tWriter{t}) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("run: %v", err)
-			}
-		case <-time.After(30 * time.Second):
-			t.Error("the supervisor did not stop")
-		}
-	})
-	f.await(t, "READY=1")
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.CommandContext(ctx, exe, args...)
+	cmd.Env = supervisorEnv()
+	return cmd
+}
+
+// cliTimeout bounds one client command (upgrade, status).
+const cliTimeout = 60 * time.Second
+
+// cli runs handoff-supervisor ARGS as a process and returns its output
+// and exit status.
+func (f *fixture) cli(t *testing.T, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), cliTimeout)
+	defer cancel()
+	cmd := supervisorCmd(ctx, t, args...)
+	var out, errOut strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	err := cmd.Run()
+	var ee *exec.ExitError
+	switch {
+	case ctx.Err() != nil:
+		t.Fatalf("handoff-supervisor %q did not finish within %v: %s", args, cliTimeout, errOut.String())
+	case err != nil && !errors.As(err, &ee):
+		t.Fatalf("handoff-supervisor %q: %v", args, err)
+	}
+	return out.String(), errOut.String(), cmd.ProcessState.ExitCode()
 }
 
 // await reads sd_notify messages until one contains want.
@@ -164,11 +202,17 @@ func (f *fixture) await(t *testing.T, want ...string) string {
 // hello connects to the daemon's listener and returns its line.
 func (f *fixture) hello(t *testing.T) (build string, pid int) {
 	t.Helper()
-	c, err := net.Dial("unix", f.web)
+	c, err := net.DialTimeout("unix", f.web, 10*time.Second)
 	if err != nil {
 		t.Fatalf("dial the daemon: %v", err)
 	}
 	defer c.Close()
+	return readHello(t, c)
+}
+
+// readHello reads the daemon's line from c.
+func readHello(t *testing.T, c net.Conn) (build string, pid int) {
+	t.Helper()
 	c.SetDeadline(time.Now().Add(20 * time.Second))
 	line, err := bufio.NewReader(c).ReadString('\n')
 	if err != nil {
@@ -180,9 +224,10 @@ func (f *fixture) hello(t *testing.T) (build string, pid int) {
 	return build, pid
 }
 
+// status runs status --json.
 func (f *fixture) status(t *testing.T) statusReport {
 	t.Helper()
-	out, stderr, code := runCmd(t, "status", "--config", f.cfg, "--json")
+	out, stderr, code := f.cli(t, "status", "--config", f.cfg, "--json")
 	if code != 0 {
 		t.Fatalf("status: exit %d: %s", code, stderr)
 	}
@@ -193,84 +238,364 @@ func (f *fixture) status(t *testing.T) statusReport {
 	return r
 }
 
-// TestEndToEnd drives a supervisor (in-process) and real daemon processes
-// through commits, a rollback, a refused binary, SIGHUP, a crash of the
-// daemon and the stop, checking sd_notify, status and metrics on the way.
+// statusText runs status and returns its incumbent line.
+func (f *fixture) statusText(t *testing.T) string {
+	t.Helper()
+	out, stderr, code := f.cli(t, "status", "--config", f.cfg)
+	if code != 0 {
+		t.Fatalf("status: exit %d: %s", code, stderr)
+	}
+	for _, line := range strings.Split(out, "\n") {
+		if strings.HasPrefix(line, "incumbent:") {
+			return line
+		}
+	}
+	t.Fatalf("status without an incumbent line: %q", out)
+	return ""
+}
+
+// pollTimeout bounds a wait for the supervisor to reach a state.
+const pollTimeout = 20 * time.Second
+
+// awaitStatus polls status until ok accepts it, for at most pollTimeout.
+func (f *fixture) awaitStatus(t *testing.T, what string, ok func(statusReport) bool) statusReport {
+	t.Helper()
+	deadline := time.Now().Add(pollTimeout)
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		st := f.status(t)
+		if ok(st) {
+			return st
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no %s within %v; status %+v", what, pollTimeout, st)
+		}
+		<-tick.C
+	}
+}
+
+// daemonEvent is one line of the daemons' log (see testDaemon).
+type daemonEvent struct {
+	event, build string
+	pid          int
+}
+
+// daemonEvents returns the lines of the daemons' log for event, in order.
+func (f *fixture) daemonEvents(t *testing.T, event string) []daemonEvent {
+	t.Helper()
+	raw, err := os.ReadFile(f.daemonLog)
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	var out []daemonEvent
+	for _, line := range strings.Split(strings.TrimSpace(string(raw)), "\n") {
+		if line == "" {
+			continue
+		}
+		var e daemonEvent
+		if _, err := fmt.Sscanf(line, "%s %s %d", &e.event, &e.build, &e.pid); err != nil {
+			t.Fatalf("daemon log line %q: %v", line, err)
+		}
+		if e.event == event {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// spawned returns the daemon processes the supervisor started, in order.
+func (f *fixture) spawned(t *testing.T) []daemonEvent {
+	t.Helper()
+	return f.daemonEvents(t, "start")
+}
+
+// killDaemons kills whatever daemons of this fixture outlived their
+// supervisor (a test that failed half way), with their process groups.
+func (f *fixture) killDaemons(t *testing.T) {
+	t.Helper()
+	for _, s := range f.spawned(t) {
+		// The pid is ours only while its command line names our copy.
+		cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", s.pid))
+		if err != nil || !strings.HasPrefix(string(cmdline), f.dir+"/") {
+			continue
+		}
+		t.Errorf("daemon %s pid %d outlived the supervisor; killing it", s.build, s.pid)
+		syscall.Kill(-s.pid, syscall.SIGKILL)
+		syscall.Kill(s.pid, syscall.SIGKILL)
+	}
+}
+
+// childrenOf returns the pids whose parent is pid, from /proc.
+func childrenOf(t *testing.T, pid int) map[int]bool {
+	t.Helper()
+	stats, err := filepath.Glob("/proc/[0-9]*/stat")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[int]bool{}
+	for _, p := range stats {
+		raw, err := os.ReadFile(p)
+		if err != nil {
+			continue // gone meanwhile
+		}
+		// pid (comm) state ppid ...; comm may hold spaces and parentheses.
+		rest := string(raw[bytes.LastIndexByte(raw, ')')+1:])
+		var state string
+		var ppid int
+		if _, err := fmt.Sscan(rest, &state, &ppid); err != nil || ppid != pid {
+			continue
+		}
+		if child, err := strconv.Atoi(filepath.Base(filepath.Dir(p))); err == nil {
+			out[child] = true
+		}
+	}
+	return out
+}
+
+// supervisor is a supervisor process.
+type supervisor struct {
+	cmd     *exec.Cmd
+	exited  chan struct{}
+	waitErr error // set when exited is closed
+}
+
+// signal sends sig to the supervisor.
+func (s *supervisor) signal(t *testing.T, sig syscall.Signal) {
+	t.Helper()
+	if err := s.cmd.Process.Signal(sig); err != nil {
+		t.Fatalf("signal the supervisor: %v", err)
+	}
+}
+
+// wait waits (bounded) for the supervisor to exit and returns how.
+func (s *supervisor) wait(t *testing.T, why string) error {
+	t.Helper()
+	select {
+	case <-s.exited:
+		return s.waitErr
+	case <-time.After(30 * time.Second):
+		t.Fatalf("the supervisor did not exit %s", why)
+		return nil
+	}
+}
+
+// startSupervisor runs the supervisor as a process with extra environment
+// and descriptors (fd 3, 4, ...), and waits for READY=1. When the test
+// ends it is stopped (SIGTERM, then SIGKILL) and reaped, and any daemon
+// that outlived it is killed.
+func (f *fixture) startSupervisor(t *testing.T, env []string, files ...*os.File) *supervisor {
+	t.Helper()
+	cmd := supervisorCmd(context.Background(), t, "--config", f.cfg)
+	cmd.Env = append(cmd.Env, env...)
+	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+	cmd.ExtraFiles = files
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	s := &supervisor{cmd: cmd, exited: make(chan struct{})}
+	go func() {
+		s.waitErr = cmd.Wait()
+		close(s.exited)
+	}()
+	t.Cleanup(func() {
+		select {
+		case <-s.exited:
+		default:
+			cmd.Process.Signal(syscall.SIGTERM)
+			select {
+			case <-s.exited:
+			case <-time.After(15 * time.Second):
+				cmd.Process.Kill()
+				<-s.exited
+			}
+		}
+		f.killDaemons(t)
+	})
+	f.await(t, "READY=1")
+	return s
+}
+
+// TestEndToEnd drives a supervisor process and real daemon processes the
+// way an operator would: upgrade and status commands run as processes,
+// real signals to the supervisor and the daemon, sd_notify on a unixgram
+// NOTIFY_SOCKET, /metrics over HTTP.
 func TestEndToEnd(t *testing.T) {
 	f := newFixture(t)
-	f.start(t)
+	sup := f.startSupervisor(t, nil)
+	supPID := sup.cmd.Process.Pid
 
 	build, pid1 := f.hello(t)
 	if build != "daemon-v1" {
 		t.Fatalf("serving %s, want daemon-v1", build)
 	}
+	wantSamples(t, scrape(t, f.metrics), map[string]string{
+		`handoff_handoffs_total{outcome="committed"}`:   "0",
+		`handoff_handoffs_total{outcome="rolled_back"}`: "0",
+		`handoff_rollbacks_total`:                       "0",
+		`handoff_daemon_restarts_total`:                 "0",
+	})
 
-	// upgrade --binary v2 commits.
-	out, stderr, code := runCmd(t, "upgrade", "--config", f.cfg, "--binary", f.v2)
+	// upgrade hands off to the configured binary and commits: a new
+	// process of the same build.
+	out, stderr, code := f.cli(t, "upgrade", "--config", f.cfg)
+	if code != 0 || !strings.HasPrefix(out, "ok: ") || !strings.Contains(out, "committed=true") {
+		t.Fatalf("upgrade: exit %d, %q %q", code, out, stderr)
+	}
+	f.await(t, "RELOADING=1", "MONOTONIC_USEC=")
+	f.await(t, "READY=1", "committed")
+	st := f.status(t)
+	if st.Supervisor.PID != supPID || st.Incumbent == nil || st.Incumbent.PID == pid1 || st.Incumbent.BuildID != "daemon-v1" {
+		t.Fatalf("status after upgrade: %+v (daemon was pid %d)", st, pid1)
+	}
+	if build, pid := f.hello(t); build != "daemon-v1" || pid != st.Incumbent.PID {
+		t.Fatalf("serving %s pid %d, status says daemon-v1 pid %d", build, pid, st.Incumbent.PID)
+	}
+	wantSamples(t, scrape(t, f.metrics), map[string]string{`handoff_handoffs_total{outcome="committed"}`: "1"})
+
+	// upgrade --binary to another allowed build: status (text and JSON)
+	// shows its pid and build id.
+	out, stderr, code = f.cli(t, "upgrade", "--config", f.cfg, "--binary", f.v2)
 	if code != 0 || !strings.HasPrefix(out, "ok: ") || !strings.Contains(out, "committed=true") {
 		t.Fatalf("upgrade to v2: exit %d, %q %q", code, out, stderr)
 	}
 	f.await(t, "RELOADING=1", "MONOTONIC_USEC=")
 	f.await(t, "READY=1", "committed")
 	build, pid2 := f.hello(t)
-	if build != "daemon-v2" || pid2 == pid1 {
-		t.Fatalf("after the commit: %s pid %d (was pid %d)", build, pid2, pid1)
+	if build != "daemon-v2" {
+		t.Fatalf("after the upgrade to v2: serving %s", build)
 	}
-	st := f.status(t)
+	st = f.status(t)
 	if st.Incumbent == nil || st.Incumbent.PID != pid2 || st.Incumbent.BuildID != "daemon-v2" || st.KnownGood != f.v2 {
-		t.Fatalf("status after the commit: %+v", st)
+		t.Fatalf("status after the upgrade to v2: %+v, want daemon-v2 pid %d", st, pid2)
+	}
+	if line, want := f.statusText(t), fmt.Sprintf("pid %d, build daemon-v2,", pid2); !strings.Contains(line, want) {
+		t.Fatalf("status: %q, want %q", line, want)
 	}
 
-	// A successor that dies rolls back; v2 keeps serving.
-	out, _, code = runCmd(t, "upgrade", "--config", f.cfg, "--binary", f.bad)
-	if code != 1 || !strings.Contains(out, "committed=false") {
+	// A successor that crashes rolls back: upgrade fails, v2 serves on.
+	out, _, code = f.cli(t, "upgrade", "--config", f.cfg, "--binary", f.bad)
+	if code != 1 || !strings.HasPrefix(out, "ok: ") || !strings.Contains(out, "committed=false") {
 		t.Fatalf("upgrade to the bad build: exit %d, %q", code, out)
 	}
+	f.await(t, "RELOADING=1")
 	f.await(t, "READY=1", "rolled back")
 	if build, pid := f.hello(t); build != "daemon-v2" || pid != pid2 {
 		t.Fatalf("after the rollback: %s pid %d, want daemon-v2 pid %d", build, pid, pid2)
 	}
-
-	// A binary outside the allowlist is refused and nothing is spawned.
-	out, _, code = runCmd(t, "upgrade", "--config", f.cfg, "--binary", "/bin/sh")
-	if code != 1 || !strings.HasPrefix(out, "err: ") || !strings.Contains(out, "/bin/sh") {
-		t.Fatalf("upgrade to /bin/sh: exit %d, %q", code, out)
+	st = f.status(t)
+	if st.Incumbent == nil || st.Incumbent.PID != pid2 || st.KnownGood != f.v2 ||
+		len(st.LastOutcomes) == 0 || st.LastOutcomes[len(st.LastOutcomes)-1].Committed {
+		t.Fatalf("status after the rollback: %+v", st)
 	}
-	if st := f.status(t); st.Handoffs != 2 {
-		t.Fatalf("a refused binary counted as a handoff: %d", st.Handoffs)
-	}
-
-	// Metrics moved for the commit and for the rollback.
-	m := scrape(t, f.metrics)
-	wantSamples(t, m, map[string]string{
-		`handoff_handoffs_total{outcome="committed"}`:   "1",
+	wantSamples(t, scrape(t, f.metrics), map[string]string{
+		`handoff_handoffs_total{outcome="committed"}`:   "2",
 		`handoff_handoffs_total{outcome="rolled_back"}`: "1",
 		`handoff_rollbacks_total`:                       "1",
 	})
 
-	// SIGHUP hands off to the configured binary (v1).
-	if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
-		t.Fatal(err)
+	// A binary outside the allowlist is refused and nothing is spawned:
+	// no start in the daemons' log (the rogue build would log one), no
+	// new child of the supervisor, the same daemon.
+	spawns, kids := len(f.spawned(t)), childrenOf(t, supPID)
+	if !kids[pid2] {
+		t.Fatalf("the daemon pid %d is not among the supervisor's children %v", pid2, kids)
 	}
-	f.await(t, "READY=1", "committed")
-	build, pid3 := f.hello(t)
-	if build != "daemon-v1" || pid3 == pid2 {
-		t.Fatalf("after SIGHUP: %s pid %d", build, pid3)
+	for _, bin := range []string{f.rogue, "/bin/sh"} {
+		out, _, code := f.cli(t, "upgrade", "--config", f.cfg, "--binary", bin)
+		if code != 1 || !strings.HasPrefix(out, "err: ") || !strings.Contains(out, bin) {
+			t.Fatalf("upgrade to %s: exit %d, %q", bin, code, out)
+		}
+	}
+	if s := f.spawned(t); len(s) != spawns {
+		t.Fatalf("a refused binary was started: %v", s[spawns:])
+	}
+	for pid := range childrenOf(t, supPID) {
+		if !kids[pid] {
+			t.Fatalf("a new child pid %d of the supervisor after refused upgrades (children were %v)", pid, kids)
+		}
+	}
+	if st := f.status(t); st.Handoffs != 3 || st.Incumbent == nil || st.Incumbent.PID != pid2 {
+		t.Fatalf("after the refused upgrades: %+v, want 3 handoffs and pid %d", st, pid2)
 	}
 
-	// SIGKILL of the daemon: a connection made while it is down waits in
-	// the accept queue and is served by the restarted known-good binary.
+	// SIGHUP hands off to the configured binary (v1).
+	sup.signal(t, syscall.SIGHUP)
+	f.await(t, "RELOADING=1", "MONOTONIC_USEC=")
+	f.await(t, "READY=1", "committed")
+	st = f.awaitStatus(t, "handoff to daemon-v1 after SIGHUP", func(st statusReport) bool {
+		return st.Incumbent != nil && st.Incumbent.PID != pid2 && st.Incumbent.BuildID == "daemon-v1"
+	})
+	pid3 := st.Incumbent.PID
+	if st.KnownGood != f.v1 {
+		t.Fatalf("known good after SIGHUP: %s, want %s", st.KnownGood, f.v1)
+	}
+	if build, pid := f.hello(t); build != "daemon-v1" || pid != pid3 {
+		t.Fatalf("after SIGHUP: serving %s pid %d, status says daemon-v1 pid %d", build, pid, pid3)
+	}
+
+	// SIGKILL of the daemon. The restart is held at the gate until a
+	// connection has been dialled: it waits in the accept queue of the
+	// listener the supervisor kept and is served by the restarted daemon.
+	if err := syscall.Mkfifo(f.gate, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	gate, err := os.OpenFile(f.gate, os.O_RDWR, 0) // never blocks, keeps the FIFO open
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer gate.Close()
+	spawns = len(f.spawned(t))
 	if err := syscall.Kill(pid3, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	f.await(t, "daemon pid", "exited")
-	build, pid4 := f.hello(t)
+	f.await(t, fmt.Sprintf("daemon pid %d exited", pid3))
+	c, err := net.DialTimeout("unix", f.web, 10*time.Second)
+	if err != nil {
+		t.Fatalf("dial while the daemon is down: %v", err)
+	}
+	defer c.Close()
+	if _, err := gate.Write([]byte{1}); err != nil {
+		t.Fatal(err)
+	}
+	build, pid4 := readHello(t, c)
+	if err := os.Remove(f.gate); err != nil {
+		t.Fatal(err)
+	}
 	if build != "daemon-v1" || pid4 == pid3 {
-		t.Fatalf("after the crash: %s pid %d", build, pid4)
+		t.Fatalf("the queued connection: served by %s pid %d (killed pid %d)", build, pid4, pid3)
+	}
+	if s := f.spawned(t); len(s) != spawns+1 || s[spawns].pid != pid4 {
+		t.Fatalf("spawned after the kill: %v, want only pid %d", s[spawns:], pid4)
 	}
 	f.await(t, "READY=1", "restarted")
-	m = scrape(t, f.metrics)
-	wantSamples(t, m, map[string]string{`handoff_daemon_restarts_total`: "1"})
+	if st := f.status(t); st.Incumbent == nil || st.Incumbent.PID != pid4 || st.Restart != nil {
+		t.Fatalf("status after the restart: %+v, want pid %d", st, pid4)
+	}
+	wantSamples(t, scrape(t, f.metrics), map[string]string{
+		`handoff_daemon_restarts_total`:               "1",
+		`handoff_handoffs_total{outcome="committed"}`: "3",
+	})
+
+	// SIGTERM stops the daemon (it drains and logs its stop) and the
+	// supervisor exits 0, having reaped it.
+	sup.signal(t, syscall.SIGTERM)
+	f.await(t, "STOPPING=1")
+	if err := sup.wait(t, "after SIGTERM"); err != nil {
+		t.Fatalf("supervisor exit after SIGTERM: %v", err)
+	}
+	if err := syscall.Kill(pid4, 0); err != syscall.ESRCH {
+		t.Errorf("daemon pid %d still there after the supervisor stopped: %v", pid4, err)
+	}
+	if stopped := f.daemonEvents(t, "stopped"); len(stopped) != 1 || stopped[0].pid != pid4 {
+		t.Errorf("daemons stopped by SIGTERM: %v, want only pid %d", stopped, pid4)
+	}
+	if _, err := os.Stat(filepath.Join(f.dir, "trigger.sock")); !os.IsNotExist(err) {
+		t.Errorf("trigger socket left behind: %v", err)
+	}
+	if _, err := os.Stat(f.web); err != nil {
+		t.Errorf("the listener's socket file was removed: %v", err)
+	}
 }
 
 // TestReexec: SIGUSR2 re-executes the supervisor (a process of its own
@@ -280,7 +605,7 @@ func TestEndToEnd(t *testing.T) {
 // exit status 0.
 func TestReexec(t *testing.T) {
 	f := newFixture(t)
-	cmd, exited, waitErr := f.startSupervisor(t, nil)
+	sup := f.startSupervisor(t, nil)
 	_, daemonPID := f.hello(t)
 
 	stop := make(chan struct{})
@@ -313,9 +638,7 @@ func TestReexec(t *testing.T) {
 		}
 	}()
 
-	if err := cmd.Process.Signal(syscall.SIGUSR2); err != nil {
-		t.Fatal(err)
-	}
+	sup.signal(t, syscall.SIGUSR2)
 	f.await(t, "RELOADING=1", "re-executing")
 	f.await(t, "READY=1")
 	st := f.status(t)
@@ -324,14 +647,14 @@ func TestReexec(t *testing.T) {
 	if len(r.errs) > 0 || r.ok == 0 {
 		t.Fatalf("clients across the re-exec: %d served, errors %v", r.ok, r.errs)
 	}
-	if st.Supervisor.PID != cmd.Process.Pid {
-		t.Fatalf("supervisor pid %d after the re-exec, want %d", st.Supervisor.PID, cmd.Process.Pid)
+	if st.Supervisor.PID != sup.cmd.Process.Pid {
+		t.Fatalf("supervisor pid %d after the re-exec, want %d", st.Supervisor.PID, sup.cmd.Process.Pid)
 	}
 	if st.Incumbent == nil || st.Incumbent.PID != daemonPID {
 		t.Fatalf("daemon after the re-exec: %+v, want pid %d", st.Incumbent, daemonPID)
 	}
 
-	out, _, code := runCmd(t, "upgrade", "--config", f.cfg, "--binary", f.v2)
+	out, _, code := f.cli(t, "upgrade", "--config", f.cfg, "--binary", f.v2)
 	if code != 0 {
 		t.Fatalf("upgrade after the re-exec: exit %d, %q", code, out)
 	}
@@ -340,17 +663,10 @@ func TestReexec(t *testing.T) {
 		t.Fatalf("after the upgrade: %s", build)
 	}
 
-	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
+	sup.signal(t, syscall.SIGTERM)
 	f.await(t, "STOPPING=1")
-	select {
-	case <-exited:
-		if *waitErr != nil {
-			t.Errorf("supervisor exit: %v", *waitErr)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("the supervisor did not exit after SIGTERM")
+	if err := sup.wait(t, "after SIGTERM"); err != nil {
+		t.Errorf("supervisor exit: %v", err)
 	}
 	if err := syscall.Kill(pid2, 0); err != syscall.ESRCH {
 		t.Errorf("daemon pid %d still there after the supervisor stopped: %v", pid2, err)
@@ -378,11 +694,13 @@ func TestSecondUserCannotTrigger(t *testing.T) {
 	if err := os.Chmod(f.dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	f.start(t)
+	f.startSupervisor(t, nil)
 	_, pid := f.hello(t)
 	asNobody := func() (string, error) {
-		cmd := exec.Command(setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", f.v1, "upgrade", "--config", f.cfg)
-		cmd.Env = append(os.Environ(), envTestSupervisor+"=1")
+		ctx, cancel := context.WithTimeout(context.Background(), cliTimeout)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", f.v1, "upgrade", "--config", f.cfg)
+		cmd.Env = supervisorEnv()
 		out, err := cmd.CombinedOutput()
 		return string(out), err
 	}
@@ -404,35 +722,6 @@ func TestSecondUserCannotTrigger(t *testing.T) {
 	}
 }
 
-// startSupervisor runs the test binary as a supervisor process with extra
-// environment and descriptors (fd 3, 4, ...), and waits for READY=1.
-func (f *fixture) startSupervisor(t *testing.T, env []string, files ...*os.File) (*exec.Cmd, <-chan struct{}, *error) {
-	t.Helper()
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(exe, "--config", f.cfg)
-	cmd.Env = append(append(os.Environ(), envTestSupervisor+"=1"), env...)
-	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
-	cmd.ExtraFiles = files
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan struct{})
-	var waitErr error
-	go func() {
-		waitErr = cmd.Wait()
-		close(exited)
-	}()
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		<-exited
-	})
-	f.await(t, "READY=1")
-	return cmd, exited, &waitErr
-}
-
 // TestSocketActivation passes the listener as systemd does (fd 3,
 // LISTEN_FDS, LISTEN_FDNAMES, LISTEN_PID): the supervisor uses it instead
 // of binding (binding would fail: the path is live), and the daemon serves
@@ -449,19 +738,12 @@ func TestSocketActivation(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer lf.Close()
-	cmd, exited, waitErr := f.startSupervisor(t, []string{"LISTEN_FDS=1", "LISTEN_FDNAMES=web", envTestListenPID + "=1"}, lf)
+	sup := f.startSupervisor(t, []string{"LISTEN_FDS=1", "LISTEN_FDNAMES=web", envTestListenPID + "=1"}, lf)
 	if build, _ := f.hello(t); build != "daemon-v1" {
 		t.Fatalf("serving %s", build)
 	}
-	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-exited:
-		if *waitErr != nil {
-			t.Fatalf("supervisor exit: %v", *waitErr)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("the supervisor did not exit after SIGTERM")
+	sup.signal(t, syscall.SIGTERM)
+	if err := sup.wait(t, "after SIGTERM"); err != nil {
+		t.Fatalf("supervisor exit: %v", err)
 	}
 }

@@ -22,10 +22,19 @@ import (
 // base name it was started as, so copies of the test binary named
 // daemon-v1, daemon-v2 are distinct builds; a build whose name holds
 // "bad" exits as a successor before its Hello, which must roll back.
+//
+// Every daemon appends "start <build> <pid>" to the file named by
+// HS_TEST_LOG first thing, so a test sees each process the supervisor
+// started, even one that exits at once; one stopped by SIGTERM appends
+// "stopped <build> <pid>" once it has drained. A cold-started daemon
+// finding a FIFO at HS_TEST_GATE waits for one byte (or EOF) on it before
+// it serves: the test holds a restart there while it dials.
 const (
 	envTestRole    = "HS_TEST_ROLE"
 	envTestData    = "HS_TEST_DATA"
 	envTestControl = "HS_TEST_CONTROL"
+	envTestLog     = "HS_TEST_LOG"
+	envTestGate    = "HS_TEST_GATE"
 )
 
 func dlog(format string, args ...any) {
@@ -35,6 +44,10 @@ func dlog(format string, args ...any) {
 func testDaemon() int {
 	build := filepath.Base(os.Args[0])
 	dir, sock := os.Getenv(envTestData), os.Getenv(envTestControl)
+	if err := logEvent("start", build); err != nil {
+		dlog("log the start: %v", err)
+		return 2
+	}
 	role, err := handoff.DetectRole()
 	if err != nil {
 		dlog("detect role: %v", err)
@@ -46,6 +59,7 @@ func testDaemon() int {
 	var inc *handoff.Incumbent
 	switch r := role.(type) {
 	case *handoff.ColdStart:
+		passGate(os.Getenv(envTestGate))
 		lock, err := handoff.AcquireDataDirLockOrBreakStale(dir)
 		if err != nil {
 			dlog("lock: %v", err)
@@ -97,11 +111,47 @@ func testDaemon() int {
 		d.Drain(context.Background())
 		inc.Lock().Release()
 		inc.Close()
+		if err := logEvent("stopped", build); err != nil {
+			dlog("log the stop: %v", err)
+			return 2
+		}
 		return 0
 	default:
 		dlog("serve: %v", err)
 		return 6
 	}
+}
+
+// logEvent appends "<event> <build> <pid>" to the file named by
+// HS_TEST_LOG (nothing without one) in one write.
+func logEvent(event, build string) error {
+	path := os.Getenv(envTestLog)
+	if path == "" {
+		return nil
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(f, "%s %s %d\n", event, build, os.Getpid())
+	return errors.Join(err, f.Close())
+}
+
+// passGate waits for one byte or EOF on the FIFO at path, if there is one.
+func passGate(path string) {
+	if path == "" {
+		return
+	}
+	if _, err := os.Stat(path); err != nil {
+		return
+	}
+	g, err := os.Open(path)
+	if err != nil {
+		return
+	}
+	defer g.Close()
+	dlog("waiting at the gate %s", path)
+	g.Read(make([]byte, 1))
 }
 
 // lineServer is the test daemon's Drainable.
