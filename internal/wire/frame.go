@@ -8,6 +8,10 @@
 //	offset 0  uint32  n: length of what follows (2 + len(payload)), at most MaxFrame
 //	offset 4  uint16  protocol version of the payload
 //	offset 6  [n-2]   payload: one JSON object {"type":..., "id":..., "body":{...}}
+//
+// The JSON is read strictly: exactly one object per payload and nothing
+// after it; keys match field names exactly (case-sensitive), appear at most
+// once, and unknown keys are rejected.
 package wire
 
 import (
@@ -17,6 +21,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -44,6 +49,12 @@ var (
 	ErrVersionMismatch = errors.New("handoff: no common protocol version")
 	ErrPeerClosed      = errors.New("handoff: peer closed the control channel")
 	ErrTimeout         = errors.New("handoff: timed out")
+	// ErrBadControlData: descriptors arrived truncated (MSG_CTRUNC), with
+	// unparsable control data or with a control message other than SCM_RIGHTS.
+	ErrBadControlData = fmt.Errorf("%w: bad control data", ErrProtocol)
+	// ErrBrokenStream: an earlier frame failed half-way, so the byte
+	// stream is out of step and the Conn refuses to send (or receive) more.
+	ErrBrokenStream = errors.New("handoff: control channel broken by a partial frame")
 )
 
 // AppendFrame appends one frame holding payload at version v to dst.
@@ -69,23 +80,57 @@ func ParseHeader(h []byte) (payloadLen int, v uint16, err error) {
 	return int(n) - 2, binary.LittleEndian.Uint16(h[4:6]), nil
 }
 
-// ReadFrame reads one whole frame from r (no descriptors). It returns
-// ErrPeerClosed on a clean end of stream before the first byte and
-// ErrTruncated when the stream ends inside a frame.
-func ReadFrame(r io.Reader) (v uint16, payload []byte, err error) {
+// readFunc fills b completely or fails. atBoundary says that b starts a
+// frame, so that an end of stream before its first byte is a clean close.
+type readFunc func(b []byte, atBoundary bool) error
+
+// decodeFrame reads one frame through read and checks it in order: the
+// length prefix, the version (it must lie in lo..hi), then the message. It
+// is the whole of Conn.Recv except the socket, and what FuzzDecode drives.
+// Every error matches ErrProtocol, except ErrPeerClosed for a stream that
+// ends cleanly before the frame, ErrTimeout, and the reader's own errors.
+func decodeFrame(read readFunc, lo, hi uint16) (Frame, error) {
 	var h [HeaderLen]byte
-	if _, err := io.ReadFull(r, h[:]); err != nil {
-		return 0, nil, readErr(err, true)
+	if err := read(h[:], true); err != nil {
+		return Frame{}, err
 	}
 	n, v, err := ParseHeader(h[:])
 	if err != nil {
-		return 0, nil, err
+		return Frame{}, err
 	}
-	payload = make([]byte, n)
-	if _, err := io.ReadFull(r, payload); err != nil {
-		return 0, nil, readErr(err, false)
+	if v < lo || v > hi {
+		return Frame{}, fmt.Errorf("%w: frame version %d, expected %s", ErrUnknownVersion, v, versionRange(lo, hi))
 	}
-	return v, payload, nil
+	payload := make([]byte, n)
+	if err := read(payload, false); err != nil {
+		return Frame{}, err
+	}
+	m, id, err := Unmarshal(payload)
+	if err != nil {
+		return Frame{}, err
+	}
+	return Frame{Version: v, ID: id, Msg: m}, nil
+}
+
+func versionRange(lo, hi uint16) string {
+	if lo == hi {
+		return strconv.Itoa(int(lo))
+	}
+	return fmt.Sprintf("%d..%d", lo, hi)
+}
+
+// ReadFrame reads and decodes one frame from r (no descriptors), accepting
+// versions MinVersion..MaxVersion. It returns ErrPeerClosed on a clean end
+// of stream before the first byte and ErrTruncated when the stream ends
+// inside a frame.
+func ReadFrame(r io.Reader) (Frame, error) {
+	return decodeFrame(func(b []byte, atBoundary bool) error {
+		n, err := io.ReadFull(r, b)
+		if err != nil {
+			return readErr(err, atBoundary && n == 0)
+		}
+		return nil
+	}, MinVersion, MaxVersion)
 }
 
 func readErr(err error, atBoundary bool) error {
@@ -107,9 +152,21 @@ func readErr(err error, atBoundary bool) error {
 // come from one goroutine at a time. Writes to a closed peer return an
 // error (EPIPE) instead of raising SIGPIPE: the Go runtime only lets SIGPIPE
 // kill the process for writes to standard output and error.
+//
+// Timeouts: Send and Recv take a timeout that bounds the whole frame. Zero
+// means no limit; a negative timeout has already expired, so the call fails
+// at once with ErrTimeout.
+//
+// A frame that fails half-way (a Send or Recv that times out or breaks
+// after part of the frame went through) leaves the byte stream out of step.
+// The Conn remembers it: every later Send, or Recv, fails with an error
+// matching ErrBrokenStream and the original cause. A received frame that
+// breaks the protocol counts as such a failure for Recv.
 type Conn struct {
 	c       *net.UnixConn
 	wmu     sync.Mutex
+	werr    error  // guarded by wmu: why the write side is out of step
+	rerr    error  // owned by the reading goroutine: why the read side is out of step
 	version uint16 // negotiated; 0 before HelloAck
 
 	// pending descriptors received but not yet attached to a frame
@@ -131,15 +188,27 @@ func (c *Conn) Version() uint16 { return c.version }
 
 // Close closes the socket and any received descriptors not yet handed out.
 func (c *Conn) Close() error {
+	c.closePending()
+	return c.c.Close()
+}
+
+func (c *Conn) closePending() {
 	for _, fd := range c.fds {
 		unix.Close(fd)
 	}
 	c.fds = nil
-	return c.c.Close()
+}
+
+func deadline(timeout time.Duration) time.Time {
+	if timeout == 0 {
+		return time.Time{}
+	}
+	return time.Now().Add(timeout)
 }
 
 // Send writes one message with the handoff id, attaching fds (if any) with
-// SCM_RIGHTS. It fails if the write does not complete within timeout.
+// SCM_RIGHTS. It fails with ErrTimeout if the frame is not written within
+// timeout (zero: no limit).
 func (c *Conn) Send(m Message, id string, timeout time.Duration, fds ...int) error {
 	if len(fds) > MaxFDs {
 		return fmt.Errorf("handoff: %d descriptors in one frame, maximum %d", len(fds), MaxFDs)
@@ -158,120 +227,141 @@ func (c *Conn) Send(m Message, id string, timeout time.Duration, fds ...int) err
 	}
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	if err := c.c.SetWriteDeadline(time.Now().Add(timeout)); err != nil {
+	if c.werr != nil {
+		return fmt.Errorf("%w: not sending %s: %w", ErrBrokenStream, m.Type(), c.werr)
+	}
+	if err := c.c.SetWriteDeadline(deadline(timeout)); err != nil {
 		return fmt.Errorf("handoff: set write deadline: %w", err)
 	}
 	var oob []byte
 	if len(fds) > 0 {
 		oob = unix.UnixRights(fds...)
 	}
-	for len(buf) > 0 {
-		n, _, err := c.c.WriteMsgUnix(buf, oob, nil)
-		if err != nil {
-			if errors.Is(err, os.ErrDeadlineExceeded) {
-				return fmt.Errorf("%w: sending %s: %w", ErrTimeout, m.Type(), err)
-			}
-			if errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET) {
-				return fmt.Errorf("%w: sending %s: %w", ErrPeerClosed, m.Type(), err)
-			}
-			return fmt.Errorf("handoff: sending %s: %w", m.Type(), err)
+	sent := 0
+	for sent < len(buf) {
+		n, _, err := c.c.WriteMsgUnix(buf[sent:], oob, nil)
+		sent += n
+		if n > 0 {
+			oob = nil
 		}
-		buf, oob = buf[n:], nil
+		if err != nil {
+			switch {
+			case errors.Is(err, os.ErrDeadlineExceeded):
+				err = fmt.Errorf("%w: sending %s: %w", ErrTimeout, m.Type(), err)
+			case errors.Is(err, syscall.EPIPE), errors.Is(err, syscall.ECONNRESET):
+				err = fmt.Errorf("%w: sending %s: %w", ErrPeerClosed, m.Type(), err)
+			default:
+				err = fmt.Errorf("handoff: sending %s: %w", m.Type(), err)
+			}
+			if sent > 0 {
+				c.werr = fmt.Errorf("%d of %d bytes of a frame sent: %w", sent, len(buf), err)
+			}
+			return err
+		}
 	}
 	return nil
 }
 
 // Frame is one received message.
 type Frame struct {
-	Version uint16
-	ID      string // handoff id ("" before one is assigned)
-	Msg     Message
-	FDs     []int // descriptors received with the frame; the caller owns them
+	Version uint16  // protocol version the frame carried
+	ID      string  // handoff id ("" before one is assigned)
+	Msg     Message // the decoded message, a value of one of the message types
+	FDs     []int   // descriptors received with the frame; the caller owns them
 }
 
-// Recv reads one frame, waiting at most timeout (zero: no limit).
+// Recv reads one frame, waiting at most timeout (zero: no limit). Before
+// SetVersion it accepts versions MinVersion..MaxVersion, afterwards only the
+// negotiated one. On error, descriptors that came with the failed frame are
+// closed; after a protocol violation every later Recv fails too (the rest
+// of the bad frame may still be in the stream).
 func (c *Conn) Recv(timeout time.Duration) (Frame, error) {
-	var dl time.Time
-	if timeout > 0 {
-		dl = time.Now().Add(timeout)
+	if c.rerr != nil {
+		return Frame{}, fmt.Errorf("%w: not receiving: %w", ErrBrokenStream, c.rerr)
 	}
-	if err := c.c.SetReadDeadline(dl); err != nil {
+	if err := c.c.SetReadDeadline(deadline(timeout)); err != nil {
 		return Frame{}, fmt.Errorf("handoff: set read deadline: %w", err)
 	}
-	var h [HeaderLen]byte
-	if err := c.readFull(h[:], true); err != nil {
-		return Frame{}, err
+	lo, hi := MinVersion, MaxVersion
+	if c.version != 0 {
+		lo, hi = c.version, c.version
 	}
-	n, v, err := ParseHeader(h[:])
+	f, err := decodeFrame(c.readFull, lo, hi)
 	if err != nil {
+		c.closePending()
+		if c.rerr == nil && errors.Is(err, ErrProtocol) {
+			c.rerr = err
+		}
 		return Frame{}, err
 	}
-	if !c.versionOK(v) {
-		return Frame{}, fmt.Errorf("%w: frame version %d, expected %s", ErrUnknownVersion, v, c.expect())
-	}
-	payload := make([]byte, n)
-	if err := c.readFull(payload, false); err != nil {
-		return Frame{}, err
-	}
-	m, id, err := Unmarshal(payload)
-	if err != nil {
-		return Frame{}, err
-	}
-	f := Frame{Version: v, ID: id, Msg: m, FDs: c.fds}
-	c.fds = nil
+	f.FDs, c.fds = c.fds, nil
 	return f, nil
 }
 
-func (c *Conn) versionOK(v uint16) bool {
-	if c.version != 0 {
-		return v == c.version
-	}
-	return v >= MinVersion && v <= MaxVersion
-}
-
-func (c *Conn) expect() string {
-	if c.version != 0 {
-		return fmt.Sprintf("%d (negotiated)", c.version)
-	}
-	return fmt.Sprintf("%d..%d", MinVersion, MaxVersion)
-}
-
 // readFull reads len(b) bytes with recvmsg so that descriptors sent with
-// SCM_RIGHTS are collected, not dropped.
+// SCM_RIGHTS are collected, not dropped. A failure after part of a frame
+// was read marks the read side out of step.
 func (c *Conn) readFull(b []byte, atBoundary bool) error {
 	oob := make([]byte, unix.CmsgSpace(4*MaxFDs))
 	got := 0
 	for got < len(b) {
-		n, oobn, _, _, err := c.c.ReadMsgUnix(b[got:], oob)
-		if oobn > 0 {
-			c.collectFDs(oob[:oobn])
-		}
+		n, oobn, flags, _, err := c.c.ReadMsgUnix(b[got:], oob)
 		got += n
-		if err != nil {
-			if errors.Is(err, io.EOF) && got > 0 {
-				return ErrTruncated
+		if oobn > 0 || flags&unix.MSG_CTRUNC != 0 {
+			if ferr := c.collectFDs(oob[:oobn], flags); ferr != nil {
+				c.rerr = ferr
+				return ferr
 			}
-			return readErr(err, atBoundary && got == 0)
 		}
-		if n == 0 {
-			if atBoundary && got == 0 {
-				return ErrPeerClosed
+		if err == nil && n == 0 {
+			err = io.EOF
+		}
+		if err != nil {
+			if errors.Is(err, io.EOF) && (got > 0 || !atBoundary) {
+				err = ErrTruncated
+			} else {
+				err = readErr(err, atBoundary && got == 0)
 			}
-			return ErrTruncated
+			if got > 0 || !atBoundary {
+				c.rerr = fmt.Errorf("%d of %d bytes read: %w", got, len(b), err)
+			}
+			return err
 		}
 	}
 	return nil
 }
 
-func (c *Conn) collectFDs(oob []byte) {
+// collectFDs takes the descriptors out of one recvmsg's control data. A
+// truncated or unparsable control message, anything but SCM_RIGHTS, or
+// more than MaxFDs descriptors for one frame is a protocol violation; the
+// descriptors that did arrive are closed.
+func (c *Conn) collectFDs(oob []byte, flags int) error {
+	var errs []error
+	if flags&unix.MSG_CTRUNC != 0 {
+		errs = append(errs, errors.New("control data truncated (MSG_CTRUNC)"))
+	}
 	msgs, err := unix.ParseSocketControlMessage(oob)
 	if err != nil {
-		return
+		errs = append(errs, fmt.Errorf("control data: %w", err))
 	}
 	for _, m := range msgs {
-		fds, err := unix.ParseUnixRights(&m)
-		if err == nil {
-			c.fds = append(c.fds, fds...)
+		if m.Header.Level != unix.SOL_SOCKET || m.Header.Type != unix.SCM_RIGHTS {
+			errs = append(errs, fmt.Errorf("unexpected control message level %d type %d", m.Header.Level, m.Header.Type))
+			continue
 		}
+		fds, err := unix.ParseUnixRights(&m)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("SCM_RIGHTS: %w", err))
+			continue
+		}
+		c.fds = append(c.fds, fds...)
 	}
+	if len(c.fds) > MaxFDs {
+		errs = append(errs, fmt.Errorf("%d descriptors for one frame, maximum %d", len(c.fds), MaxFDs))
+	}
+	if len(errs) > 0 {
+		c.closePending()
+		return fmt.Errorf("%w: %w", ErrBadControlData, errors.Join(errs...))
+	}
+	return nil
 }

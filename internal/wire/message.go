@@ -3,7 +3,12 @@ package wire
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
+	"reflect"
+	"strings"
+	"sync"
 )
 
 // Protocol versions this build speaks. Hello and HelloAck are always framed
@@ -262,16 +267,93 @@ func Unmarshal(payload []byte) (Message, string, error) {
 	return deref(p), env.ID, nil
 }
 
+// strictDecode decodes the JSON object b into the struct v. Beyond
+// encoding/json's own checks it requires exactly one object and nothing
+// after it, and every key to be an exact (case-sensitive) json name of one
+// of v's fields, at most once: encoding/json alone would accept "Type" for
+// "type" and let the last of two equal keys win, which a peer written in
+// another language may read differently.
 func strictDecode(b []byte, v any) error {
+	if err := checkKeys(b, jsonNames(reflect.TypeOf(v).Elem())); err != nil {
+		return err
+	}
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		return err
 	}
-	if dec.More() {
-		return fmt.Errorf("trailing data after the JSON object")
+	if _, err := dec.Token(); err != io.EOF {
+		return errors.New("trailing data after the JSON object")
 	}
 	return nil
+}
+
+// checkKeys walks the top level of the JSON object b: each key must be in
+// allowed and appear once. Values are only skipped here (no message field
+// holds an object).
+func checkKeys(b []byte, allowed map[string]bool) error {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	if tok, err := dec.Token(); err != nil {
+		return err
+	} else if tok != json.Delim('{') {
+		return fmt.Errorf("not a JSON object: starts with %v", tok)
+	}
+	seen := map[string]bool{}
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return err
+		}
+		key, ok := tok.(string)
+		if !ok {
+			return fmt.Errorf("object key %v is not a string", tok)
+		}
+		if !allowed[key] {
+			return fmt.Errorf("unknown field %q (field names are case-sensitive)", key)
+		}
+		if seen[key] {
+			return fmt.Errorf("duplicate field %q", key)
+		}
+		seen[key] = true
+		var skip json.RawMessage
+		if err := dec.Decode(&skip); err != nil {
+			return err
+		}
+	}
+	if _, err := dec.Token(); err != nil {
+		return err
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return errors.New("trailing data after the JSON object")
+	}
+	return nil
+}
+
+// names caches jsonNames by struct type.
+var names sync.Map // reflect.Type -> map[string]bool
+
+// jsonNames returns the json names of struct type t's exported fields.
+func jsonNames(t reflect.Type) map[string]bool {
+	if m, ok := names.Load(t); ok {
+		return m.(map[string]bool)
+	}
+	m := map[string]bool{}
+	for i := range t.NumField() {
+		f := t.Field(i)
+		if !f.IsExported() {
+			continue
+		}
+		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		switch name {
+		case "-":
+			continue
+		case "":
+			name = f.Name
+		}
+		m[name] = true
+	}
+	names.Store(t, m)
+	return m
 }
 
 func deref(p Message) Message {

@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -48,16 +50,12 @@ func TestEveryMessageRoundTrips(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			v, payload, err := ReadFrame(bytes.NewReader(frame))
-			if err != nil || v != 1 {
-				t.Fatalf("ReadFrame: v=%d err=%v", v, err)
+			f, err := ReadFrame(bytes.NewReader(frame))
+			if err != nil || f.Version != 1 {
+				t.Fatalf("ReadFrame: %+v, %v", f, err)
 			}
-			got, id, err := Unmarshal(payload)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if id != "h1" || !reflect.DeepEqual(got, m) {
-				t.Fatalf("round trip: got %#v id %q, want %#v", got, id, m)
+			if f.ID != "h1" || !reflect.DeepEqual(f.Msg, m) {
+				t.Fatalf("round trip: got %#v id %q, want %#v", f.Msg, f.ID, m)
 			}
 		})
 	}
@@ -68,46 +66,93 @@ func TestEveryMessageRoundTrips(t *testing.T) {
 	}
 }
 
+// distinct are the errors a reader can tell apart; each failure must match
+// exactly one of them.
+var distinct = []error{
+	ErrPeerClosed, ErrTruncated, ErrFrameTooLarge, ErrMalformed, ErrUnknownVersion,
+	ErrUnknownType, ErrTimeout, ErrBadControlData, ErrBrokenStream, ErrVersionMismatch,
+}
+
+func hdr(n uint32, v uint16) []byte {
+	b := binary.LittleEndian.AppendUint32(nil, n)
+	return binary.LittleEndian.AppendUint16(b, v)
+}
+
+func rawFrame(v uint16, payload string) []byte {
+	return append(hdr(uint32(2+len(payload)), v), payload...)
+}
+
+// badFrames are inputs that must fail, with the one distinct error each must match.
+var badFrames = []struct {
+	name string
+	in   []byte
+	want error
+}{
+	{"empty stream", nil, ErrPeerClosed},
+	{"short header", []byte{1, 0}, ErrTruncated},
+	{"oversized", hdr(MaxFrame+1, 1), ErrFrameTooLarge},
+	{"length below version field", hdr(1, 1), ErrMalformed},
+	{"unknown version", rawFrame(MaxVersion+1, `{"type":"begin"}`), ErrUnknownVersion},
+	{"version zero", rawFrame(0, `{"type":"begin"}`), ErrUnknownVersion},
+	{"truncated payload", append(hdr(40, 1), `{"type":"heartbeat"}`...), ErrTruncated},
+	{"not json", rawFrame(1, "abc"), ErrMalformed},
+	{"not an object", rawFrame(1, `["begin"]`), ErrMalformed},
+	{"null envelope", rawFrame(1, `null`), ErrMalformed},
+	{"unknown type", rawFrame(1, `{"type":"nope"}`), ErrUnknownType},
+	{"type differs in case", rawFrame(1, `{"type":"Begin"}`), ErrUnknownType},
+	{"unknown field", rawFrame(1, `{"type":"begin","body":{"x":1}}`), ErrMalformed},
+	{"trailing object", rawFrame(1, `{"type":"begin"} {}`), ErrMalformed},
+	{"trailing close brace", rawFrame(1, `{"type":"begin"}}`), ErrMalformed},
+	{"trailing close brackets", rawFrame(1, `{"type":"begin"}]]]`), ErrMalformed},
+	{"trailing comma", rawFrame(1, `{"type":"begin",}`), ErrMalformed},
+	{"envelope key in other case", rawFrame(1, `{"Type":"begin"}`), ErrMalformed},
+	{"envelope key twice, case-folded", rawFrame(1, `{"type":"begin","Type":"commit"}`), ErrMalformed},
+	{"envelope key twice", rawFrame(1, `{"type":"begin","type":"commit"}`), ErrMalformed},
+	{"body key in other case", rawFrame(1, `{"type":"hello","body":{"PID":2}}`), ErrMalformed},
+	{"body key twice, case-folded", rawFrame(1, `{"type":"hello","body":{"pid":1,"PID":2}}`), ErrMalformed},
+	{"body key twice", rawFrame(1, `{"type":"hello","body":{"pid":1,"pid":2}}`), ErrMalformed},
+	{"body not an object", rawFrame(1, `{"type":"hello","body":[1]}`), ErrMalformed},
+	{"wrong field type", rawFrame(1, `{"type":"hello","body":{"pid":"x"}}`), ErrMalformed},
+}
+
+// checkDistinct fails unless err matches want and none of the other
+// distinct errors, and matches ErrProtocol exactly when want does.
+func checkDistinct(t *testing.T, err, want error) {
+	t.Helper()
+	if !errors.Is(err, want) {
+		t.Fatalf("got %v, want %v", err, want)
+	}
+	for _, other := range distinct {
+		if other != want && errors.Is(err, other) {
+			t.Errorf("%v also matches %v", err, other)
+		}
+	}
+	if errors.Is(err, ErrProtocol) != errors.Is(want, ErrProtocol) {
+		t.Errorf("%v: matches ErrProtocol %v, want %v", err, errors.Is(err, ErrProtocol), errors.Is(want, ErrProtocol))
+	}
+}
+
 func TestFrameErrorsAreDistinct(t *testing.T) {
-	good, _ := Marshal(Heartbeat{}, "x")
-	hdr := func(n uint32, v uint16) []byte {
-		b := binary.LittleEndian.AppendUint32(nil, n)
-		return binary.LittleEndian.AppendUint16(b, v)
-	}
-	raw := func(payload string) []byte { return append(hdr(uint32(2+len(payload)), 1), payload...) }
-	tests := []struct {
-		name string
-		in   []byte
-		want error
-	}{
-		{"empty stream", nil, ErrPeerClosed},
-		{"short header", []byte{1, 0}, ErrTruncated},
-		{"oversized", hdr(MaxFrame+1, 1), ErrFrameTooLarge},
-		{"length below version field", hdr(1, 1), ErrMalformed},
-		{"truncated payload", append(hdr(uint32(2+len(good)), 1), good[:3]...), ErrTruncated},
-		{"not json", raw("abc"), ErrMalformed},
-		{"unknown type", raw(`{"type":"nope"}`), ErrUnknownType},
-		{"unknown field", raw(`{"type":"begin","body":{"x":1}}`), ErrMalformed},
-		{"trailing data", raw(`{"type":"begin"} {}`), ErrMalformed},
-		{"wrong field type", raw(`{"type":"hello","body":{"pid":"x"}}`), ErrMalformed},
-	}
-	for _, tc := range tests {
+	for _, tc := range badFrames {
 		t.Run(tc.name, func(t *testing.T) {
-			_, p, err := ReadFrame(bytes.NewReader(tc.in))
-			if err == nil {
-				_, _, err = Unmarshal(p)
-			}
-			if !errors.Is(err, tc.want) {
-				t.Fatalf("got %v, want %v", err, tc.want)
-			}
-			if tc.want != ErrPeerClosed && !errors.Is(err, ErrProtocol) {
-				t.Fatalf("%v does not match ErrProtocol", err)
-			}
+			_, err := ReadFrame(bytes.NewReader(tc.in))
+			checkDistinct(t, err, tc.want)
+		})
+		// The same bytes through a socket and Conn.Recv.
+		t.Run(tc.name+"/conn", func(t *testing.T) {
+			a, b := pair(t)
+			go func() {
+				a.UnixConn().Write(tc.in)
+				a.UnixConn().CloseWrite()
+			}()
+			_, err := b.Recv(5 * time.Second)
+			checkDistinct(t, err, tc.want)
 		})
 	}
-	if _, err := AppendFrame(nil, 1, make([]byte, MaxFrame)); !errors.Is(err, ErrFrameTooLarge) {
-		t.Fatalf("oversized write: %v", err)
-	}
+	_, err := AppendFrame(nil, 1, make([]byte, MaxFrame))
+	checkDistinct(t, err, ErrFrameTooLarge)
+	_, err = Negotiate(1, 1, 2, 2)
+	checkDistinct(t, err, ErrVersionMismatch)
 }
 
 func TestNegotiate(t *testing.T) {
@@ -128,8 +173,17 @@ func TestNegotiate(t *testing.T) {
 		if tc.ok && (err != nil || got != tc.want) {
 			t.Errorf("Negotiate(%d..%d, %d..%d) = %d, %v; want %d", tc.lmin, tc.lmax, tc.pmin, tc.pmax, got, err, tc.want)
 		}
-		if !tc.ok && !errors.Is(err, ErrVersionMismatch) {
+		if tc.ok {
+			continue
+		}
+		if !errors.Is(err, ErrVersionMismatch) {
 			t.Errorf("Negotiate(%d..%d, %d..%d) = %d, %v; want ErrVersionMismatch", tc.lmin, tc.lmax, tc.pmin, tc.pmax, got, err)
+			continue
+		}
+		local := fmt.Sprintf("local %d..%d", tc.lmin, tc.lmax)
+		peer := fmt.Sprintf("peer %d..%d", tc.pmin, tc.pmax)
+		if !strings.Contains(err.Error(), local) || !strings.Contains(err.Error(), peer) {
+			t.Errorf("error %q does not name both ranges (%s, %s)", err, local, peer)
 		}
 	}
 }
@@ -220,31 +274,39 @@ func TestConnRejectsOtherVersionAfterNegotiation(t *testing.T) {
 	}
 }
 
-// FuzzDecode feeds arbitrary bytes to the frame reader and the message
-// decoder: they may fail, never panic, and what decodes re-encodes.
+// FuzzDecode feeds arbitrary bytes to decodeFrame, the code behind
+// Conn.Recv less the socket: it may fail, never panic, every failure is a
+// protocol violation (or a clean close for empty input), and what decodes
+// re-encodes to the same message.
 func FuzzDecode(f *testing.F) {
 	for _, m := range sample {
 		p, _ := Marshal(m, "seed")
 		frame, _ := AppendFrame(nil, 1, p)
 		f.Add(frame)
 	}
-	f.Add([]byte{0xff, 0xff, 0xff, 0xff, 1, 0})
+	for _, tc := range badFrames {
+		f.Add(tc.in)
+	}
 	f.Fuzz(func(t *testing.T, in []byte) {
-		_, payload, err := ReadFrame(bytes.NewReader(in))
+		fr, err := ReadFrame(bytes.NewReader(in))
 		if err != nil {
+			if len(in) == 0 {
+				checkDistinct(t, err, ErrPeerClosed)
+			} else if !errors.Is(err, ErrProtocol) {
+				t.Fatalf("%q: %v does not match ErrProtocol", in, err)
+			}
 			return
 		}
-		m, id, err := Unmarshal(payload)
-		if err != nil {
-			return
+		if fr.Version < MinVersion || fr.Version > MaxVersion {
+			t.Fatalf("accepted version %d", fr.Version)
 		}
-		p, err := Marshal(m, id)
+		p, err := Marshal(fr.Msg, fr.ID)
 		if err != nil {
-			t.Fatalf("decoded %#v but cannot encode it: %v", m, err)
+			t.Fatalf("decoded %#v but cannot encode it: %v", fr.Msg, err)
 		}
 		m2, id2, err := Unmarshal(p)
-		if err != nil || id2 != id || !reflect.DeepEqual(m, m2) {
-			t.Fatalf("re-encoding changed %#v into %#v (%v)", m, m2, err)
+		if err != nil || id2 != fr.ID || !reflect.DeepEqual(fr.Msg, m2) {
+			t.Fatalf("re-encoding changed %#v into %#v (%v)", fr.Msg, m2, err)
 		}
 	})
 }
