@@ -33,11 +33,14 @@
 //	payload op byte (1 put, 2 delete) | revision uint64 LE |
 //	        uvarint key length | key | (put only) uvarint value length | value
 //
-// Revisions are consecutive. On open, a damaged tail (a partial record, a
-// checksum mismatch in the last record, or a zero-filled tail) is what a
-// crash during an append leaves: it is cut off and reported in Recovery.
-// Damage anywhere else is corruption and Open fails with a *CorruptError
-// naming the offset.
+// Revisions are consecutive. A crash can damage only the batch whose
+// fsync had not returned, and none of its writes was acknowledged. On open,
+// damage (a partial record, a bad length or checksum, zeros) is a torn tail
+// when it lies within one batch's length of the end of the log and no
+// intact record continuing the revisions follows it: the tail is cut off
+// and reported in Recovery. Anything else could be an acknowledged write
+// gone bad, so Open fails with a *CorruptError naming the offset and keeps
+// the file as it is.
 //
 // kv.snap is written to a temporary file, fsync'd, renamed over and the
 // directory fsync'd:

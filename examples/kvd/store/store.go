@@ -124,7 +124,7 @@ func (s *Store) load() error {
 		return fmt.Errorf("store: stat log: %w", err)
 	}
 	var prev uint64 // revision of the previous record in the file
-	res, err := replay(f, fi.Size(), path, func(off int64, r record) error {
+	res, err := replay(f, fi.Size(), path, rev, func(off int64, r record) error {
 		if prev != 0 && r.rev != prev+1 {
 			return &CorruptError{Path: path, Offset: off, Err: fmt.Errorf("revision %d follows %d", r.rev, prev)}
 		}
@@ -144,22 +144,30 @@ func (s *Store) load() error {
 		f.Close()
 		return err
 	}
-	if res.torn {
-		if err := f.Truncate(res.validEnd); err != nil {
+	keep := res.validEnd
+	if rc.Replayed == 0 {
+		// Every record left is in the snapshot: start the log afresh, so
+		// that the next write's revision follows the last record's.
+		keep = 0
+	}
+	if keep < fi.Size() {
+		if err := f.Truncate(keep); err != nil {
 			f.Close()
-			return fmt.Errorf("store: cut torn tail of %s at offset %d: %w", path, res.validEnd, err)
+			return fmt.Errorf("store: cut %s at offset %d: %w", path, keep, err)
 		}
 		if err := f.Sync(); err != nil {
 			f.Close()
-			return fmt.Errorf("store: fsync %s after cutting its torn tail: %w", path, err)
+			return fmt.Errorf("store: fsync %s after cutting it: %w", path, err)
 		}
+	}
+	if res.torn {
 		rc.TornTailAt, rc.TornTailBytes = res.validEnd, fi.Size()-res.validEnd
 	}
 	if err := syncDir(s.dir); err != nil { // the log's name is durable
 		f.Close()
 		return err
 	}
-	s.f, s.size, s.data, s.rev, s.next = f, res.validEnd, data, rev, rev
+	s.f, s.size, s.data, s.rev, s.next = f, keep, data, rev, rev
 	s.state, s.refuse, s.recovery = stateOpen, nil, rc
 	s.fp, s.fpRev = "", 0
 	if rc.Replayed == 0 && fp != "" {

@@ -105,6 +105,26 @@ func TestRecoverTornTail(t *testing.T) {
 			truncate(t, path, 6)
 			return 0
 		}},
+		{"unacknowledged batch zeroed from inside its first record", func(t *testing.T, path string, ends []int64) int {
+			// Three acknowledged records, then a batch of three whose
+			// bytes from offset 100 never reached the disk.
+			truncate(t, path, ends[2])
+			appendBytes(t, path, unackedBatch(4, 3))
+			zeroFrom(t, path, 100)
+			return 3
+		}},
+		{"hole across an unacknowledged batch, its last record cut short", func(t *testing.T, path string, ends []int64) int {
+			batch := unackedBatch(n+1, 3)
+			appendBytes(t, path, batch[:len(batch)-5])
+			writeAt(t, path, ends[n-1]+20, make([]byte, 30)) // records n+1 and n+2
+			return n
+		}},
+		{"garbage length in an unacknowledged batch", func(t *testing.T, path string, ends []int64) int {
+			batch := unackedBatch(n+1, 2)
+			appendBytes(t, path, batch[:len(batch)-1])
+			writeAt(t, path, ends[n-1], []byte{0xff, 0xff, 0x0f, 0x00}) // overruns the log
+			return n
+		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -180,6 +200,24 @@ func TestCorruptionInTheMiddle(t *testing.T) {
 		{"first record damaged", func(t *testing.T, path string, ends []int64) int64 {
 			flipByte(t, path, recordHeaderLen)
 			return 0
+		}},
+		{"length overrunning the log", func(t *testing.T, path string, ends []int64) int64 {
+			// Without the intact records behind it this would pass for a
+			// torn last record and cut three acknowledged writes.
+			writeAt(t, path, ends[1], []byte{0xff, 0xff, 0x0f, 0x00})
+			return ends[1]
+		}},
+		{"hole before intact records of the last batch", func(t *testing.T, path string, ends []int64) int64 {
+			// The batch was not acknowledged, but the log cannot tell its
+			// records from acknowledged ones: refused, not guessed.
+			appendBytes(t, path, unackedBatch(6, 3))
+			writeAt(t, path, ends[4]+recordHeaderLen, make([]byte, 10))
+			return ends[4]
+		}},
+		{"damage more than a batch before the end", func(t *testing.T, path string, ends []int64) int64 {
+			flipByte(t, path, ends[4]-1)
+			appendBytes(t, path, make([]byte, maxBatchBytes))
+			return ends[3]
 		}},
 		{"revision gap", func(t *testing.T, path string, ends []int64) int64 {
 			appendBytes(t, path, appendRecord(nil, record{op: opDelete, rev: 7, key: "k"}))
@@ -682,6 +720,23 @@ func TestCheckNoticesAnotherWriter(t *testing.T) {
 	}
 }
 
+// unackedBatch encodes count records from revision first on, as one
+// group commit writes them.
+func unackedBatch(first uint64, count int) []byte {
+	var b []byte
+	for i := range count {
+		rev := first + uint64(i)
+		b = appendRecord(b, record{op: opPut, rev: rev, key: fmt.Sprintf("unacked%02d", rev), value: []byte("never acknowledged")})
+	}
+	return b
+}
+
+// zeroFrom overwrites the file from off to its end with zeros.
+func zeroFrom(t *testing.T, path string, off int64) {
+	t.Helper()
+	writeAt(t, path, off, make([]byte, fileSize(t, path)-off))
+}
+
 func truncate(t *testing.T, path string, size int64) {
 	t.Helper()
 	if err := os.Truncate(path, size); err != nil {
@@ -728,5 +783,44 @@ func appendBytes(t *testing.T, path string, p []byte) {
 	defer f.Close()
 	if _, err := f.Write(p); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestDamagedRecordsAlreadyInSnapshot: a crash between the snapshot's
+// rename and the log's truncation leaves records the snapshot holds; damage
+// there loses nothing, and the log starts afresh so revisions stay
+// consecutive in it.
+func TestDamagedRecordsAlreadyInSnapshot(t *testing.T) {
+	dir := t.TempDir()
+	s := openT(t, dir, defaultOptions())
+	ends := logEnds(t, s, 5)
+	want := contents(s)
+	path := filepath.Join(dir, LogFileName)
+	stale, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Seal(); err != nil {
+		t.Fatal(err)
+	}
+	appendBytes(t, path, stale)
+	flipByte(t, path, ends[2]+recordHeaderLen+1)
+
+	s = openT(t, dir, defaultOptions())
+	if got := contents(s); !maps.Equal(got, want) || s.Revision() != 5 {
+		t.Fatalf("recovered revision %d, %v; want 5, %v", s.Revision(), got, want)
+	}
+	if got := fileSize(t, path); got != 0 {
+		t.Errorf("log is %d bytes after recovery, want 0: every record is in the snapshot", got)
+	}
+	if rev := mustPut(t, s, "after", "recovery"); rev != 6 {
+		t.Errorf("revision after recovery = %d, want 6", rev)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = openT(t, dir, defaultOptions())
+	if rc := s.Recovery(); s.Revision() != 6 || rc.Replayed != 1 {
+		t.Errorf("second open: revision %d, recovery %+v; want 6 with one record replayed", s.Revision(), rc)
 	}
 }

@@ -128,17 +128,23 @@ type replayResult struct {
 	torn     bool  // bytes after validEnd are a torn tail
 }
 
+// minRecordLen is the length of the shortest record.
+const minRecordLen = recordHeaderLen + minPayload
+
 // replay reads the records of a log of size bytes from r and hands each to
-// apply with its offset. It stops at a torn tail (reported, not an error)
-// and fails with a *CorruptError on damage elsewhere.
-func replay(r io.Reader, size int64, path string, apply func(off int64, rec record) error) (replayResult, error) {
-	br := bufio.NewReaderSize(r, 1<<16)
+// apply with its offset. floor is the revision already durable elsewhere
+// (the snapshot's). It stops at a torn tail (reported, not an error) and
+// fails with a *CorruptError on damage elsewhere; see damagedAt for which
+// is which.
+func replay(r io.ReaderAt, size int64, path string, floor uint64, apply func(off int64, rec record) error) (replayResult, error) {
+	br := bufio.NewReaderSize(io.NewSectionReader(r, 0, size), 1<<16)
 	var hdr [recordHeaderLen]byte
 	var payload []byte
 	var off int64
+	last := floor // highest revision known durable before off
 	for off < size {
 		if size-off < recordHeaderLen {
-			return replayResult{validEnd: off, torn: true}, nil
+			return replayResult{validEnd: off, torn: true}, nil // no room for a record
 		}
 		if _, err := io.ReadFull(br, hdr[:]); err != nil {
 			return replayResult{}, fmt.Errorf("store: read %s at offset %d: %w", path, off, err)
@@ -146,18 +152,11 @@ func replay(r io.Reader, size int64, path string, apply func(off int64, rec reco
 		n := int64(binary.LittleEndian.Uint32(hdr[:4]))
 		sum := binary.LittleEndian.Uint32(hdr[4:])
 		if n < minPayload || n > maxPayload {
-			zero, err := zeroTail(hdr[:], br)
-			if err != nil {
-				return replayResult{}, fmt.Errorf("store: read %s at offset %d: %w", path, off, err)
-			}
-			if zero {
-				return replayResult{validEnd: off, torn: true}, nil
-			}
-			return replayResult{}, &CorruptError{Path: path, Offset: off, Err: fmt.Errorf("invalid record length %d", n)}
+			return damagedAt(r, off, size, last, path, fmt.Errorf("invalid record length %d", n))
 		}
 		end := off + recordHeaderLen + n
 		if end > size {
-			return replayResult{validEnd: off, torn: true}, nil
+			return damagedAt(r, off, size, last, path, fmt.Errorf("record of %d bytes overruns the end of the log", n))
 		}
 		if int64(cap(payload)) < n {
 			payload = make([]byte, n)
@@ -167,48 +166,79 @@ func replay(r io.Reader, size int64, path string, apply func(off int64, rec reco
 			return replayResult{}, fmt.Errorf("store: read %s at offset %d: %w", path, off, err)
 		}
 		if crc32.Checksum(payload, castagnoli) != sum {
-			if end == size {
-				return replayResult{validEnd: off, torn: true}, nil
-			}
-			return replayResult{}, &CorruptError{Path: path, Offset: off, Err: errors.New("checksum mismatch")}
+			return damagedAt(r, off, size, last, path, errors.New("checksum mismatch"))
 		}
 		rec, err := decodePayload(payload)
 		if err != nil {
+			// The checksum matched: this was written like this.
 			return replayResult{}, &CorruptError{Path: path, Offset: off, Err: err}
 		}
 		if err := apply(off, rec); err != nil {
 			return replayResult{}, err
 		}
+		last = max(last, rec.rev)
 		off = end
 	}
 	return replayResult{validEnd: off}, nil
 }
 
-// zeroTail reports whether head and everything left in r are zero bytes.
-func zeroTail(head []byte, r io.Reader) (bool, error) {
-	if !allZero(head) {
-		return false, nil
+// damagedAt decides whether the log from the damaged record at off to its
+// end is a torn tail, which recovery cuts off, or corruption, which fails
+// Open with a *CorruptError naming off and why.
+//
+// A crash can tear only the batch being committed: batches are written
+// one at a time, each after the previous one's fsync returned, and a
+// write is acknowledged only after its batch's fsync. Everything before
+// that batch is durable, and nothing in it was acknowledged. The damage
+// at off is therefore a torn tail only if
+//
+//   - the bytes from off to the end fit in one batch (maxBatchBytes), and
+//   - no intact record continuing the revisions follows the damage.
+//
+// The second rule keeps every acknowledged write: damage followed by
+// intact later records is corruption of durable data unless those records
+// belong to the same unacknowledged batch, and the log cannot tell the
+// two apart, so Open refuses it. Zeros, a partial record or garbage to
+// the end of the file are torn tails wherever inside the batch they start.
+func damagedAt(r io.ReaderAt, off, size int64, last uint64, path string, why error) (replayResult, error) {
+	if size-off > maxBatchBytes {
+		return replayResult{}, &CorruptError{Path: path, Offset: off, Err: fmt.Errorf(
+			"%w, %d bytes before the end of the log, more than the one batch a crash can tear", why, size-off)}
 	}
-	buf := make([]byte, 1<<16)
-	for {
-		n, err := r.Read(buf)
-		if !allZero(buf[:n]) {
-			return false, nil
-		}
-		if errors.Is(err, io.EOF) {
-			return true, nil
-		}
-		if err != nil {
-			return false, err
-		}
+	tail := make([]byte, size-off)
+	if _, err := r.ReadAt(tail, off); err != nil {
+		return replayResult{}, fmt.Errorf("store: read %s at offset %d: %w", path, off, err)
 	}
+	if p, rev, ok := continuation(tail, last); ok {
+		return replayResult{}, &CorruptError{Path: path, Offset: off, Err: fmt.Errorf(
+			"%w, and an intact record of revision %d follows at offset %d", why, rev, off+int64(p))}
+	}
+	return replayResult{validEnd: off, torn: true}, nil
 }
 
-func allZero(b []byte) bool {
-	for _, c := range b {
-		if c != 0 {
-			return false
+// continuation looks for an intact record starting after the first byte
+// of tail whose revision could follow last: tail starts with a damaged
+// record of revision last+1, and every record takes at least minRecordLen
+// bytes, so a record at p has a revision of at most last+1+p/minRecordLen.
+// Older revisions (stale file contents) do not count.
+func continuation(tail []byte, last uint64) (p int, rev uint64, ok bool) {
+	for p = 1; p+minRecordLen <= len(tail); p++ {
+		n := int(binary.LittleEndian.Uint32(tail[p:]))
+		if n < minPayload || n > maxPayload || n > len(tail)-p-recordHeaderLen {
+			continue
 		}
+		payload := tail[p+recordHeaderLen : p+recordHeaderLen+n]
+		rev = binary.LittleEndian.Uint64(payload[1:9])
+		if rev <= last || rev > last+1+uint64(p/minRecordLen) {
+			continue
+		}
+		if crc32.Checksum(payload, castagnoli) != binary.LittleEndian.Uint32(tail[p+4:]) {
+			continue
+		}
+		if _, err := decodePayload(payload); err != nil {
+			continue
+		}
+		return p, rev, true
 	}
-	return true
+	return 0, 0, false
 }

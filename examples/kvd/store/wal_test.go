@@ -3,6 +3,7 @@ package store
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -21,7 +22,7 @@ func TestRecordRoundTrip(t *testing.T) {
 			t.Errorf("record of %d bytes exceeds encodedLen %d", len(buf), want.encodedLen())
 		}
 		var got []record
-		res, err := replay(bytes.NewReader(buf), int64(len(buf)), "log", func(_ int64, r record) error {
+		res, err := replay(bytes.NewReader(buf), int64(len(buf)), "log", 0, func(_ int64, r record) error {
 			got = append(got, r)
 			return nil
 		})
@@ -46,9 +47,25 @@ func FuzzReplay(f *testing.F) {
 	f.Add(valid[:len(valid)-3])
 	f.Add(append(bytes.Clone(valid), make([]byte, 20)...))
 	f.Add([]byte{})
+	// Three acknowledged records, then a batch of three zeroed from byte
+	// 100 on, and the same batch with a hole and its last record cut short.
+	var acked []byte
+	for rev := range uint64(3) {
+		acked = appendRecord(acked, record{op: opPut, rev: rev + 1, key: fmt.Sprintf("k%02d", rev), value: []byte("value-0")})
+	}
+	var batch []byte
+	for rev := range uint64(3) {
+		batch = appendRecord(batch, record{op: opPut, rev: rev + 4, key: fmt.Sprintf("k%02d", rev+3), value: []byte("value-0")})
+	}
+	zeroed := append(bytes.Clone(acked), batch...)
+	clear(zeroed[100:])
+	f.Add(zeroed)
+	holed := append(bytes.Clone(acked), batch[:len(batch)-5]...)
+	clear(holed[len(acked)+20 : len(acked)+50])
+	f.Add(holed)
 	f.Fuzz(func(t *testing.T, log []byte) {
 		var again []byte
-		res, err := replay(bytes.NewReader(log), int64(len(log)), "log", func(_ int64, r record) error {
+		res, err := replay(bytes.NewReader(log), int64(len(log)), "log", 0, func(_ int64, r record) error {
 			again = appendRecord(again, r)
 			return nil
 		})
@@ -61,6 +78,9 @@ func FuzzReplay(f *testing.F) {
 		}
 		if res.validEnd > int64(len(log)) || (!res.torn && res.validEnd != int64(len(log))) {
 			t.Fatalf("replay result %+v for %d bytes", res, len(log))
+		}
+		if res.torn && int64(len(log))-res.validEnd > maxBatchBytes {
+			t.Fatalf("replay cut %d bytes, more than one batch", int64(len(log))-res.validEnd)
 		}
 		if !bytes.Equal(again, log[:res.validEnd]) {
 			t.Fatalf("accepted records do not re-encode to the accepted bytes")
