@@ -45,8 +45,11 @@ type Config struct {
 	LogFormat       string     `toml:"log_format"`
 	Listeners       []Listener `toml:"listeners"`
 
-	// path is the file the configuration was read from.
+	// path is the file the configuration was read from, doc its text
+	// (passed to a re-executed supervisor, which falls back to it when the
+	// file no longer loads).
 	path string
+	doc  []byte
 	// listenAddrs holds the parsed addr of each listener, by index.
 	listenAddrs []listenAddr
 	// lines locates keys for errors found after parsing.
@@ -105,7 +108,7 @@ func parseConfig(path string, doc []byte) (*Config, error) {
 	if err := dec.Decode(&c); err != nil {
 		return nil, decodeErrors(path, err)
 	}
-	c.path, c.lines = path, newKeyLines(doc)
+	c.path, c.doc, c.lines = path, doc, newKeyLines(doc)
 	if err := c.validate(c.lines); err != nil {
 		return nil, err
 	}
@@ -385,6 +388,23 @@ func checkHostPort(s string) error {
 		return fmt.Errorf("host %q is not an address or a name", host)
 	}
 	return nil
+}
+
+// reexecChange says why a re-executed supervisor could not take over with
+// next in place of c, or returns "": the listeners and the control socket
+// live on across a re-exec, so changing them needs a full restart.
+func (c *Config) reexecChange(next *Config) string {
+	if next.ControlSocket != c.ControlSocket {
+		return fmt.Sprintf("control_socket changed from %s to %s; the running daemon listens on the old one (restart the service to change it)", c.ControlSocket, next.ControlSocket)
+	}
+	same := len(next.Listeners) == len(c.Listeners)
+	for i := 0; same && i < len(c.Listeners); i++ {
+		same = c.Listeners[i].Name == next.Listeners[i].Name && c.listenAddrs[i] == next.listenAddrs[i]
+	}
+	if !same {
+		return "the [[listeners]] changed; the running daemon holds the old sockets (restart the service to change them)"
+	}
+	return ""
 }
 
 // spawnSpec is what a handoff or cold start of binary runs.

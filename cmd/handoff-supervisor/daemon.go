@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/handoff-go/handoff"
@@ -43,7 +44,8 @@ type daemon struct {
 	opWG     sync.WaitGroup // the op goroutine
 
 	// Owned by the loop goroutine.
-	knownGood     string // canonical path of the binary to restart
+	knownGood     string        // canonical path of the binary to restart
+	pin           *pinnedBinary // that binary held open; nil if it could not be
 	op            *opState
 	backoff       backoff
 	restart       *restartStatus // set while a restart is scheduled
@@ -59,21 +61,38 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err := parseFlags(fs, args, stdout); err != nil {
 		return err
 	}
-	cfg, err := loadConfigFlag(*config)
-	if err != nil {
-		return err
-	}
-	if err := cfg.checkBinary(); err != nil {
-		return err
-	}
-	log := newLogger(cfg.LogFormat, stderr)
 	// Catch signals before anything starts: their default action would kill
 	// the supervisor and leave the daemon without one.
 	sigs := make(chan os.Signal, 8)
 	signal.Notify(sigs, handledSignals...)
 	defer signal.Stop(sigs)
 
-	d, err := startDaemon(ctx, cfg, log, stdout, stderr)
+	inherited, err := takeReexecState()
+	if err != nil {
+		return err
+	}
+	cfg, cfgErr := loadConfigFlag(*config)
+	if cfgErr != nil && inherited != nil {
+		// The previous image checked the file before the exec; it changed
+		// since. Dying now would orphan the daemon: carry on as before.
+		var err error
+		if cfg, err = inherited.config(); err != nil {
+			inherited.close()
+			return errors.Join(cfgErr, err)
+		}
+	} else if cfgErr != nil {
+		return cfgErr
+	}
+	if inherited == nil {
+		if err := cfg.checkBinary(); err != nil {
+			return err
+		}
+	}
+	log := newLogger(cfg.LogFormat, stderr)
+	if cfgErr != nil {
+		log.Error("re-exec: the configuration no longer loads; carrying on with the one the previous image ran with", "config", cfg.path, "err", cfgErr)
+	}
+	d, err := startDaemon(ctx, cfg, inherited, log, stdout, stderr)
 	if err != nil {
 		return err
 	}
@@ -91,7 +110,7 @@ func newLogger(format string, w io.Writer) *slog.Logger {
 // startDaemon sets everything up and brings the daemon up: adopted after a
 // re-exec, resumed from the journal after a supervisor restart, or
 // cold-started. On error it leaves nothing open.
-func startDaemon(ctx context.Context, cfg *Config, log *slog.Logger, stdout, stderr io.Writer) (_ *daemon, err error) {
+func startDaemon(ctx context.Context, cfg *Config, inherited *inheritedState, log *slog.Logger, stdout, stderr io.Writer) (_ *daemon, err error) {
 	d := &daemon{
 		cfg:      cfg,
 		log:      log,
@@ -108,10 +127,6 @@ func startDaemon(ctx context.Context, cfg *Config, log *slog.Logger, stdout, std
 		d.exe = "/proc/self/exe"
 	}
 
-	inherited, err := takeReexecState()
-	if err != nil {
-		return nil, err
-	}
 	var cleanups []func()
 	defer func() {
 		if err != nil {
@@ -123,8 +138,10 @@ func startDaemon(ctx context.Context, cfg *Config, log *slog.Logger, stdout, std
 	files := map[string]inheritedFile{}
 	if inherited != nil {
 		cleanups = append(cleanups, inherited.close)
+		reapLeftovers(inherited.ChildPID, log)
 		files = inherited.listeners
 		d.started = inherited.Started
+		d.backoff.cur = inherited.Backoff
 		log.Info("re-executed: taking over from the previous image", "daemon_pid", inherited.ChildPID, "binary", inherited.KnownGood)
 	} else if files, err = systemdFiles(); err != nil {
 		return nil, err
@@ -186,9 +203,11 @@ func startDaemon(ctx context.Context, cfg *Config, log *slog.Logger, stdout, std
 	if err := handOver(d.sup, ls, log); err != nil {
 		return nil, err
 	}
+	cleanups = append(cleanups, func() { d.pin.close() })
 	serving := false
 	if inherited != nil {
 		d.knownGood = inherited.KnownGood
+		d.pin = inherited.pinned()
 		if inherited.ChildPID != 0 {
 			if err := d.sup.Adopt(ctx, inherited.ChildPID, cfg.spawnSpec(d.knownGood)); err != nil {
 				log.Error("re-exec: could not adopt the daemon; starting it anew", "pid", inherited.ChildPID, "err", err)
@@ -221,6 +240,10 @@ func startDaemon(ctx context.Context, cfg *Config, log *slog.Logger, stdout, std
 			return nil, fmt.Errorf("start the daemon: %w", err)
 		}
 		log.Info("daemon started", "pid", p.Pid, "binary", d.knownGood)
+		d.setKnownGood(d.knownGood, p.Pid)
+	}
+	if d.pin == nil && serving {
+		d.setKnownGood(d.knownGood, d.sup.Status().IncumbentPID)
 	}
 
 	d.trigger.start()
@@ -254,24 +277,36 @@ func (d *daemon) resume(ctx context.Context) bool {
 	}
 }
 
-// shutdown stops the daemon (it drains itself; killed after deadline_secs
-// or at a second signal) and releases everything. It runs on the loop
-// goroutine, which exits after it.
+// setKnownGood makes path the known-good binary and pins the file that pid
+// (the daemon that proved it good) runs.
+func (d *daemon) setKnownGood(path string, pid int) {
+	d.knownGood = path
+	p, err := pinBinary(path, pid)
+	d.pin.close()
+	d.pin = p
+	if err != nil {
+		d.log.Error("cannot hold the known-good binary open: a restart will start whatever file is at its path then", "binary", path, "err", err)
+		return
+	}
+	d.log.Info("known-good binary", "binary", path, "pid", pid, "inode", p.ino)
+}
+
+// killAfterStop bounds the wait for a handoff to return once its daemons
+// have been killed at the end of the stop bound.
+const killAfterStop = 10 * time.Second
+
+// shutdown stops the daemon and releases everything, within one bound,
+// deadline_secs from the signal: a running handoff is cancelled (it rolls
+// back), then the daemon is asked to stop (it drains itself). When the
+// bound passes, or at a second signal, every daemon is killed. It runs on
+// the loop goroutine, which exits after it.
 func (d *daemon) shutdown(why string, sigs <-chan os.Signal) error {
 	close(d.stopping)
 	bound := d.cfg.deadline()
-	d.log.Info("stopping", "reason", why, "bound", bound)
-	d.notify.stopping("stopping: "+why, bound)
-	d.cancelRestart()
-	d.trigger.close(errShuttingDown)
-	if d.op != nil {
-		d.op.cancel()
-		d.finishOp(<-d.results)
-	}
-	d.opWG.Wait()
-
 	ctx, cancel := context.WithTimeout(context.Background(), bound)
 	defer cancel()
+	d.log.Info("stopping", "reason", why, "bound", bound)
+	d.notify.stopping("stopping: "+why, bound)
 	done := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -284,9 +319,33 @@ func (d *daemon) shutdown(why string, sigs <-chan os.Signal) error {
 		case <-done:
 		}
 	}()
+	defer func() {
+		close(done)
+		wg.Wait()
+	}()
+
+	d.cancelRestart()
+	d.trigger.close(errShuttingDown)
+	if d.op != nil {
+		d.op.cancel()
+		select {
+		case r := <-d.results:
+			d.finishOp(r)
+		case <-ctx.Done():
+			d.killAll("the stop bound passed during a " + d.op.kind.String())
+			select {
+			case r := <-d.results:
+				d.finishOp(r)
+			case <-time.After(killAfterStop):
+				d.log.Error("the running operation did not return after its daemons were killed; exiting anyway")
+			}
+		}
+	}
+	if d.op == nil {
+		d.opWG.Wait()
+	}
+
 	err := d.sup.Stop(ctx)
-	close(done)
-	wg.Wait()
 	if err != nil {
 		d.log.Error("the daemon did not stop in time and was killed", "err", err)
 	} else {
@@ -297,5 +356,19 @@ func (d *daemon) shutdown(why string, sigs <-chan os.Signal) error {
 		d.metricsSrv.close(sctx)
 		scancel()
 	}
+	d.pin.close()
 	return d.sup.Close()
+}
+
+// killAll kills the serving daemon and a successor, with their process
+// groups.
+func (d *daemon) killAll(why string) {
+	st := d.sup.Status()
+	for _, pid := range []int{st.IncumbentPID, st.SuccessorPID} {
+		if pid > 0 {
+			d.log.Warn("killing", "pid", pid, "why", why)
+			syscall.Kill(-pid, syscall.SIGKILL)
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
 }

@@ -28,6 +28,11 @@ const envTestSupervisor = "HS_TEST_SUPERVISOR"
 // envTestListenPID makes that supervisor set LISTEN_PID to its own pid.
 const envTestListenPID = "HS_TEST_LISTEN_PID"
 
+// envTestBreakOnReexec names a config file that a re-executed supervisor
+// spoils (appends an unknown key to) before main reads it: a file changed
+// between the old image's check and the new image's load.
+const envTestBreakOnReexec = "HS_TEST_BREAK_ON_REEXEC"
+
 func TestMain(m *testing.M) {
 	// The daemon check comes first: daemons inherit the supervisor's
 	// environment.
@@ -38,6 +43,12 @@ func TestMain(m *testing.M) {
 		if os.Getenv(envTestListenPID) != "" {
 			// What systemd does between fork and exec.
 			os.Setenv("LISTEN_PID", strconv.Itoa(os.Getpid()))
+		}
+		if p := os.Getenv(envTestBreakOnReexec); p != "" && os.Getenv(envReexecState) != "" {
+			if f, err := os.OpenFile(p, os.O_WRONLY|os.O_APPEND, 0); err == nil {
+				f.WriteString("\nbogus_key = 1\n")
+				f.Close()
+			}
 		}
 		main()
 	}
@@ -92,17 +103,24 @@ func freePort(t *testing.T) string {
 type fixture struct {
 	dir, cfg, web, metrics string
 	daemonLog, gate        string
+	drainGate, linger      string // FIFOs: see testDaemon
+	ignoreTerm             string // a file there: daemons ignore SIGTERM
 	v1, v2, bad, rogue     string
 	notes                  func() string // next sd_notify message
+	// lastNotes returns the messages already queued, for after the
+	// supervisor exited.
+	lastNotes func() []string
 }
 
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
 	dir := shortDir(t)
 	f := &fixture{
-		dir: dir, web: filepath.Join(dir, "web.sock"), metrics: freePort(t), notes: notifySocket(t),
+		dir: dir, web: filepath.Join(dir, "web.sock"), metrics: freePort(t),
 		daemonLog: filepath.Join(dir, "daemons.log"), gate: filepath.Join(dir, "gate"),
+		drainGate: filepath.Join(dir, "drain-gate"), linger: filepath.Join(dir, "linger"), ignoreTerm: filepath.Join(dir, "ignore-term"),
 	}
+	f.notes, f.lastNotes = notifySocketQueue(t)
 	bin := filepath.Join(dir, "bin")
 	data := filepath.Join(dir, "data")
 	for _, d := range []string{bin, data} {
@@ -120,7 +138,7 @@ func newFixture(t *testing.T) *fixture {
 trigger_socket   = %q
 binary           = %q
 allowed_binaries = [%q, %q]
-env              = [%q, %q, %q, %q, %q]
+env              = [%q, %q, %q, %q, %q, %q, %q, %q]
 drain_grace_secs = 5
 deadline_secs    = 20
 journal          = %q
@@ -132,11 +150,60 @@ addr = "unix:%s"
 `, control, filepath.Join(dir, "trigger.sock"), f.v1, f.v2, f.bad,
 		envTestRole+"=daemon", envTestData+"="+data, envTestControl+"="+control,
 		envTestLog+"="+f.daemonLog, envTestGate+"="+f.gate,
+		envTestDrainGate+"="+f.drainGate, envTestLinger+"="+f.linger, envTestIgnoreTerm+"="+f.ignoreTerm,
 		filepath.Join(dir, "journal"), f.metrics, f.web)
 	if err := os.WriteFile(f.cfg, []byte(doc), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	return f
+}
+
+// editConfig replaces old (which must occur) by new in the config file.
+func (f *fixture) editConfig(t *testing.T, old, new string) {
+	t.Helper()
+	raw, err := os.ReadFile(f.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(raw), old) {
+		t.Fatalf("the config holds no %q", old)
+	}
+	if err := os.WriteFile(f.cfg, []byte(strings.Replace(string(raw), old, new, 1)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// fifo makes a FIFO at path and returns it opened read-write (so opening
+// never blocks and readers never see EOF until the test writes).
+func fifo(t *testing.T, path string) *os.File {
+	t.Helper()
+	if err := syscall.Mkfifo(path, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return f
+}
+
+// awaitEvent polls the daemons' log until a line for event appears, for
+// at most pollTimeout, and returns it.
+func (f *fixture) awaitEvent(t *testing.T, event string) daemonEvent {
+	t.Helper()
+	deadline := time.Now().Add(pollTimeout)
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if evs := f.daemonEvents(t, event); len(evs) > 0 {
+			return evs[len(evs)-1]
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no %q in the daemons' log within %v", event, pollTimeout)
+		}
+		<-tick.C
+	}
 }
 
 // supervisorEnv is the environment of the test binary in the supervisor

@@ -56,6 +56,13 @@ const (
 	opColdStart
 )
 
+func (k opKind) String() string {
+	if k == opHandoff {
+		return "handoff"
+	}
+	return "start of the daemon"
+}
+
 // opState is the running op, owned by the loop.
 type opState struct {
 	kind   opKind
@@ -175,6 +182,7 @@ func (d *daemon) startHandoff(binary string, reply chan string, why string) stri
 		return err.Error()
 	}
 	spec := d.cfg.spawnSpec(path)
+	d.notify.reloading(fmt.Sprintf("handoff to %s (%s)", path, why), d.notify.extend)
 	d.startOp(opHandoff, path, why, reply, func(ctx context.Context, r *opResult) {
 		r.outcome, r.err = d.sup.PerformHandoff(ctx, spec)
 	})
@@ -185,8 +193,16 @@ func (d *daemon) startHandoff(binary string, reply chan string, why string) stri
 func (d *daemon) startColdStart(why string) {
 	d.restart = nil
 	d.restartDue = false
-	spec := d.cfg.spawnSpec(d.knownGood)
-	d.log.Info("starting the daemon", "binary", d.knownGood, "why", why)
+	exe := d.knownGood
+	if d.pin != nil {
+		exe = d.pin.exe()
+	}
+	if exe != d.knownGood {
+		d.log.Warn("the file at the known-good path was replaced since it proved good: starting the pinned known-good binary instead",
+			"binary", d.knownGood, "exe", exe, "inode", d.pin.ino)
+	}
+	spec := d.cfg.spawnSpec(exe)
+	d.log.Info("starting the daemon", "binary", d.knownGood, "exe", exe, "why", why)
 	d.startOp(opColdStart, d.knownGood, why, nil, func(ctx context.Context, r *opResult) {
 		p, err := d.sup.ColdStart(ctx, spec)
 		if p != nil {
@@ -224,6 +240,8 @@ func (d *daemon) finishOp(r opResult) {
 		o := r.outcome
 		if r.err != nil && o.ID == "" {
 			d.log.Warn("handoff did not start", "binary", r.binary, "from", r.why, "err", r.err)
+			st := d.sup.Status()
+			d.notify.ready(fmt.Sprintf("serving: pid %d, build %s (handoff did not start: %v)", st.IncumbentPID, st.IncumbentBuildID, r.err))
 			answer(errReply(r.err))
 			return
 		}
@@ -231,12 +249,17 @@ func (d *daemon) finishOp(r opResult) {
 			d.log.Error("handoff rolled back, and the incumbent failed to resume; it will be restarted", "id", o.ID, "err", r.err)
 		}
 		if o.Committed {
-			d.knownGood = r.binary
+			pid := 0
+			if o.Child != nil {
+				pid = o.Child.Pid
+			}
+			d.setKnownGood(r.binary, pid)
 			d.log.Info("handoff committed", "id", o.ID, "binary", r.binary, "build_id", o.BuildID, "from", r.why,
 				"total", o.Phases.Total, "accept_gap", o.Phases.AcceptGap)
 		} else {
 			d.log.Warn("handoff rolled back", "id", o.ID, "binary", r.binary, "from", r.why, "reason", o.AbortReason)
 		}
+		d.notify.ready(outcomeStatus(o, d.sup.Status()))
 		answer(handoffReply(o))
 	case opColdStart:
 		if r.err != nil {
@@ -246,6 +269,9 @@ func (d *daemon) finishOp(r opResult) {
 			return
 		}
 		d.metrics.restarts.Inc()
+		if d.pin == nil {
+			d.setKnownGood(d.knownGood, r.pid)
+		}
 		st := d.sup.Status()
 		d.log.Info("daemon restarted", "pid", r.pid, "binary", r.binary, "build_id", st.IncumbentBuildID)
 		d.notify.ready(fmt.Sprintf("serving: pid %d, build %s (restarted)", r.pid, st.IncumbentBuildID))

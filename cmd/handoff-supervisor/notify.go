@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	sddaemon "github.com/coreos/go-systemd/v22/daemon"
@@ -15,11 +16,14 @@ import (
 // notifier tells systemd (sd_notify over NOTIFY_SOCKET) what the supervisor
 // is doing, so that it works as a Type=notify-reload service: READY=1 once
 // the daemon serves, RELOADING=1 with MONOTONIC_USEC when a handoff (or a
-// re-exec) starts and READY=1 when it ends, EXTEND_TIMEOUT_USEC while a
-// handoff shows signs of life, STOPPING=1 on the way out, and STATUS= lines
-// throughout. Without NOTIFY_SOCKET every call does nothing.
+// re-exec) starts and READY=1 when it ends (the loop sends both, so every
+// RELOADING=1 is followed by READY=1), EXTEND_TIMEOUT_USEC while a handoff
+// shows signs of life, STOPPING=1 on the way out (after which neither
+// READY=1 nor RELOADING=1 is sent), and STATUS= lines throughout. Without
+// NOTIFY_SOCKET every call does nothing.
 type notifier struct {
-	log *slog.Logger
+	log     *slog.Logger
+	stopped atomic.Bool // STOPPING=1 was sent
 	// send delivers one notification; sddaemon.SdNotify outside tests.
 	send func(state string) error
 	// extend is how far each sign of life pushes systemd's timeout: the
@@ -67,12 +71,20 @@ func extendTimeout(d time.Duration) string {
 
 // ready reports that a daemon serves.
 func (n *notifier) ready(status string) {
+	if n.stopped.Load() {
+		n.notify(statusLine("%s", status))
+		return
+	}
 	n.notify(sddaemon.SdNotifyReady, statusLine("%s", status))
 }
 
 // reloading reports the start of a reload-like operation that may take up
 // to d (a handoff, a re-exec).
 func (n *notifier) reloading(status string, d time.Duration) {
+	if n.stopped.Load() {
+		n.notify(statusLine("%s", status))
+		return
+	}
 	lines := []string{sddaemon.SdNotifyReloading}
 	if m := monotonicUsec(); m != "" {
 		lines = append(lines, m)
@@ -91,41 +103,39 @@ func (n *notifier) status(format string, args ...any) {
 // stopping reports that the supervisor is stopping the daemon, which may
 // take up to d.
 func (n *notifier) stopping(status string, d time.Duration) {
+	n.stopped.Store(true)
 	n.notify(sddaemon.SdNotifyStopping, extendTimeout(d), statusLine("%s", status))
 }
 
-// onEvent turns the Supervisor's events about handoffs into notifications.
-// It runs on the library's goroutines and only sends datagrams.
+// onEvent turns the Supervisor's events about handoffs into STATUS= lines
+// and timeout extensions; RELOADING=1 and READY=1 come from the loop. It
+// runs on the library's goroutines and only sends datagrams.
 func (n *notifier) onEvent(e handoff.Event) {
 	switch e.Kind {
 	case handoff.EventHandoffStarted:
-		n.reloading(fmt.Sprintf("handoff %s started (incumbent pid %d)", e.HandoffID, e.PID), n.extend)
+		n.notify(extendTimeout(n.extend), statusLine("handoff %s started (incumbent pid %d)", e.HandoffID, e.PID))
 	case handoff.EventPhase:
 		if e.Phase != handoff.PhaseIdle {
 			n.notify(extendTimeout(n.extend), statusLine("handoff %s: %s", e.HandoffID, e.Phase))
 		}
 	case handoff.EventHeartbeat:
 		n.notify(extendTimeout(n.extend))
-	case handoff.EventHandoffFinished:
-		n.ready(outcomeStatus(e.Outcome))
 	case handoff.EventIncumbentExited:
 		n.status("daemon pid %d exited (%s); restarting it", e.PID, exitDescription(e.Exit))
 	}
 }
 
-// outcomeStatus says in one line how a handoff ended.
-func outcomeStatus(o *handoff.HandoffOutcome) string {
-	if o == nil {
-		return "handoff finished"
+// outcomeStatus says in one line how a handoff ended and who serves now
+// (st is the Supervisor's status after it).
+func outcomeStatus(o handoff.HandoffOutcome, st handoff.Status) string {
+	serving := fmt.Sprintf("serving: pid %d, build %s", st.IncumbentPID, st.IncumbentBuildID)
+	if st.IncumbentPID == 0 {
+		serving = "no daemon is serving; restarting it"
 	}
 	if o.Committed {
-		pid := 0
-		if o.Child != nil {
-			pid = o.Child.Pid
-		}
-		return fmt.Sprintf("serving: pid %d, build %s (handoff %s committed in %v)", pid, o.BuildID, o.ID, o.Phases.Total.Round(time.Millisecond))
+		return fmt.Sprintf("%s (handoff %s committed in %v)", serving, o.ID, o.Phases.Total.Round(time.Millisecond))
 	}
-	return fmt.Sprintf("serving: build %s (handoff %s rolled back: %s)", o.BuildID, o.ID, o.AbortReason)
+	return fmt.Sprintf("%s (handoff %s rolled back: %s)", serving, o.ID, o.AbortReason)
 }
 
 // exitDescription says how a daemon ended, for logs and STATUS=.

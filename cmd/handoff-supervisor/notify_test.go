@@ -18,6 +18,14 @@ import (
 // (bounded).
 func notifySocket(t *testing.T) func() string {
 	t.Helper()
+	next, _ := notifySocketQueue(t)
+	return next
+}
+
+// notifySocketQueue is notifySocket that also returns a function reading
+// the messages already queued, without waiting for more.
+func notifySocketQueue(t *testing.T) (next func() string, queued func() []string) {
+	t.Helper()
 	path := filepath.Join(shortDir(t), "notify")
 	c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
 	if err != nil {
@@ -25,7 +33,7 @@ func notifySocket(t *testing.T) func() string {
 	}
 	t.Cleanup(func() { c.Close() })
 	t.Setenv("NOTIFY_SOCKET", path)
-	return func() string {
+	next = func() string {
 		t.Helper()
 		buf := make([]byte, 4096)
 		c.SetReadDeadline(time.Now().Add(10 * time.Second))
@@ -35,6 +43,21 @@ func notifySocket(t *testing.T) func() string {
 		}
 		return string(buf[:n])
 	}
+	queued = func() []string {
+		var out []string
+		buf := make([]byte, 4096)
+		for {
+			// A past deadline would fail before reading: give queued
+			// messages a moment that they do not need.
+			c.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+			n, err := c.Read(buf)
+			if err != nil {
+				return out
+			}
+			out = append(out, string(buf[:n]))
+		}
+	}
+	return next, queued
 }
 
 // fields splits an sd_notify message into its assignments.
@@ -66,14 +89,20 @@ func TestNotifyHandoffSequence(t *testing.T) {
 	n := newNotifier(testLogger(t), 15*time.Second)
 
 	before := monotonicNow(t)
-	n.onEvent(handoff.Event{Kind: handoff.EventHandoffStarted, HandoffID: "h1", PID: 10})
+	n.reloading("handoff to /bin/d (SIGHUP)", n.extend)
 	f := fields(t, next())
-	if f["RELOADING"] != "1" || !strings.Contains(f["STATUS"], "handoff h1 started") || f["EXTEND_TIMEOUT_USEC"] != "15000000" {
+	if f["RELOADING"] != "1" || f["STATUS"] != "handoff to /bin/d (SIGHUP)" || f["EXTEND_TIMEOUT_USEC"] != "15000000" {
 		t.Fatalf("handoff start: %v", f)
 	}
 	mono, err := strconv.ParseInt(f["MONOTONIC_USEC"], 10, 64)
 	if err != nil || mono < before || mono > monotonicNow(t) {
 		t.Fatalf("MONOTONIC_USEC=%q is not CLOCK_MONOTONIC now (%d..)", f["MONOTONIC_USEC"], before)
+	}
+
+	n.onEvent(handoff.Event{Kind: handoff.EventHandoffStarted, HandoffID: "h1", PID: 10})
+	f = fields(t, next())
+	if _, ok := f["RELOADING"]; ok || f["STATUS"] != "handoff h1 started (incumbent pid 10)" || f["EXTEND_TIMEOUT_USEC"] != "15000000" {
+		t.Fatalf("handoff started event: %v", f)
 	}
 
 	n.onEvent(handoff.Event{Kind: handoff.EventPhase, HandoffID: "h1", Phase: handoff.PhaseDraining})
@@ -87,25 +116,35 @@ func TestNotifyHandoffSequence(t *testing.T) {
 		t.Fatalf("heartbeat: %q", msg)
 	}
 
-	n.onEvent(handoff.Event{Kind: handoff.EventHandoffFinished, HandoffID: "h1", Outcome: &handoff.HandoffOutcome{
-		ID: "h1", Committed: true, Child: &os.Process{Pid: 11}, BuildID: "v2", Phases: handoff.PhaseTimings{Total: 1500 * time.Millisecond},
-	}})
-	f = fields(t, next())
-	if f["READY"] != "1" || f["STATUS"] != "serving: pid 11, build v2 (handoff h1 committed in 1.5s)" {
-		t.Fatalf("handoff end: %v", f)
-	}
-
-	n.onEvent(handoff.Event{Kind: handoff.EventHandoffFinished, HandoffID: "h2", Outcome: &handoff.HandoffOutcome{
-		ID: "h2", AbortReason: "the incumbent's seal failed:\ndisk full", BuildID: "v1",
-	}})
-	f = fields(t, next())
-	if f["READY"] != "1" || f["STATUS"] != "serving: build v1 (handoff h2 rolled back: the incumbent's seal failed: disk full)" {
-		t.Fatalf("rolled back: %v", f)
-	}
-
+	// The loop, not the event, reports the end (READY=1): nothing is sent.
+	n.onEvent(handoff.Event{Kind: handoff.EventHandoffFinished, HandoffID: "h1", Outcome: &handoff.HandoffOutcome{ID: "h1", Committed: true}})
 	n.onEvent(handoff.Event{Kind: handoff.EventIncumbentExited, PID: 11, Exit: &handoff.IncumbentExit{PID: 11, Running: time.Second}})
 	if f = fields(t, next()); !strings.HasPrefix(f["STATUS"], "daemon pid 11 exited") {
-		t.Fatalf("exit: %v", f)
+		t.Fatalf("after the finished event, want the exit's status: %v", f)
+	}
+}
+
+// TestOutcomeStatus: the STATUS= line after a handoff names who serves,
+// from the Supervisor's status (a rolled-back outcome has no build id).
+func TestOutcomeStatus(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		o    handoff.HandoffOutcome
+		st   handoff.Status
+		want string
+	}{
+		{"committed", handoff.HandoffOutcome{ID: "h1", Committed: true, Child: &os.Process{Pid: 11}, BuildID: "v2", Phases: handoff.PhaseTimings{Total: 1500 * time.Millisecond}},
+			handoff.Status{IncumbentPID: 11, IncumbentBuildID: "v2"}, "serving: pid 11, build v2 (handoff h1 committed in 1.5s)"},
+		{"rolled back", handoff.HandoffOutcome{ID: "h2", AbortReason: "the incumbent's seal failed: disk full"},
+			handoff.Status{IncumbentPID: 10, IncumbentBuildID: "v1"}, "serving: pid 10, build v1 (handoff h2 rolled back: the incumbent's seal failed: disk full)"},
+		{"nobody serves", handoff.HandoffOutcome{ID: "h3", AbortReason: "resume failed"},
+			handoff.Status{}, "no daemon is serving; restarting it (handoff h3 rolled back: resume failed)"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := outcomeStatus(tc.o, tc.st); got != tc.want {
+				t.Errorf("got %q, want %q", got, tc.want)
+			}
+		})
 	}
 }
 
@@ -120,6 +159,7 @@ func TestNotifyReadyStopping(t *testing.T) {
 	if msg := next(); msg != "STOPPING=1\nEXTEND_TIMEOUT_USEC=60000000\nSTATUS=stopping: terminated" {
 		t.Fatalf("stopping: %q", msg)
 	}
+	n = newNotifier(testLogger(t), time.Second) // one that has not stopped
 	n.reloading("re-executing", 0)
 	f := fields(t, next())
 	if f["RELOADING"] != "1" || f["MONOTONIC_USEC"] == "" || f["STATUS"] != "re-executing" {
@@ -127,6 +167,23 @@ func TestNotifyReadyStopping(t *testing.T) {
 	}
 	if _, ok := f["EXTEND_TIMEOUT_USEC"]; ok {
 		t.Errorf("reloading with no bound extended the timeout: %v", f)
+	}
+}
+
+// TestNotifyNothingReadyAfterStopping: once STOPPING=1 is sent, a handoff
+// cancelled by the stop updates STATUS= only.
+func TestNotifyNothingReadyAfterStopping(t *testing.T) {
+	next := notifySocket(t)
+	n := newNotifier(testLogger(t), time.Second)
+	n.stopping("stopping: terminated", time.Minute)
+	next()
+	n.ready("serving: pid 5 (handoff h1 rolled back: cancelled)")
+	if msg := next(); msg != "STATUS=serving: pid 5 (handoff h1 rolled back: cancelled)" {
+		t.Fatalf("ready after stopping: %q", msg)
+	}
+	n.reloading("handoff", time.Second)
+	if msg := next(); msg != "STATUS=handoff" {
+		t.Fatalf("reloading after stopping: %q", msg)
 	}
 }
 

@@ -33,8 +33,10 @@ const (
 type reexecState struct {
 	// ChildPID is the serving daemon (still our child), 0 if none ran.
 	ChildPID int `json:"child_pid"`
-	// KnownGood is the canonical path of the binary the daemon runs.
+	// KnownGood is the canonical path of the known-good binary, and
+	// PinFD the descriptor holding that file open (-1 when none is).
 	KnownGood string `json:"known_good"`
+	PinFD     int    `json:"pin_fd"`
 	// TriggerFD and MetricsFD are the trigger and metrics listeners, -1
 	// when absent.
 	TriggerFD   int    `json:"trigger_fd"`
@@ -46,6 +48,12 @@ type reexecState struct {
 	MetricsAddr string `json:"metrics_addr"`
 	// Started is when the first image of this supervisor started.
 	Started time.Time `json:"started"`
+	// Backoff is the restart backoff's current delay.
+	Backoff time.Duration `json:"backoff"`
+	// ConfigPath and ConfigDoc are the configuration the previous image
+	// ran with: the new image falls back to it if the file fails to load.
+	ConfigPath string `json:"config_path"`
+	ConfigDoc  string `json:"config_doc"`
 }
 
 // inheritedState is what takeReexecState recovered.
@@ -54,6 +62,7 @@ type inheritedState struct {
 	listeners map[string]inheritedFile
 	trigger   *os.File // nil if not passed
 	metrics   *os.File // nil if not passed
+	pin       *os.File // the known-good binary; nil if not passed
 }
 
 // takeReexecState reads and clears the re-exec environment. It returns
@@ -101,6 +110,7 @@ func takeReexecState() (*inheritedState, error) {
 	}
 	st.trigger = adopt("trigger socket", st.TriggerFD)
 	st.metrics = adopt("metrics listener", st.MetricsFD)
+	st.pin = adopt("known-good binary", st.PinFD)
 	if len(errs) > 0 {
 		st.close()
 		return nil, errors.Join(errs...)
@@ -111,7 +121,7 @@ func takeReexecState() (*inheritedState, error) {
 // close closes every descriptor still held.
 func (st *inheritedState) close() {
 	closeInherited(st.listeners)
-	for _, f := range []*os.File{st.trigger, st.metrics} {
+	for _, f := range []*os.File{st.trigger, st.metrics, st.pin} {
 		if f != nil {
 			f.Close()
 		}
@@ -141,6 +151,30 @@ func (st *inheritedState) triggerListener(path string) *net.UnixListener {
 	}
 	ul.SetUnlinkOnClose(false)
 	return ul
+}
+
+// pinned returns the passed known-good binary, nil if none was passed or
+// it cannot be used. It takes st.pin.
+func (st *inheritedState) pinned() *pinnedBinary {
+	f := st.pin
+	st.pin = nil
+	if f == nil {
+		return nil
+	}
+	p, err := newPinned(st.KnownGood, f)
+	if err != nil {
+		f.Close()
+		return nil
+	}
+	return p
+}
+
+// config returns the configuration the previous image ran with.
+func (st *inheritedState) config() (*Config, error) {
+	if st.ConfigDoc == "" {
+		return nil, errors.New("the previous image passed no configuration")
+	}
+	return parseConfig(st.ConfigPath, []byte(st.ConfigDoc))
 }
 
 // metricsListener returns the passed metrics listener if it was bound for
@@ -213,6 +247,29 @@ func reexecEnv(fds string, st reexecState) ([]string, error) {
 	return append(env, envReexecFDs+"="+fds, envReexecState+"="+string(raw)), nil
 }
 
+// reexecCheck refuses a re-exec that the new image could not carry
+// through: a configuration file that no longer loads (the new image reads
+// it), or one that changes what lives on across the exec (listeners,
+// control socket), or a missing supervisor or daemon binary.
+func (d *daemon) reexecCheck() error {
+	if d.exe != "/proc/self/exe" {
+		if _, err := canonicalBinary(d.exe); err != nil {
+			return fmt.Errorf("the supervisor binary: %w", err)
+		}
+	}
+	cfg, err := loadConfig(d.cfg.path)
+	if err != nil {
+		return fmt.Errorf("the configuration no longer loads: %w", err)
+	}
+	if err := cfg.checkBinary(); err != nil {
+		return err
+	}
+	if why := d.cfg.reexecChange(cfg); why != "" {
+		return errors.New(why)
+	}
+	return nil
+}
+
 // reexecNotifyBound is how long systemd should give a re-exec.
 const reexecNotifyBound = 30 * time.Second
 
@@ -220,6 +277,12 @@ const reexecNotifyBound = 30 * time.Second
 // trigger and metrics sockets and the daemon. It returns only on failure,
 // after resuming service in this image.
 func (d *daemon) reexec() error {
+	if err := d.reexecCheck(); err != nil {
+		st := d.sup.Status()
+		d.notify.reloading("re-exec refused: "+err.Error(), 0)
+		d.notify.ready(fmt.Sprintf("serving: pid %d, build %s (re-exec refused: %s)", st.IncumbentPID, st.IncumbentBuildID, err))
+		return fmt.Errorf("re-exec refused: %w", err)
+	}
 	d.notify.reloading("re-executing the supervisor", reexecNotifyBound)
 	d.trigger.pause(errReexecuting)
 	if d.metricsSrv != nil {
@@ -255,7 +318,14 @@ func (d *daemon) reexec() error {
 		st := d.sup.Status()
 		state := reexecState{
 			ChildPID: st.IncumbentPID, KnownGood: d.knownGood, Started: d.started,
-			TriggerFD: -1, TriggerPath: d.trigger.path, TriggerIno: d.trigger.ino, MetricsFD: -1,
+			TriggerFD: -1, TriggerPath: d.trigger.path, TriggerIno: d.trigger.ino, MetricsFD: -1, PinFD: -1,
+			Backoff: d.backoff.cur, ConfigPath: d.cfg.path, ConfigDoc: string(d.cfg.doc),
+		}
+		if d.pin != nil {
+			if state.PinFD, err = dupInheritable(d.pin.f); err != nil {
+				return fmt.Errorf("known-good binary: %w", err)
+			}
+			fds = append(fds, state.PinFD)
 		}
 		if state.TriggerFD, err = dupInheritable(d.trigger.ln); err != nil {
 			return fmt.Errorf("trigger socket: %w", err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/signal"
@@ -28,13 +29,28 @@ import (
 // started, even one that exits at once; one stopped by SIGTERM appends
 // "stopped <build> <pid>" once it has drained. A cold-started daemon
 // finding a FIFO at HS_TEST_GATE waits for one byte (or EOF) on it before
-// it serves: the test holds a restart there while it dials.
+// it serves: the test holds a restart there while it dials. Likewise a
+// FIFO at HS_TEST_DRAIN_GATE holds every drain (logged "draining" first)
+// and one at HS_TEST_LINGER holds a committed incumbent before it exits
+// (logged "linger"). A daemon finding a file at HS_TEST_IGNORE_TERM
+// ignores SIGTERM.
+//
+// A daemon started through a descriptor (/proc/<pid>/fd/<n>: the
+// supervisor's pinned known-good binary) takes its build id from the path
+// it runs, /proc/self/exe, whose file may have been replaced since.
+//
+// When the daemon holds a listener "admin", it answers there with the
+// LISTEN_* variables left in its environment after DetectRole and the
+// names of its listeners: "env=<k=v,...> names=<a,b>".
 const (
-	envTestRole    = "HS_TEST_ROLE"
-	envTestData    = "HS_TEST_DATA"
-	envTestControl = "HS_TEST_CONTROL"
-	envTestLog     = "HS_TEST_LOG"
-	envTestGate    = "HS_TEST_GATE"
+	envTestRole       = "HS_TEST_ROLE"
+	envTestData       = "HS_TEST_DATA"
+	envTestControl    = "HS_TEST_CONTROL"
+	envTestLog        = "HS_TEST_LOG"
+	envTestGate       = "HS_TEST_GATE"
+	envTestDrainGate  = "HS_TEST_DRAIN_GATE"
+	envTestLinger     = "HS_TEST_LINGER"
+	envTestIgnoreTerm = "HS_TEST_IGNORE_TERM"
 )
 
 func dlog(format string, args ...any) {
@@ -43,6 +59,14 @@ func dlog(format string, args ...any) {
 
 func testDaemon() int {
 	build := filepath.Base(os.Args[0])
+	if strings.HasPrefix(os.Args[0], "/proc/") {
+		exe, err := os.Readlink("/proc/self/exe")
+		if err != nil {
+			dlog("read /proc/self/exe: %v", err)
+			return 2
+		}
+		build = filepath.Base(strings.TrimSuffix(exe, " (deleted)"))
+	}
 	dir, sock := os.Getenv(envTestData), os.Getenv(envTestControl)
 	if err := logEvent("start", build); err != nil {
 		dlog("log the start: %v", err)
@@ -52,6 +76,11 @@ func testDaemon() int {
 	if err != nil {
 		dlog("detect role: %v", err)
 		return 2
+	}
+	if p := os.Getenv(envTestIgnoreTerm); p != "" {
+		if _, err := os.Stat(p); err == nil {
+			signal.Ignore(syscall.SIGTERM)
+		}
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
 	defer stop()
@@ -106,6 +135,12 @@ func testDaemon() int {
 	switch {
 	case err == nil: // committed: drained already
 		inc.Close()
+		if p := os.Getenv(envTestLinger); fifoAt(p) {
+			if err := logEvent("linger", build); err != nil {
+				dlog("log the linger: %v", err)
+			}
+			passGate(p)
+		}
 		return 0
 	case ctx.Err() != nil: // SIGTERM: drain and exit
 		d.Drain(context.Background())
@@ -137,12 +172,18 @@ func logEvent(event, build string) error {
 	return errors.Join(err, f.Close())
 }
 
+// fifoAt reports whether a FIFO is at path.
+func fifoAt(path string) bool {
+	if path == "" {
+		return false
+	}
+	fi, err := os.Stat(path)
+	return err == nil && fi.Mode().Type() == os.ModeNamedPipe
+}
+
 // passGate waits for one byte or EOF on the FIFO at path, if there is one.
 func passGate(path string) {
-	if path == "" {
-		return
-	}
-	if _, err := os.Stat(path); err != nil {
+	if !fifoAt(path) {
 		return
 	}
 	g, err := os.Open(path)
@@ -167,6 +208,25 @@ func (s *lineServer) start() error {
 	ln, err := s.il.Listener("web")
 	if err != nil {
 		return err
+	}
+	if admin, err := s.il.Listener("admin"); err == nil {
+		var env []string
+		for _, kv := range os.Environ() {
+			if strings.HasPrefix(kv, "LISTEN_") {
+				env = append(env, kv)
+			}
+		}
+		line := fmt.Sprintf("env=%s names=%s\n", strings.Join(env, ","), strings.Join(s.il.Names(), ","))
+		go func() {
+			for {
+				c, err := admin.Accept()
+				if err != nil {
+					return
+				}
+				io.WriteString(c, line)
+				c.Close()
+			}
+		}()
 	}
 	s.mu.Lock()
 	s.ln = ln
@@ -195,6 +255,12 @@ func (s *lineServer) Drain(ctx context.Context) (handoff.DrainReport, error) {
 		ln.Close()
 	}
 	s.wg.Wait()
+	if p := os.Getenv(envTestDrainGate); fifoAt(p) {
+		if err := logEvent("draining", s.build); err != nil {
+			dlog("log the drain: %v", err)
+		}
+		passGate(p)
+	}
 	return handoff.DrainReport{AcceptClosed: true}, nil
 }
 

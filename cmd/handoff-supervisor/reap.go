@@ -1,0 +1,83 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+
+	"golang.org/x/sys/unix"
+)
+
+// After a re-exec the new image inherits every child of the old one, but
+// only the serving daemon is adopted by the Supervisor, which waits for
+// it. Any other child (an old incumbent still finishing after a commit,
+// say) would stay a zombie once it exits: reapLeftovers waits for each of
+// them by pid, so it never takes the exit of a process the Supervisor
+// waits for, nor of one it starts later.
+
+// childPIDs returns the pids whose parent is ppid, zombies included.
+func childPIDs(ppid int) ([]int, error) {
+	stats, err := filepath.Glob("/proc/[0-9]*/stat")
+	if err != nil {
+		return nil, err
+	}
+	var out []int
+	for _, p := range stats {
+		raw, err := os.ReadFile(p)
+		if err != nil {
+			continue // gone meanwhile
+		}
+		// pid (comm) state ppid ...; comm may hold spaces and parentheses.
+		var state string
+		var parent int
+		if _, err := fmt.Sscan(string(raw[bytes.LastIndexByte(raw, ')')+1:]), &state, &parent); err != nil || parent != ppid {
+			continue
+		}
+		if pid, err := strconv.Atoi(filepath.Base(filepath.Dir(p))); err == nil {
+			out = append(out, pid)
+		}
+	}
+	return out, nil
+}
+
+// reapLeftovers waits, each on a goroutine of its own that ends with the
+// child, for every child of this process but keep (the adopted daemon).
+// It must run before this image starts any process.
+func reapLeftovers(keep int, log *slog.Logger) {
+	pids, err := childPIDs(os.Getpid())
+	if err != nil {
+		log.Error("re-exec: cannot list the children left by the previous image", "err", err)
+		return
+	}
+	for _, pid := range pids {
+		if pid == keep {
+			continue
+		}
+		log.Info("re-exec: will reap a child left by the previous image", "pid", pid)
+		go func() {
+			var ws unix.WaitStatus
+			for {
+				_, err := unix.Wait4(pid, &ws, 0, nil)
+				if err == unix.EINTR {
+					continue
+				}
+				if err != nil {
+					log.Warn("re-exec: could not reap a child left by the previous image", "pid", pid, "err", err)
+					return
+				}
+				log.Info("reaped a child left by the previous image", "pid", pid, "status", waitDescription(ws))
+				return
+			}
+		}()
+	}
+}
+
+func waitDescription(ws unix.WaitStatus) string {
+	if ws.Signaled() {
+		return "killed by " + ws.Signal().String()
+	}
+	return "exit status " + strconv.Itoa(ws.ExitStatus())
+}
