@@ -166,10 +166,16 @@ func startDaemon(ctx context.Context, cfg *Config, inherited *inheritedState, lo
 
 	var tln *net.UnixListener
 	if inherited != nil {
-		tln = inherited.triggerListener(cfg.TriggerSocket)
+		if tln = inherited.triggerListener(cfg.TriggerSocket); tln != nil {
+			// allowed_uids may have changed with the re-exec; failing now
+			// would leave the daemon without a supervisor.
+			if err := setTriggerACL(cfg.TriggerSocket, cfg.TriggerSocket, cfg.AllowedUIDs); err != nil {
+				log.Error("re-exec: the trigger socket keeps its previous access", "err", err)
+			}
+		}
 	}
 	if tln == nil {
-		if tln, err = listenTrigger(cfg.TriggerSocket); err != nil {
+		if tln, err = listenTrigger(cfg.TriggerSocket, cfg.AllowedUIDs); err != nil {
 			return nil, err
 		}
 	}

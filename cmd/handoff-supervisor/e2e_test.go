@@ -814,3 +814,49 @@ func TestSocketActivation(t *testing.T) {
 		t.Fatalf("supervisor exit: %v", err)
 	}
 }
+
+// TestAllowedUIDsMayTrigger: with allowed_uids = [65534], nobody (via
+// setpriv) gets through the trigger socket's file access (an ACL grants
+// it) and the SO_PEERCRED check: status and upgrade succeed. Other users
+// stay out (TestSecondUserCannotTrigger).
+func TestAllowedUIDsMayTrigger(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("running a command as another user needs root")
+	}
+	setpriv, err := exec.LookPath("setpriv")
+	if err != nil {
+		t.Skip("setpriv not found: cannot run a command as another user")
+	}
+	f := newFixture(t)
+	if err := os.Chmod(f.dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	probe := filepath.Join(f.dir, "acl-probe")
+	if err := os.WriteFile(probe, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := setTriggerACL(probe, probe, []uint32{65534}); err != nil {
+		t.Skipf("no POSIX ACLs in %s: %v", f.dir, err)
+	}
+	f.editConfig(t, "journal ", "allowed_uids     = [65534]\njournal ")
+	f.startSupervisor(t, nil)
+	asNobody := func(args ...string) (string, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), cliTimeout)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, setpriv, append([]string{"--reuid=65534", "--regid=65534", "--clear-groups", f.v1}, args...)...)
+		cmd.Env = supervisorEnv()
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	out, err := asNobody("status", "--config", f.cfg)
+	if err != nil || !strings.Contains(out, "incumbent:") {
+		t.Fatalf("status as an allowed uid: %v, %q", err, out)
+	}
+	out, err = asNobody("upgrade", "--config", f.cfg, "--binary", f.v2)
+	if err != nil || !strings.Contains(out, "committed=true") {
+		t.Fatalf("upgrade as an allowed uid: %v, %q", err, out)
+	}
+	if build, _ := f.hello(t); build != "daemon-v2" {
+		t.Fatalf("serving %s after the upgrade by an allowed uid", build)
+	}
+}

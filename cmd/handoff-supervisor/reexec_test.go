@@ -35,7 +35,7 @@ func TestReexecStateRoundTrip(t *testing.T) {
 	}
 	defer metricsLn.Close()
 	trigPath := filepath.Join(shortDir(t), "trigger")
-	trig, err := listenTrigger(trigPath)
+	trig, err := listenTrigger(trigPath, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

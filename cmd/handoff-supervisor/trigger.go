@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -133,11 +134,13 @@ func peerCred(c *net.UnixConn) (*unix.Ucred, error) {
 	return cred, nil
 }
 
-// listenTrigger creates the trigger socket at path with mode 0600, never
-// leaving a moment where path exists with a wider mode: it binds a
-// temporary name beside path, restricts it and renames it over path. It
-// refuses when something already answers at path (another supervisor).
-func listenTrigger(path string) (*net.UnixListener, error) {
+// listenTrigger creates the trigger socket at path with mode 0600 and, for
+// allowed_uids, an access ACL granting those users read and write (see
+// setTriggerACL), never leaving a moment where path exists with wider
+// access: it binds a temporary name beside path, restricts it and renames
+// it over path. It refuses when something already answers at path
+// (another supervisor).
+func listenTrigger(path string, allowed []uint32) (*net.UnixListener, error) {
 	if c, err := net.DialTimeout("unix", path, staleProbeTimeout); err == nil {
 		c.Close()
 		return nil, fmt.Errorf("trigger socket %s: another process answers on it (is another supervisor running?)", path)
@@ -159,10 +162,68 @@ func listenTrigger(path string) (*net.UnixListener, error) {
 	if err := os.Chmod(tmp, 0o600); err != nil {
 		return fail(fmt.Errorf("trigger socket: %w", err))
 	}
+	if err := setTriggerACL(tmp, path, allowed); err != nil {
+		return fail(err)
+	}
 	if err := os.Rename(tmp, path); err != nil {
 		return fail(fmt.Errorf("trigger socket: %w", err))
 	}
 	return ln, nil
+}
+
+// POSIX access ACL, as Linux stores it in the system.posix_acl_access
+// extended attribute: a little-endian u32 version, then one entry per
+// tag/qualifier (u16 tag, u16 permissions, u32 id), sorted by tag and id.
+const (
+	aclXattr     = "system.posix_acl_access"
+	aclVersion   = 2
+	aclUserObj   = 0x01
+	aclUser      = 0x02
+	aclGroupObj  = 0x04
+	aclMask      = 0x10
+	aclOther     = 0x20
+	aclReadWrite = 0o6
+	aclNoID      = 0xFFFFFFFF
+)
+
+// triggerACL encodes an access ACL: the owner and each of uids may read and
+// write (connecting to a unix socket needs write permission), nobody else
+// may do anything.
+func triggerACL(uids []uint32) []byte {
+	uids = slices.Clone(uids)
+	slices.Sort(uids)
+	uids = slices.Compact(uids)
+	b := binary.LittleEndian.AppendUint32(nil, aclVersion)
+	entry := func(tag, perm uint16, id uint32) {
+		b = binary.LittleEndian.AppendUint16(b, tag)
+		b = binary.LittleEndian.AppendUint16(b, perm)
+		b = binary.LittleEndian.AppendUint32(b, id)
+	}
+	entry(aclUserObj, aclReadWrite, aclNoID)
+	for _, uid := range uids {
+		entry(aclUser, aclReadWrite, uid)
+	}
+	entry(aclGroupObj, 0, aclNoID)
+	entry(aclMask, aclReadWrite, aclNoID)
+	entry(aclOther, 0, aclNoID)
+	return b
+}
+
+// setTriggerACL gives allowed (allowed_uids) access to the socket file at
+// file, which will be at path: the 0600 mode alone would refuse them
+// before the supervisor's SO_PEERCRED check. Without allowed it removes
+// any ACL, leaving the mode alone in force.
+func setTriggerACL(file, path string, allowed []uint32) error {
+	if len(allowed) == 0 {
+		if err := unix.Removexattr(file, aclXattr); err != nil && !errors.Is(err, unix.ENODATA) && !errors.Is(err, unix.EOPNOTSUPP) {
+			return fmt.Errorf("trigger socket %s: remove its ACL: %w", path, err)
+		}
+		return nil
+	}
+	if err := unix.Setxattr(file, aclXattr, triggerACL(allowed), 0); err != nil {
+		return fmt.Errorf("allowed_uids: cannot grant them access to the trigger socket %s with an ACL (does its filesystem support POSIX ACLs?): %w", path, err)
+	}
+	return nil
 }
 
 // socketInode is the inode of the socket behind ln, to tell later whether

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -14,6 +15,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/handoff-go/handoff"
 )
@@ -47,7 +50,7 @@ func (w tWriter) Write(p []byte) (int, error) {
 func startTrigger(t *testing.T, handle triggerHandler, permit func(uint32) bool) *triggerServer {
 	t.Helper()
 	path := filepath.Join(shortDir(t), "trigger")
-	ln, err := listenTrigger(path)
+	ln, err := listenTrigger(path, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -291,7 +294,7 @@ func TestListenTrigger(t *testing.T) {
 	}
 	stale.SetUnlinkOnClose(false)
 	stale.Close()
-	ln, err := listenTrigger(path)
+	ln, err := listenTrigger(path, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -308,7 +311,7 @@ func TestListenTrigger(t *testing.T) {
 		t.Errorf("temporary names left behind: %v", entries)
 	}
 	// A live one (another supervisor) is refused.
-	if _, err := listenTrigger(path); err == nil || !strings.Contains(err.Error(), "another process answers") {
+	if _, err := listenTrigger(path, nil); err == nil || !strings.Contains(err.Error(), "another process answers") {
 		t.Fatalf("second listen: %v", err)
 	}
 }
@@ -414,5 +417,42 @@ func TestHandoffReplyRoundTrip(t *testing.T) {
 	}
 	if _, err := parseFields(`id=1 reason="unterminated`); err == nil {
 		t.Error("unterminated quote parsed")
+	}
+}
+
+// TestTriggerACL checks the encoding of the trigger socket's access ACL
+// (what setfacl -m u:UID:rw would store) and that the kernel takes it.
+func TestTriggerACL(t *testing.T) {
+	got := triggerACL([]uint32{1000, 65534, 1000})
+	want := []byte{
+		2, 0, 0, 0, // version
+		0x01, 0, 6, 0, 0xff, 0xff, 0xff, 0xff, // USER_OBJ rw
+		0x02, 0, 6, 0, 0xe8, 0x03, 0, 0, // USER 1000 rw
+		0x02, 0, 6, 0, 0xfe, 0xff, 0, 0, // USER 65534 rw
+		0x04, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, // GROUP_OBJ none
+		0x10, 0, 6, 0, 0xff, 0xff, 0xff, 0xff, // MASK rw
+		0x20, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, // OTHER none
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("ACL\n got % x\nwant % x", got, want)
+	}
+
+	path := filepath.Join(shortDir(t), "trigger")
+	ln, err := listenTrigger(path, []uint32{65534})
+	if errors.Is(err, unix.EOPNOTSUPP) {
+		t.Skipf("no POSIX ACLs here: %v", err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	buf := make([]byte, 256)
+	n, err := unix.Getxattr(path, aclXattr, buf)
+	if err != nil || !bytes.Equal(buf[:n], triggerACL([]uint32{65534})) {
+		t.Fatalf("stored ACL % x (%v)", buf[:max(n, 0)], err)
+	}
+	fi, err := os.Stat(path)
+	if err != nil || fi.Mode().Perm() != 0o660 { // group bits show the mask
+		t.Fatalf("mode %v (%v), want 0660 (owner rw, mask rw)", fi.Mode(), err)
 	}
 }
