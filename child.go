@@ -154,12 +154,19 @@ func (s *Supervisor) spawn(spec SpawnSpec, names []string, fds []int, sockFD int
 		env = append(env, EnvRole+"="+RoleSuccessorValue, EnvSockFD+"="+strconv.Itoa(firstListenFD+len(fds)))
 		extra = append(extra, sockFD)
 	}
+	// The configured outputs are duplicated through SyscallConn: Fd would
+	// switch a pipe or socket that others share to blocking mode.
 	stdio := [3]int{-1, 1, 2}
-	if s.cfg.Stdout != nil {
-		stdio[1] = int(s.cfg.Stdout.Fd())
-	}
-	if s.cfg.Stderr != nil {
-		stdio[2] = int(s.cfg.Stderr.Fd())
+	for i, f := range []*os.File{1: s.cfg.Stdout, 2: s.cfg.Stderr} {
+		if f == nil {
+			continue
+		}
+		fd, err := fdutil.Dup(f)
+		if err != nil {
+			return nil, fmt.Errorf("handoff: daemon output %d: %w", i, err)
+		}
+		defer closeFD(fd)
+		stdio[i] = fd
 	}
 	p, err := fdutil.Spawn(fdutil.SpawnAttr{
 		Path:    path,

@@ -8,6 +8,8 @@ import (
 	"sync"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/handoff-go/handoff/internal/fdutil"
 )
 
 // InheritedListeners holds the sockets and files a process was started
@@ -85,10 +87,9 @@ func (il *InheritedListeners) File(name string) (*os.File, error) {
 	if err != nil {
 		return nil, err
 	}
-	var nfd int
-	var dupErr error
-	if err := rawControl(f, func(fd uintptr) { nfd, dupErr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0) }); err != nil || dupErr != nil {
-		return nil, fmt.Errorf("handoff: dup inherited %q: %w", name, firstErr(err, dupErr))
+	nfd, err := fdutil.Dup(f)
+	if err != nil {
+		return nil, fmt.Errorf("handoff: inherited %q: %w", name, err)
 	}
 	return os.NewFile(uintptr(nfd), name), nil
 }
@@ -125,13 +126,12 @@ func (il *InheritedListeners) dupFDs() (names []string, fds []int, err error) {
 	il.mu.Lock()
 	defer il.mu.Unlock()
 	for _, n := range il.names {
-		var nfd int
-		var dupErr error
-		if cerr := rawControl(il.files[n], func(fd uintptr) { nfd, dupErr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0) }); cerr != nil || dupErr != nil {
+		nfd, err := fdutil.Dup(il.files[n])
+		if err != nil {
 			for _, fd := range fds {
 				unix.Close(fd)
 			}
-			return nil, nil, fmt.Errorf("handoff: dup %q: %w", n, firstErr(cerr, dupErr))
+			return nil, nil, fmt.Errorf("handoff: inherited %q: %w", n, err)
 		}
 		names, fds = append(names, n), append(fds, nfd)
 	}
@@ -140,11 +140,12 @@ func (il *InheritedListeners) dupFDs() (names []string, fds []int, err error) {
 
 func sockType(f *os.File) (int, error) {
 	var typ int
-	var soErr error
-	if err := rawControl(f, func(fd uintptr) { typ, soErr = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_TYPE) }); err != nil {
-		return 0, err
-	}
-	return typ, soErr
+	err := fdutil.Control(f, func(fd int) error {
+		var err error
+		typ, err = unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE)
+		return err
+	})
+	return typ, err
 }
 
 func kindErr(typ int, err error) error {
@@ -158,13 +159,4 @@ func kindErr(typ int, err error) error {
 		return fmt.Errorf("it is a datagram socket; use PacketConn")
 	}
 	return fmt.Errorf("socket type %d", typ)
-}
-
-func firstErr(errs ...error) error {
-	for _, e := range errs {
-		if e != nil {
-			return e
-		}
-	}
-	return nil
 }

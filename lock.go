@@ -21,7 +21,7 @@ const (
 	PIDFileName  = ".handoff.pid"
 )
 
-// staleWait bounds how long AcquireDataDirLockOrBreakStale waits for a lock
+// staleWait bounds how long AcquireDataDirLockOrBreakStale retries a lock
 // whose recorded holder is dead (its descriptors may still be closing).
 const staleWait = 2 * time.Second
 
@@ -47,22 +47,28 @@ func AcquireDataDirLock(dir string) (*DataDirLock, error) {
 // AcquireDataDirLockOrBreakStale is AcquireDataDirLock for a cold start after
 // a crash. A stale pid file (its process is gone) is replaced. If the lock
 // is held while its recorded holder is dead, the descriptor lives on in
-// another process (one that inherited it, or one still exiting): it waits up
-// to two seconds for it to go away and then refuses with an error naming
-// the dead holder. It never unlinks the lock file.
+// another process (one that inherited it, or one still exiting): it retries
+// for up to two seconds for it to go away and then refuses with an error
+// naming the dead holder (also matching ErrTimeout). Every retry reads the
+// pid file again: as soon as it names a live process, that holder is
+// reported at once. It never unlinks the lock file.
 func AcquireDataDirLockOrBreakStale(dir string) (*DataDirLock, error) {
-	l, err := acquire(dir)
-	var held *LockHeldError
-	if err == nil || !errors.As(err, &held) || (held.HolderPID > 0 && pidAlive(held.HolderPID)) {
-		return l, err
+	deadline := time.Now().Add(staleWait)
+	backoff := time.Millisecond
+	for {
+		l, err := acquire(dir)
+		var held *LockHeldError
+		if err == nil || !errors.As(err, &held) || (held.HolderPID > 0 && pidAlive(held.HolderPID)) {
+			return l, err
+		}
+		wait := time.Until(deadline)
+		if wait <= 0 {
+			held.StaleHolder = held.HolderPID > 0
+			return nil, fmt.Errorf("%w: waiting %v for the lock: %w", ErrTimeout, staleWait, err)
+		}
+		time.Sleep(min(backoff, wait))
+		backoff = min(backoff*2, 50*time.Millisecond)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), staleWait)
-	defer cancel()
-	l, err = AcquireDataDirLockWait(ctx, dir)
-	if err != nil && errors.As(err, &held) {
-		held.StaleHolder = true
-	}
-	return l, err
 }
 
 // AcquireDataDirLockWait retries AcquireDataDirLock until it succeeds, fails

@@ -69,20 +69,21 @@ func adoptedListeners() *InheritedListeners {
 
 // DetectRole reads the handoff environment, adopts the inherited
 // descriptors (marking them close-on-exec) and clears the environment so
-// grandchildren do not inherit it. Call it once, early in main; a second
-// call finds the environment cleared and reports a cold start with nothing
-// inherited.
+// grandchildren do not inherit it, whatever the outcome. Call it once,
+// early in main; a second call finds the environment cleared and reports a
+// cold start with nothing inherited.
 func DetectRole() (Role, error) {
-	il, err := adoptListeners()
+	env := map[string]string{}
+	for _, k := range []string{EnvListenFDs, EnvListenFDNames, EnvListenPID, EnvRole, EnvSockFD} {
+		env[k] = os.Getenv(k)
+		os.Unsetenv(k)
+	}
+	il, err := adoptListeners(env)
 	if err != nil {
 		return nil, err
 	}
-	role := os.Getenv(EnvRole)
-	sockFD := os.Getenv(EnvSockFD)
-	for _, k := range []string{EnvListenFDs, EnvListenFDNames, EnvListenPID, EnvRole, EnvSockFD} {
-		os.Unsetenv(k)
-	}
 	setAdopted(il)
+	role, sockFD := env[EnvRole], env[EnvSockFD]
 	switch role {
 	case "":
 		if sockFD != "" {
@@ -91,10 +92,18 @@ func DetectRole() (Role, error) {
 		}
 		return &ColdStart{Inherited: il}, nil
 	case RoleSuccessorValue:
+		n := len(il.Names())
 		fd, err := strconv.Atoi(sockFD)
-		if err != nil || fd < 0 {
+		switch {
+		case err != nil || fd < 0:
 			il.Close()
 			return nil, fmt.Errorf("handoff: %s=%q is not a descriptor number", EnvSockFD, sockFD)
+		case fd < firstListenFD:
+			il.Close()
+			return nil, fmt.Errorf("handoff: %s=%d is a standard stream (0, 1 or 2)", EnvSockFD, fd)
+		case fd < firstListenFD+n:
+			il.Close()
+			return nil, fmt.Errorf("handoff: %s=%d is one of the %d inherited listeners (fds %d..%d)", EnvSockFD, fd, n, firstListenFD, firstListenFD+n-1)
 		}
 		unix.CloseOnExec(fd)
 		f := os.NewFile(uintptr(fd), "handoff-control")
@@ -117,13 +126,15 @@ func DetectRole() (Role, error) {
 	}
 }
 
-func adoptListeners() (*InheritedListeners, error) {
+// adoptListeners takes the descriptors that env (the activation variables
+// read by DetectRole) describes.
+func adoptListeners(env map[string]string) (*InheritedListeners, error) {
 	il := newInheritedListeners()
-	nstr := os.Getenv(EnvListenFDs)
+	nstr := env[EnvListenFDs]
 	if nstr == "" {
 		return il, nil
 	}
-	if pid := os.Getenv(EnvListenPID); pid != "" && pid != strconv.Itoa(os.Getpid()) {
+	if pid := env[EnvListenPID]; pid != "" && pid != strconv.Itoa(os.Getpid()) {
 		// Meant for another process (systemd semantics): not ours.
 		return il, nil
 	}
@@ -132,7 +143,7 @@ func adoptListeners() (*InheritedListeners, error) {
 		return nil, fmt.Errorf("handoff: %s=%q is not a count of descriptors", EnvListenFDs, nstr)
 	}
 	var names []string
-	if s := os.Getenv(EnvListenFDNames); s != "" {
+	if s := env[EnvListenFDNames]; s != "" {
 		names = strings.Split(s, ":")
 	}
 	if len(names) != 0 && len(names) != n {
