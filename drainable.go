@@ -28,21 +28,28 @@ type Drainable interface {
 
 // DrainReport is what Drain returns.
 type DrainReport struct {
+	// OpenConnsRemaining counts connections still open when Drain returned.
 	OpenConnsRemaining int
-	AcceptClosed       bool
+	// AcceptClosed reports that the daemon stopped accepting.
+	AcceptClosed bool
 }
 
 // SealReport is what Seal returns: the last durable revision of each shard
 // and a fingerprint of the data directory as sealed.
 type SealReport struct {
+	// LastRevisionPerShard is the last durable revision of each shard, by shard index.
 	LastRevisionPerShard []uint64
-	DataDirFingerprint   string
+	// DataDirFingerprint identifies the data directory's sealed contents.
+	DataDirFingerprint string
 }
 
 // StateSnapshot is a view of the daemon's state.
 type StateSnapshot struct {
-	ShardCount           int
-	OpenConns            int
+	// ShardCount is the number of shards the daemon serves.
+	ShardCount int
+	// OpenConns counts the client connections open now.
+	OpenConns int
+	// LastRevisionPerShard is the last revision of each shard, by shard index.
 	LastRevisionPerShard []uint64
 }
 
@@ -50,7 +57,11 @@ type StateSnapshot struct {
 // supervisor accepts it only if HealthzOK is true and every advertised
 // revision is at least the sealed one.
 type ReadinessSnapshot struct {
-	ListeningOn                []string
-	HealthzOK                  bool
+	// ListeningOn lists the addresses the successor accepts on.
+	ListeningOn []string
+	// HealthzOK reports that the successor's own health check passed.
+	HealthzOK bool
+	// AdvertisedRevisionPerShard is the revision of each shard the
+	// successor serves, by shard index; each must be at least the sealed one.
 	AdvertisedRevisionPerShard []uint64
 }

@@ -64,8 +64,8 @@ var (
 // LockHeldError reports that the data-directory lock is held by another
 // process. It matches ErrLockHeld with errors.Is.
 type LockHeldError struct {
-	Dir       string
-	HolderPID int // 0 when the pid file could not be read
+	Dir       string // the data directory whose lock is held
+	HolderPID int    // the pid recorded in the pid file; 0 when it could not be read
 	// StaleHolder: HolderPID is dead, yet the lock is held through a
 	// descriptor that another process inherited or has not yet closed.
 	StaleHolder bool

@@ -35,11 +35,11 @@ const (
 
 // Event is a notification for SupervisorConfig.OnEvent.
 type Event struct {
-	Kind      EventKind
-	Time      time.Time
-	HandoffID HandoffID
-	Phase     Phase
-	PID       int
+	Kind      EventKind       // what happened
+	Time      time.Time       // when the supervisor saw it
+	HandoffID HandoffID       // the handoff it belongs to; zero outside a handoff
+	Phase     Phase           // the handoff's phase when it happened
+	PID       int             // the daemon concerned, if any
 	Outcome   *HandoffOutcome // EventHandoffFinished
 	Exit      *IncumbentExit  // EventIncumbentExited
 }
@@ -47,24 +47,24 @@ type Event struct {
 // IncumbentExit describes a serving daemon that exited without being
 // replaced by a commit. The supervisor has reaped it.
 type IncumbentExit struct {
-	PID     int
-	Binary  string
+	PID     int              // the daemon that exited
+	Binary  string           // the binary it ran (SpawnSpec.Binary)
 	State   *os.ProcessState // nil if the process was not our child
-	Time    time.Time
-	Running time.Duration // how long it ran as incumbent
+	Time    time.Time        // when the supervisor saw it exit
+	Running time.Duration    // how long it ran as incumbent
 }
 
 // Status is a snapshot of the supervisor for status commands.
 type Status struct {
-	Phase            Phase
-	HandoffID        HandoffID // of the running handoff, if any
-	IncumbentPID     int       // 0 when no daemon runs
-	IncumbentBinary  string
-	IncumbentBuildID string
-	IncumbentSince   time.Time
-	SuccessorPID     int
-	SuccessorBuildID string
-	Listeners        []string
+	Phase            Phase            // PhaseIdle when no handoff runs
+	HandoffID        HandoffID        // of the running handoff, if any
+	IncumbentPID     int              // 0 when no daemon runs
+	IncumbentBinary  string           // the serving daemon's binary
+	IncumbentBuildID string           // the build id the serving daemon sent in Hello
+	IncumbentSince   time.Time        // when the serving daemon started
+	SuccessorPID     int              // 0 when no successor runs
+	SuccessorBuildID string           // the build id the successor sent in Hello
+	Listeners        []string         // names of the listeners passed to daemons, in fd order
 	Handoffs         int              // finished since start
 	LastOutcomes     []HandoffOutcome // newest last, at most 10
 }

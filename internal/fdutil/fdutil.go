@@ -57,10 +57,10 @@ func IsNonblock(fd int) (bool, error) {
 type SpawnAttr struct {
 	Path  string   // executable
 	Argv  []string // including argv[0]
-	Env   []string
-	Dir   string
-	Stdio [3]int // descriptors for 0, 1, 2; -1 means /dev/null
-	Extra []int  // placed at 3, 4, ... in the child, close-on-exec cleared there
+	Env   []string // the whole environment, "K=V" entries
+	Dir   string   // working directory; "" means the caller's
+	Stdio [3]int   // descriptors for 0, 1, 2; -1 means /dev/null
+	Extra []int    // placed at 3, 4, ... in the child, close-on-exec cleared there
 	// Setpgid puts the child in its own process group, so a terminal's
 	// Ctrl-C reaches only the supervisor, which stops the daemon in order.
 	Setpgid bool

@@ -45,7 +45,10 @@ const (
 )
 
 // Message is one of the typed messages below.
-type Message interface{ Type() Type }
+type Message interface {
+	// Type names the message on the wire (the envelope's "type").
+	Type() Type
+}
 
 // Roles in Hello.
 const (
@@ -56,36 +59,36 @@ const (
 
 // Hello opens a session; the daemon side sends it first.
 type Hello struct {
-	Role       string `json:"role"`
-	PID        int    `json:"pid"`
-	BuildID    string `json:"build_id"`
-	MinVersion uint16 `json:"min_version"`
-	MaxVersion uint16 `json:"max_version"`
+	Role       string `json:"role"`        // RoleIncumbent, RoleSuccessor or RoleSupervisor
+	PID        int    `json:"pid"`         // the sender's process id
+	BuildID    string `json:"build_id"`    // the sender's build, for logs and status
+	MinVersion uint16 `json:"min_version"` // lowest protocol version the sender speaks
+	MaxVersion uint16 `json:"max_version"` // highest protocol version the sender speaks
 }
 
 // HelloAck answers Hello with the chosen version; the frame's id is the handoff id.
 type HelloAck struct {
-	Version    uint16 `json:"version"`
-	DeadlineMS int64  `json:"deadline_ms,omitempty"`
-	LivenessMS int64  `json:"liveness_ms,omitempty"`
+	Version    uint16 `json:"version"`               // the negotiated version every later frame carries
+	DeadlineMS int64  `json:"deadline_ms,omitempty"` // the handoff's overall deadline, in milliseconds
+	LivenessMS int64  `json:"liveness_ms,omitempty"` // longest silence the supervisor tolerates, in milliseconds
 }
 
 // PrepareHandoff asks the incumbent to drain.
 type PrepareHandoff struct {
-	DeadlineMS   int64 `json:"deadline_ms"`
-	DrainGraceMS int64 `json:"drain_grace_ms"`
+	DeadlineMS   int64 `json:"deadline_ms"`    // the handoff's remaining deadline, in milliseconds
+	DrainGraceMS int64 `json:"drain_grace_ms"` // how long Drain may take, in milliseconds
 }
 
 // Drained reports a finished drain.
 type Drained struct {
-	OpenConnsRemaining int   `json:"open_conns_remaining"`
-	AcceptClosed       bool  `json:"accept_closed"`
-	TookNS             int64 `json:"took_ns"`
+	OpenConnsRemaining int   `json:"open_conns_remaining"` // DrainReport.OpenConnsRemaining
+	AcceptClosed       bool  `json:"accept_closed"`        // DrainReport.AcceptClosed
+	TookNS             int64 `json:"took_ns"`              // how long Drain took, in nanoseconds
 }
 
 // DrainFailed reports a failed drain; the incumbent still holds its lock.
 type DrainFailed struct {
-	Reason string `json:"reason"`
+	Reason string `json:"reason"` // Drain's error text
 }
 
 // SealRequest asks the incumbent to seal and release the lock.
@@ -93,14 +96,14 @@ type SealRequest struct{}
 
 // SealComplete reports a seal; the lock was released before it was sent.
 type SealComplete struct {
-	LastRevisionPerShard []uint64 `json:"last_revision_per_shard"`
-	DataDirFingerprint   string   `json:"data_dir_fingerprint"`
-	TookNS               int64    `json:"took_ns"`
+	LastRevisionPerShard []uint64 `json:"last_revision_per_shard"` // SealReport.LastRevisionPerShard
+	DataDirFingerprint   string   `json:"data_dir_fingerprint"`    // SealReport.DataDirFingerprint
+	TookNS               int64    `json:"took_ns"`                 // how long Seal took, in nanoseconds
 }
 
 // SealFailed reports a failed seal; the incumbent kept its lock.
 type SealFailed struct {
-	Reason string `json:"reason"`
+	Reason string `json:"reason"` // Seal's error text, or why sealing was refused
 }
 
 // Begin tells the successor the lock is free: take it and open the data.
@@ -108,10 +111,10 @@ type Begin struct{}
 
 // Ready is the successor's readiness snapshot.
 type Ready struct {
-	ListeningOn                []string `json:"listening_on"`
-	HealthzOK                  bool     `json:"healthz_ok"`
-	AdvertisedRevisionPerShard []uint64 `json:"advertised_revision_per_shard"`
-	OpenTookNS                 int64    `json:"open_took_ns"`
+	ListeningOn                []string `json:"listening_on"`                  // ReadinessSnapshot.ListeningOn
+	HealthzOK                  bool     `json:"healthz_ok"`                    // ReadinessSnapshot.HealthzOK
+	AdvertisedRevisionPerShard []uint64 `json:"advertised_revision_per_shard"` // ReadinessSnapshot.AdvertisedRevisionPerShard
+	OpenTookNS                 int64    `json:"open_took_ns"`                  // from Begin to Ready, in nanoseconds
 }
 
 // Commit: to the successor, Ready was accepted; to the incumbent, exit.
@@ -119,17 +122,17 @@ type Commit struct{}
 
 // Abort tells the successor to exit without serving.
 type Abort struct {
-	Reason string `json:"reason"`
+	Reason string `json:"reason"` // why the handoff was aborted
 }
 
 // ResumeAfterAbort tells the incumbent to retake the lock and serve again.
 type ResumeAfterAbort struct {
-	Reason string `json:"reason"`
+	Reason string `json:"reason"` // why the handoff was aborted
 }
 
 // Resumed is the incumbent's answer to ResumeAfterAbort.
 type Resumed struct {
-	Error string `json:"error,omitempty"`
+	Error string `json:"error,omitempty"` // empty on success, else why the incumbent could not resume
 }
 
 // Heartbeat keeps the receiver's liveness timer fed.
@@ -140,12 +143,12 @@ type ListenersRequest struct{}
 
 // Listeners answers ListenersRequest; the frame carries one descriptor per name.
 type Listeners struct {
-	Names []string `json:"names"`
+	Names []string `json:"names"` // one name per descriptor, in the frame's descriptor order
 }
 
 // Error tells the peer why the session is being closed.
 type Error struct {
-	Reason string `json:"reason"`
+	Reason string `json:"reason"` // human-readable, for logs
 }
 
 // Type returns TypeHello.
