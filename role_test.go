@@ -226,10 +226,10 @@ func childListeners() error {
 		if err != nil {
 			return fmt.Errorf("%s: %w", name, err)
 		}
-		if from == nil || from.String() == "" {
-			// An unbound unixgram sender cannot be answered: the datagram
-			// is checked here instead.
-			if got, want := string(buf[:n]), name+"-ping"; got != want {
+		if name == "ugram" {
+			// The unixgram sender is unbound and cannot be answered: the
+			// datagram is checked here instead.
+			if got, want := string(buf[:n]), "ugram-ping"; got != want {
 				return fmt.Errorf("%s: got %q, want %q", name, got, want)
 			}
 		} else if _, err := pc.WriteTo(fmt.Appendf(nil, "%s:%d:%s", name, os.Getpid(), buf[:n]), from); err != nil {
