@@ -77,12 +77,15 @@ func testDaemon() int {
 		dlog("detect role: %v", err)
 		return 2
 	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
 	if p := os.Getenv(envTestIgnoreTerm); p != "" {
 		if _, err := os.Stat(p); err == nil {
+			stop()
+			ctx, stop = context.WithCancel(context.Background())
 			signal.Ignore(syscall.SIGTERM)
+			dlog("ignoring SIGTERM")
 		}
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
 	defer stop()
 	d := &lineServer{build: build}
 	var inc *handoff.Incumbent
