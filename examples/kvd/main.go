@@ -15,6 +15,12 @@
 //	--listen ADDR     TCP address to bind when no listener "http" was inherited
 //	--control SOCK    control socket path (default DIR/control.sock)
 //	--build-id ID     announced to the supervisor (default set with -ldflags -X main.buildID=ID)
+//	--dump            print the stored data as JSON and exit, without serving
+//
+// The dump, {"revision": N, "data": {"key": "base64 value", ...}}, is for
+// checks while no daemon runs (it takes the data-directory lock, so it
+// fails rather than read a directory a daemon owns); it recovers the store
+// like a cold start does.
 //
 // Test knobs, off by default: --fail-before-ready (a successor exits with
 // status 1 after Begin, holding the lock and the opened store, before
@@ -23,9 +29,11 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -65,6 +73,7 @@ type config struct {
 	failBeforeReady bool
 	slowDrain       time.Duration
 	slowSeal        time.Duration
+	dump            bool
 }
 
 func parseFlags(args []string) (config, error) {
@@ -77,6 +86,7 @@ func parseFlags(args []string) (config, error) {
 	fs.BoolVar(&c.failBeforeReady, "fail-before-ready", failBeforeReady == "true", "test knob: as a successor, exit 1 after Begin, before Ready")
 	fs.DurationVar(&c.slowDrain, "slow-drain", 0, "test knob: make every drain take this much longer")
 	fs.DurationVar(&c.slowSeal, "slow-seal", 0, "test knob: make every seal take this much longer")
+	fs.BoolVar(&c.dump, "dump", false, "print the stored data as JSON and exit")
 	if err := fs.Parse(args); err != nil {
 		return config{}, err
 	}
@@ -103,6 +113,9 @@ func run(ctx context.Context, args []string) error {
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("pid", os.Getpid(), "build", cfg.buildID)
 	if err := os.MkdirAll(cfg.dataDir, 0o700); err != nil {
 		return fmt.Errorf("create data directory: %w", err)
+	}
+	if cfg.dump {
+		return dump(cfg.dataDir, log, os.Stdout)
 	}
 
 	role, err := handoff.DetectRole()
@@ -207,6 +220,25 @@ func succeed(ctx context.Context, cfg config, log *slog.Logger, s *handoff.Succe
 	inc.SetLogger(log)
 	log.Info("successor: committed, serving", "addr", ln.Addr(), "revision", st.Revision())
 	return serve(ctx, cfg, log, st, ln, inc)
+}
+
+// dump writes the store's revision and data to w as JSON.
+func dump(dir string, log *slog.Logger, w io.Writer) error {
+	lock, err := handoff.AcquireDataDirLock(dir)
+	if err != nil {
+		return fmt.Errorf("data-directory lock: %w", err)
+	}
+	defer lock.Release()
+	st, err := openStore(dir, log)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	rev, data := st.Contents()
+	return json.NewEncoder(w).Encode(struct {
+		Revision uint64            `json:"revision"`
+		Data     map[string][]byte `json:"data"`
+	}{rev, data})
 }
 
 func openStore(dir string, log *slog.Logger) (*store.Store, error) {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"flag"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -13,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/handoff-go/handoff"
 	"github.com/handoff-go/handoff/examples/kvd/store"
 )
 
@@ -32,6 +34,8 @@ func TestParseFlags(t *testing.T) {
 		{"no data dir", []string{"--listen", ":9"}, config{}, true},
 		{"stray argument", []string{"--data", "/d", "extra"}, config{}, true},
 		{"bad duration", []string{"--data", "/d", "--slow-seal", "soon"}, config{}, true},
+		{"dump", []string{"--data", "/d", "--dump"},
+			config{dataDir: "/d", listen: "127.0.0.1:8080", control: "/d/control.sock", buildID: buildID, dump: true}, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -173,5 +177,46 @@ func TestRunRejectsBadFlags(t *testing.T) {
 	}
 	if err := run(context.Background(), []string{"-h"}); err != nil {
 		t.Errorf("run -h = %v, want nil", err)
+	}
+}
+
+// TestDump: --dump prints what a sealed data directory holds, and refuses
+// a directory whose lock is held.
+func TestDump(t *testing.T) {
+	dir := t.TempDir()
+	st, err := store.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, kv := range [][2]string{{"a", "1"}, {"b", "2"}, {"a", "3"}} {
+		if _, err := st.Put(kv[0], []byte(kv[1])); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := st.Seal(); err != nil {
+		t.Fatal(err)
+	}
+	var out strings.Builder
+	if err := dump(dir, slog.New(slog.DiscardHandler), &out); err != nil {
+		t.Fatal(err)
+	}
+	var got struct {
+		Revision uint64            `json:"revision"`
+		Data     map[string][]byte `json:"data"`
+	}
+	if err := json.Unmarshal([]byte(out.String()), &got); err != nil {
+		t.Fatalf("dump %q: %v", out.String(), err)
+	}
+	if got.Revision != 3 || len(got.Data) != 2 || string(got.Data["a"]) != "3" || string(got.Data["b"]) != "2" {
+		t.Errorf("dump = %+v, want revision 3, a=3, b=2", got)
+	}
+
+	lock, err := handoff.AcquireDataDirLock(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Release()
+	if err := dump(dir, slog.New(slog.DiscardHandler), io.Discard); !errors.Is(err, handoff.ErrLockHeld) {
+		t.Errorf("dump of a locked directory = %v, want ErrLockHeld", err)
 	}
 }

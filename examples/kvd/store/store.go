@@ -329,6 +329,18 @@ func (s *Store) Len() int {
 	return len(s.data)
 }
 
+// Contents returns a copy of every key and value, and the revision they
+// are at.
+func (s *Store) Contents() (uint64, map[string][]byte) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	m := make(map[string][]byte, len(s.data))
+	for k, v := range s.data {
+		m[k] = bytes.Clone(v)
+	}
+	return s.rev, m
+}
+
 // Revision returns the revision of the last durable write (0 for a store
 // never written to).
 func (s *Store) Revision() uint64 {
