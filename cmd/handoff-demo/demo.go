@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -12,7 +13,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 )
@@ -50,7 +50,7 @@ func newDemo(o options, stdout, stderr io.Writer) (*demo, error) {
 }
 
 func (d *demo) cleanup() {
-	d.stopSupervisor()
+	d.stopSupervisor() // already stopped unless the run failed
 	if d.logFile != nil {
 		d.logFile.Close()
 	}
@@ -76,7 +76,9 @@ func moduleRoot(ctx context.Context) (string, error) {
 	return filepath.Dir(mod), nil
 }
 
-// build compiles kvd in three versions and the supervisor, two at a time.
+// build compiles the supervisor and kvd v1 in one go build, so the
+// packages they share compile once, then links kvd v2 and the broken kvd
+// from the packages just compiled: they differ only in -ldflags.
 func (d *demo) build(ctx context.Context) error {
 	root, err := moduleRoot(ctx)
 	if err != nil {
@@ -86,36 +88,38 @@ func (d *demo) build(ctx context.Context) error {
 	if err := os.MkdirAll(bindir, 0o755); err != nil {
 		return err
 	}
-	type target struct{ name, pkg, ldflags string }
-	targets := []target{
-		{"supervisor", "./cmd/handoff-supervisor", ""},
-		{"v1", "./examples/kvd", "-X main.buildID=kvd-v1"},
-		{"v2", "./examples/kvd", "-X main.buildID=kvd-v2"},
-		{"broken", "./examples/kvd", "-X main.buildID=kvd-broken -X main.failBeforeReady=true"},
-	}
-	sem := make(chan struct{}, 2)
-	errs := make([]error, len(targets))
-	var wg sync.WaitGroup
-	for i, t := range targets {
-		out := filepath.Join(bindir, map[string]string{"supervisor": "handoff-supervisor"}[t.name])
-		if t.name != "supervisor" {
-			out = filepath.Join(bindir, "kvd-"+t.name)
+	goBuild := func(out, ldflags string, pkgs ...string) error {
+		cmd := exec.CommandContext(ctx, "go", append([]string{"build", "-o", out, "-ldflags", ldflags}, pkgs...)...)
+		cmd.Dir = root
+		if b, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("go build %s: %w\n%s", strings.Join(pkgs, " "), err, b)
 		}
-		d.bin[t.name] = out
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			sem <- struct{}{}
-			defer func() { <-sem }()
-			cmd := exec.CommandContext(ctx, "go", "build", "-o", out, "-ldflags", t.ldflags, t.pkg)
-			cmd.Dir = root
-			if b, err := cmd.CombinedOutput(); err != nil {
-				errs[i] = fmt.Errorf("build %s: %w\n%s", t.name, err, b)
-			}
-		}()
+		return nil
 	}
-	wg.Wait()
-	return errors.Join(errs...)
+	// The supervisor has no main.buildID; the linker ignores it there.
+	if err := goBuild(bindir+string(filepath.Separator), "-X main.buildID=kvd-v1", "./cmd/handoff-supervisor", "./examples/kvd"); err != nil {
+		return err
+	}
+	d.bin["supervisor"] = filepath.Join(bindir, "handoff-supervisor")
+	d.bin["v1"] = filepath.Join(bindir, "kvd-v1")
+	if err := os.Rename(filepath.Join(bindir, "kvd"), d.bin["v1"]); err != nil {
+		return err
+	}
+	variants := map[string]string{
+		"v2":     "-X main.buildID=kvd-v2",
+		"broken": "-X main.buildID=kvd-broken -X main.failBeforeReady=true",
+	}
+	errs := make(chan error, len(variants))
+	for name, ldflags := range variants {
+		out := filepath.Join(bindir, "kvd-"+name)
+		d.bin[name] = out
+		go func() { errs <- goBuild(out, ldflags, "./examples/kvd") }()
+	}
+	var all []error
+	for range variants {
+		all = append(all, <-errs)
+	}
+	return errors.Join(all...)
 }
 
 // freeAddr picks a loopback port for kvd's listener.
@@ -219,18 +223,51 @@ func (d *demo) startSupervisor(ctx context.Context) error {
 	}
 }
 
-func (d *demo) stopSupervisor() {
+// stopSupervisor stops the supervisor with SIGTERM, as systemd would, and
+// returns an error unless it exited with status 0 (it stops the daemon,
+// which drains and seals, first). It returns nil if nothing runs.
+func (d *demo) stopSupervisor() error {
 	if d.sup == nil || d.sup.Process == nil {
-		return
+		return nil
 	}
+	defer func() { d.sup = nil }()
 	d.sup.Process.Signal(syscall.SIGTERM)
 	select {
-	case <-d.supDone:
+	case err := <-d.supDone:
+		if err != nil {
+			return fmt.Errorf("the supervisor exited with %w after SIGTERM (log: %s)", err, d.logFile.Name())
+		}
+		return nil
 	case <-time.After(30 * time.Second):
 		d.sup.Process.Kill()
 		<-d.supDone
+		return fmt.Errorf("the supervisor did not exit within 30s of SIGTERM (log: %s)", d.logFile.Name())
 	}
-	d.sup = nil
+}
+
+// checkDataDir reads the data directory with kvd --dump once nothing
+// serves it, and checks every acknowledged write there.
+func (d *demo) checkDataDir(ctx context.Context, acked map[string]string) (rev uint64, checked int, lost []string, err error) {
+	cmd := exec.CommandContext(ctx, d.bin["v1"], "--data", filepath.Join(d.dir, "data"), "--dump")
+	cmd.Stderr = d.logFile
+	out, err := cmd.Output()
+	if err != nil {
+		return 0, 0, nil, fmt.Errorf("kvd --dump: %w", err)
+	}
+	var dump struct {
+		Revision uint64            `json:"revision"`
+		Data     map[string][]byte `json:"data"`
+	}
+	if err := json.Unmarshal(out, &dump); err != nil {
+		return 0, 0, nil, fmt.Errorf("kvd --dump: %w", err)
+	}
+	for k, want := range acked {
+		checked++
+		if got, ok := dump.Data[k]; !ok || string(got) != want {
+			lost = append(lost, k)
+		}
+	}
+	return dump.Revision, checked, lost, nil
 }
 
 // triggerResult is the supervisor's answer to one trigger line.

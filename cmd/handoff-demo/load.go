@@ -5,7 +5,9 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net/http"
+	"net/http/httptrace"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -18,8 +20,17 @@ type sample struct {
 	latency time.Duration
 	ok      bool
 	write   bool
+	probe   bool // sent by the probe of a handoff, on a fresh connection
+	retried bool // the HTTP client sent it again on another connection
 	err     string
 }
+
+// Bounds of the probe that runs through each handoff.
+const (
+	probeConns    = 2               // concurrent probe requests
+	probeMax      = 300             // requests per handoff, at most
+	probeDuration = 2 * time.Minute // and for at most this long
+)
 
 // loader runs the workers. Half of them open a fresh connection for every
 // request (the case a restart breaks), half reuse keep-alive connections.
@@ -43,36 +54,74 @@ func client(keepAlive bool) *http.Client {
 }
 
 // run issues requests at rate per second across workers until ctx ends.
-// Every request is bounded by the client timeout; the loop by ctx.
+// Each worker starts at a random phase and waits a jittered interval
+// (half to one and a half times the mean) between requests, so requests
+// spread over time instead of leaving in bursts that a short accept gap
+// falls between. Every request is bounded by the client timeout; the loop
+// by ctx.
 func (l *loader) run(ctx context.Context, workers, rate int) {
-	perWorker := time.Duration(float64(time.Second) * float64(workers) / float64(rate))
+	mean := time.Duration(float64(time.Second) * float64(workers) / float64(rate))
 	var wg sync.WaitGroup
 	for w := range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			c := client(w%2 == 1)
 			defer c.CloseIdleConnections()
-			tick := time.NewTicker(perWorker)
-			defer tick.Stop()
+			wait := time.NewTimer(rand.N(mean))
+			defer wait.Stop()
 			var mine []string
 			for n := 0; ; n++ {
 				select {
 				case <-ctx.Done():
 					return
-				case <-tick.C:
+				case <-wait.C:
 				}
+				wait.Reset(mean/2 + rand.N(mean))
 				if n%2 == 0 || len(mine) == 0 {
 					key := "w" + strconv.Itoa(w) + "-" + strconv.Itoa(n)
-					val := strconv.FormatInt(time.Now().UnixNano(), 36) + "-" + key
-					if l.put(c, key, val) {
+					if l.put(c, key, false, nil) {
 						mine = append(mine, key)
 					}
 				} else {
 					l.getCheck(c, mine[(n/2)%len(mine)])
 				}
 			}
-		}()
+		})
+	}
+	wg.Wait()
+}
+
+// probe writes over fresh connections, probeConns at a time and back to
+// back, until stop is closed (the handoff's outcome arrived) or its bounds
+// are reached, so that requests are in flight throughout handoff number
+// h, accept gap included, whatever the load's timing. It closes started
+// once its first request has begun: trigger the handoff after that, and
+// at least one request overlaps it.
+func (l *loader) probe(h int, started chan<- struct{}, stop <-chan struct{}) {
+	c := client(false)
+	defer c.CloseIdleConnections()
+	end := time.Now().Add(probeDuration)
+	var once sync.Once
+	begun := func() { once.Do(func() { close(started) }) }
+	defer begun()
+	var sent atomic.Int64
+	var wg sync.WaitGroup
+	for range probeConns {
+		wg.Go(func() {
+			for first := true; ; first = false {
+				if !first {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+				}
+				n := sent.Add(1)
+				if n > probeMax || time.Now().After(end) {
+					return
+				}
+				l.put(c, "probe"+strconv.Itoa(h)+"-"+strconv.FormatInt(n, 10), true, begun)
+			}
+		})
 	}
 	wg.Wait()
 }
@@ -88,18 +137,37 @@ func (l *loader) record(s sample) {
 	l.mu.Unlock()
 }
 
-func (l *loader) put(c *http.Client, key, val string) bool {
+// do sends req and reports whether the client sent it more than once: Go's
+// transport resends a request that is idempotent (a GET, or one with an
+// Idempotency-Key header) on a new connection when a reused keep-alive
+// connection turns out closed by the server, without telling the caller.
+func do(c *http.Client, req *http.Request) (*http.Response, bool, error) {
+	var conns atomic.Int32
+	trace := &httptrace.ClientTrace{GotConn: func(httptrace.GotConnInfo) { conns.Add(1) }}
+	resp, err := c.Do(req.WithContext(httptrace.WithClientTrace(req.Context(), trace)))
+	return resp, conns.Load() > 1, err
+}
+
+// put writes a value under key and records the sample. begun, if not nil,
+// is called once the request's start time was taken.
+func (l *loader) put(c *http.Client, key string, probe bool, begun func()) bool {
+	val := strconv.FormatInt(time.Now().UnixNano(), 36) + "-" + key
 	start := time.Now()
+	s := sample{start: start.Sub(l.began), write: true, probe: probe}
+	if begun != nil {
+		begun()
+	}
 	req, err := http.NewRequest(http.MethodPut, "http://"+l.addr+"/kv/"+key, bytes.NewReader([]byte(val)))
 	if err != nil {
-		l.record(sample{start: start.Sub(l.began), write: true, err: err.Error()})
+		s.err = err.Error()
+		l.record(s)
 		return false
 	}
 	// A PUT of a whole value is idempotent: the header lets the client
 	// retry it on a keep-alive connection the server closed while idle.
 	req.Header.Set("Idempotency-Key", key)
-	resp, err := c.Do(req)
-	s := sample{start: start.Sub(l.began), latency: time.Since(start), write: true}
+	resp, retried, err := do(c, req)
+	s.latency, s.retried = time.Since(start), retried
 	if err != nil {
 		s.err = err.Error()
 		l.record(s)
@@ -123,8 +191,8 @@ func (l *loader) put(c *http.Client, key, val string) bool {
 // getCheck reads a key this worker wrote and checks the value.
 func (l *loader) getCheck(c *http.Client, key string) {
 	start := time.Now()
-	got, status, err := get(c, l.addr, key)
-	s := sample{start: start.Sub(l.began), latency: time.Since(start)}
+	got, status, retried, err := get(c, l.addr, key)
+	s := sample{start: start.Sub(l.began), latency: time.Since(start), retried: retried}
 	l.mu.Lock()
 	want := l.acked[key]
 	l.mu.Unlock()
@@ -141,32 +209,41 @@ func (l *loader) getCheck(c *http.Client, key string) {
 	l.record(s)
 }
 
-func get(c *http.Client, addr, key string) (string, int, error) {
-	resp, err := c.Get("http://" + addr + "/kv/" + key)
+func get(c *http.Client, addr, key string) (val string, status int, retried bool, err error) {
+	req, err := http.NewRequest(http.MethodGet, "http://"+addr+"/kv/"+key, nil)
 	if err != nil {
-		return "", 0, err
+		return "", 0, false, err
+	}
+	resp, retried, err := do(c, req)
+	if err != nil {
+		return "", 0, retried, err
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
-	return string(b), resp.StatusCode, err
+	return string(b), resp.StatusCode, retried, err
 }
 
-// verify reads every acknowledged write back; it returns how many were
-// checked and the keys that were lost or changed.
-func (l *loader) verify(ctx context.Context) (checked int, lost []string, err error) {
-	c := client(true)
-	defer c.CloseIdleConnections()
+// ackedWrites returns a copy of every acknowledged write.
+func (l *loader) ackedWrites() map[string]string {
 	l.mu.Lock()
+	defer l.mu.Unlock()
 	acked := make(map[string]string, len(l.acked))
 	for k, v := range l.acked {
 		acked[k] = v
 	}
-	l.mu.Unlock()
-	for k, want := range acked {
+	return acked
+}
+
+// verify reads every acknowledged write back from the live daemon; it
+// returns how many were checked and the keys that were lost or changed.
+func (l *loader) verify(ctx context.Context) (checked int, lost []string, err error) {
+	c := client(true)
+	defer c.CloseIdleConnections()
+	for k, want := range l.ackedWrites() {
 		if ctx.Err() != nil {
 			return checked, lost, ctx.Err()
 		}
-		got, status, err := get(c, l.addr, k)
+		got, status, _, err := get(c, l.addr, k)
 		if err != nil {
 			return checked, lost, fmt.Errorf("read back %s: %w", k, err)
 		}

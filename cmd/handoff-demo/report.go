@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"maps"
 	"slices"
 	"strings"
 	"text/tabwriter"
@@ -12,18 +13,32 @@ import (
 type report struct {
 	samples  []sample
 	handoffs []handoffRecord
+	planned  int // handoffs that should commit; one more should roll back
 	ok, fail int
+	retried  int
 	errs     map[string]int
-	checked  int
-	lost     []string
-	elapsed  time.Duration
 	steady   []time.Duration
-	during   []time.Duration
+	during   []time.Duration // requests in flight during a handoff
+	probed   int             // of them, sent by the probe
+
+	checked int      // acknowledged writes read back from the live daemon
+	lost    []string // of them, missing or changed
+
+	supErr      error // the supervisor's exit, if not clean
+	dumpErr     error // reading the stopped daemon's data directory
+	dumpRev     uint64
+	dumpChecked int
+	dumpLost    []string
+
+	buildTime, loadTime, elapsed time.Duration
 }
 
-func newReport(l *loader, recs []handoffRecord, checked int, lost []string, elapsed time.Duration) *report {
-	r := &report{samples: l.samples, handoffs: recs, checked: checked, lost: lost, elapsed: elapsed, errs: map[string]int{}}
+func newReport(l *loader, recs []handoffRecord, planned int) *report {
+	r := &report{samples: l.samples, handoffs: recs, planned: planned, errs: map[string]int{}}
 	for _, s := range l.samples {
+		if s.retried {
+			r.retried++
+		}
 		if !s.ok {
 			r.fail++
 			r.errs[s.err]++
@@ -32,6 +47,9 @@ func newReport(l *loader, recs []handoffRecord, checked int, lost []string, elap
 		r.ok++
 		if r.inHandoff(s) {
 			r.during = append(r.during, s.latency)
+			if s.probe {
+				r.probed++
+			}
 		} else {
 			r.steady = append(r.steady, s.latency)
 		}
@@ -39,28 +57,67 @@ func newReport(l *loader, recs []handoffRecord, checked int, lost []string, elap
 	return r
 }
 
-// inHandoff reports whether a request overlapped a handoff window.
+// overlaps reports whether a request was in flight during handoff h, from
+// the trigger to the outcome.
+func overlaps(s sample, h handoffRecord) bool {
+	return s.start < h.end && s.start+s.latency > h.start
+}
+
 func (r *report) inHandoff(s sample) bool {
 	for _, h := range r.handoffs {
-		if s.start < h.end && s.start+s.latency > h.start {
+		if overlaps(s, h) {
 			return true
 		}
 	}
 	return false
 }
 
-func (r *report) unexpected() []handoffRecord {
-	var out []handoffRecord
+func (r *report) outcomes() (committed, rolled int) {
 	for _, h := range r.handoffs {
-		if h.res.committed != h.expectOK {
-			out = append(out, h)
+		if h.res.committed {
+			committed++
+		} else {
+			rolled++
 		}
 	}
-	return out
+	return committed, rolled
 }
 
-func (r *report) failed() bool {
-	return r.fail > 0 || len(r.lost) > 0 || len(r.unexpected()) > 0
+// problems lists every reason the run failed; none means it passed. A run
+// that checked nothing fails too: it proves nothing.
+func (r *report) problems() []string {
+	var p []string
+	committed, rolled := r.outcomes()
+	if committed != r.planned || rolled != 1 {
+		p = append(p, fmt.Sprintf("%d handoffs committed and %d rolled back, planned %d and 1", committed, rolled, r.planned))
+	}
+	for _, h := range r.handoffs {
+		if h.res.committed != h.expectOK {
+			p = append(p, fmt.Sprintf("handoff %d to %s: committed=%t, expected %t", h.n, h.to, h.res.committed, h.expectOK))
+		}
+	}
+	if r.fail > 0 {
+		p = append(p, fmt.Sprintf("%d requests failed", r.fail))
+	}
+	if r.ok == 0 {
+		p = append(p, "no request succeeded")
+	}
+	if r.checked == 0 {
+		p = append(p, "no acknowledged write was read back")
+	}
+	if len(r.lost) > 0 {
+		p = append(p, fmt.Sprintf("%d acknowledged writes lost or changed on the live daemon", len(r.lost)))
+	}
+	if r.supErr != nil {
+		p = append(p, r.supErr.Error())
+	}
+	switch {
+	case r.dumpErr != nil:
+		p = append(p, "reading the stopped daemon's data directory: "+r.dumpErr.Error())
+	case r.supErr == nil && len(r.dumpLost) > 0:
+		p = append(p, fmt.Sprintf("%d acknowledged writes lost or changed in the data directory", len(r.dumpLost)))
+	}
+	return p
 }
 
 func pct(d []time.Duration, p float64) time.Duration {
@@ -76,28 +133,27 @@ func pct(d []time.Duration, p float64) time.Duration {
 func ms(d time.Duration) string { return fmt.Sprintf("%.2f ms", float64(d)/float64(time.Millisecond)) }
 
 func (r *report) print(w io.Writer) {
-	committed, rolled := 0, 0
-	for _, h := range r.handoffs {
-		if h.res.committed {
-			committed++
-		} else {
-			rolled++
-		}
-	}
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "per handoff (gap: the supervisor's accept gap; client max: slowest request overlapping it)")
+	fmt.Fprintln(w, "per handoff (window: trigger to outcome; accept gap: the supervisor's, measured on commit;")
+	fmt.Fprintln(w, "requests: in flight during the window, probe included; client max: the slowest of them)")
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "  #\tto\toutcome\taccept gap\tlibrary share\tclient max\tnote")
+	fmt.Fprintln(tw, "  #\tto\toutcome\twindow\taccept gap\tlibrary share\trequests\tclient max\tnote")
 	for _, h := range r.handoffs {
-		outcome := "committed"
+		outcome, gap, share := "committed", field(h.res, "accept_gap"), field(h.res, "library_overhead")
 		if !h.res.committed {
-			outcome = "rolled back"
+			// The library measures the accept gap of a commit only.
+			outcome, gap, share = "rolled back", "-", "-"
 		}
-		var worst time.Duration
+		n, worst := 0, time.Duration(0)
 		for _, s := range r.samples {
-			if s.ok && s.start < h.end && s.start+s.latency > h.start {
+			if s.ok && overlaps(s, h) {
+				n++
 				worst = max(worst, s.latency)
 			}
+		}
+		worstS := "-"
+		if n > 0 {
+			worstS = ms(worst)
 		}
 		note := ""
 		if h.res.committed != h.expectOK {
@@ -106,33 +162,48 @@ func (r *report) print(w io.Writer) {
 		if !h.res.committed {
 			note += h.res.reason
 		}
-		fmt.Fprintf(tw, "  %d\t%s\t%s\t%s\t%s\t%s\t%s\n", h.n, h.to, outcome, field(h.res, "accept_gap"), field(h.res, "library_overhead"), ms(worst), note)
+		fmt.Fprintf(tw, "  %d\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", h.n, h.to, outcome, ms(h.end-h.start), gap, share, n, worstS, note)
 	}
 	tw.Flush()
 
+	committed, rolled := r.outcomes()
 	fmt.Fprintln(w)
 	tw = tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
-	fmt.Fprintf(tw, "  handoffs\tcommitted %d, rolled back %d (expected %d and 1)\n", committed, rolled, len(r.handoffs)-1)
+	fmt.Fprintf(tw, "  handoffs\tcommitted %d, rolled back %d (planned %d and 1)\n", committed, rolled, r.planned)
 	fmt.Fprintf(tw, "  requests\tok %d, failed %d\n", r.ok, r.fail)
-	fmt.Fprintf(tw, "  acknowledged writes\tchecked %d, lost %d\n", r.checked, len(r.lost))
+	fmt.Fprintf(tw, "  during handoffs\t%d requests in flight, %d of them from the probe on fresh connections\n", len(r.during), r.probed)
+	fmt.Fprintf(tw, "  client retries\t%d requests resent by Go's HTTP client on a new connection (counted once, as ok or failed)\n", r.retried)
+	fmt.Fprintf(tw, "  acknowledged writes\tchecked %d, lost %d (read back from the live daemon)\n", r.checked, len(r.lost))
+	switch {
+	case r.dumpErr != nil:
+		fmt.Fprintf(tw, "  in the data directory\tnot checked: %v\n", r.dumpErr)
+	case r.supErr != nil:
+		fmt.Fprintf(tw, "  in the data directory\tnot checked: the supervisor did not stop cleanly\n")
+	default:
+		fmt.Fprintf(tw, "  in the data directory\tchecked %d, lost %d (revision %d, read with kvd --dump after the stop)\n", r.dumpChecked, len(r.dumpLost), r.dumpRev)
+	}
 	fmt.Fprintf(tw, "  latency, steady\tp50 %s\tp99 %s\tmax %s\t(%d requests)\n", ms(pct(r.steady, .5)), ms(pct(r.steady, .99)), ms(pct(r.steady, 1)), len(r.steady))
 	fmt.Fprintf(tw, "  latency, during handoffs\tp50 %s\tp99 %s\tmax %s\t(%d requests)\n", ms(pct(r.during, .5)), ms(pct(r.during, .99)), ms(pct(r.during, 1)), len(r.during))
-	fmt.Fprintf(tw, "  wall time\t%.1fs\n", r.elapsed.Seconds())
+	fmt.Fprintf(tw, "  wall time\t%.1fs (build %.1fs, load %.1fs)\n", r.elapsed.Seconds(), r.buildTime.Seconds(), r.loadTime.Seconds())
 	tw.Flush()
+	if r.retried > 0 {
+		fmt.Fprintln(w, "\nGo's HTTP client resends a GET, or a PUT with an Idempotency-Key, when the server closed")
+		fmt.Fprintln(w, "a reused keep-alive connection before answering; every HTTP client does something like it.")
+	}
 	if r.fail > 0 {
 		fmt.Fprintln(w, "\nfailed requests by error:")
-		for e, n := range r.errs {
-			fmt.Fprintf(w, "  %5d  %s\n", n, e)
+		for _, e := range slices.Sorted(maps.Keys(r.errs)) {
+			fmt.Fprintf(w, "  %5d  %s\n", r.errs[e], e)
 		}
 	}
-	if len(r.lost) > 0 {
-		fmt.Fprintf(w, "\nlost writes (first 10): %s\n", strings.Join(r.lost[:min(10, len(r.lost))], ", "))
+	if lost := append(slices.Clone(r.lost), r.dumpLost...); len(lost) > 0 {
+		fmt.Fprintf(w, "\nlost writes (first 10): %s\n", strings.Join(lost[:min(10, len(lost))], ", "))
 	}
-	verdict := "PASS: no request failed and every acknowledged write survived"
-	if r.failed() {
-		verdict = "FAIL"
+	if p := r.problems(); len(p) > 0 {
+		fmt.Fprintf(w, "\nFAIL: %s\n", strings.Join(p, "; "))
+		return
 	}
-	fmt.Fprintf(w, "\n%s\n", verdict)
+	fmt.Fprintln(w, "\nPASS: every handoff went as planned, no request failed, every acknowledged write survived")
 }
 
 // field returns a duration field of the supervisor's answer, if it sent one.

@@ -24,6 +24,8 @@ func (d *demo) run(ctx context.Context) (*report, error) {
 	if err := d.build(ctx); err != nil {
 		return nil, err
 	}
+	buildTime := time.Since(t0)
+	d.say("built in %.1fs", buildTime.Seconds())
 	if err := d.writeConfig(); err != nil {
 		return nil, err
 	}
@@ -68,8 +70,13 @@ func (d *demo) run(ctx context.Context) (*report, error) {
 			to = "broken"
 		}
 		rec := handoffRecord{n: i + 1, to: to, start: time.Since(l.began), expectOK: to != "broken"}
+		probing, stopProbe, probeDone := make(chan struct{}), make(chan struct{}), make(chan struct{})
+		go func() { l.probe(rec.n, probing, stopProbe); close(probeDone) }()
+		<-probing
 		res, err := d.handoff(d.bin[to])
 		rec.end, rec.res = time.Since(l.began), res
+		close(stopProbe)
+		<-probeDone
 		if err != nil {
 			runErr = fmt.Errorf("handoff %d to %s: %w", i+1, to, err)
 			break
@@ -82,20 +89,30 @@ func (d *demo) run(ctx context.Context) (*report, error) {
 		}
 	}
 	<-loadDone
+	loadTime := time.Since(l.began)
 	close(stopProgress)
 	<-progressDone
 	if runErr != nil {
 		return nil, runErr
 	}
+	rep := newReport(l, recs, d.o.handoffs)
+	rep.buildTime, rep.loadTime = buildTime, loadTime
+
 	d.say("load finished; reading back every acknowledged write ...")
 	vctx, vcancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer vcancel()
-	checked, lost, err := l.verify(vctx)
-	if err != nil {
+	var err error
+	if rep.checked, rep.lost, err = l.verify(vctx); err != nil {
 		return nil, err
 	}
-	d.stopSupervisor()
-	return newReport(l, recs, checked, lost, time.Since(t0)), nil
+	rep.supErr = d.stopSupervisor()
+	if rep.supErr == nil {
+		// The daemon drained and sealed on the way out: read the data
+		// directory as the next start would, without any daemon running.
+		rep.dumpRev, rep.dumpChecked, rep.dumpLost, rep.dumpErr = d.checkDataDir(vctx, l.ackedWrites())
+	}
+	rep.elapsed = time.Since(t0)
+	return rep, nil
 }
 
 // progress prints a live status line (rewritten in place on a terminal,
