@@ -102,16 +102,16 @@ func TestLongDrain(t *testing.T) {
 func TestStopBound(t *testing.T) {
 	const slack = 3 * time.Second
 	for _, tc := range []struct {
-		name      string
-		deadline  time.Duration
-		ignore    bool // the daemon ignores SIGTERM
-		handoff   bool // a handoff is held in its drain at SIGTERM
-		twice     bool // a second SIGTERM follows STOPPING=1
-		withinSec time.Duration
+		name     string
+		deadline time.Duration
+		ignore   bool // the daemon ignores SIGTERM
+		handoff  bool // a handoff is held in its drain at SIGTERM
+		twice    bool // a second SIGTERM follows STOPPING=1
+		within   time.Duration
 	}{
-		{name: "daemon ignores SIGTERM", deadline: 3 * time.Second, ignore: true, withinSec: 3*time.Second + slack},
-		{name: "second SIGTERM", deadline: 20 * time.Second, ignore: true, twice: true, withinSec: slack},
-		{name: "during a handoff", deadline: 5 * time.Second, handoff: true, withinSec: 5*time.Second + slack},
+		{name: "daemon ignores SIGTERM", deadline: 3 * time.Second, ignore: true, within: 3*time.Second + slack},
+		{name: "second SIGTERM", deadline: 20 * time.Second, ignore: true, twice: true, within: slack},
+		{name: "during a handoff", deadline: 5 * time.Second, handoff: true, within: 5*time.Second + slack},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newFixture(t)
@@ -148,8 +148,8 @@ func TestStopBound(t *testing.T) {
 				sup.signal(t, syscall.SIGTERM)
 			}
 			sup.wait(t, "after SIGTERM")
-			if took := time.Since(start); took > tc.withinSec {
-				t.Errorf("the stop took %v, want at most %v", took, tc.withinSec)
+			if took := time.Since(start); took > tc.within {
+				t.Errorf("the stop took %v, want at most %v", took, tc.within)
 			}
 			for _, p := range pids {
 				if err := syscall.Kill(p, 0); err != syscall.ESRCH {
