@@ -15,8 +15,17 @@ const (
 	// heartbeats included, resets it.
 	DefaultLiveness = 10 * time.Second
 	// DefaultHeartbeatInterval is how often daemons send heartbeats while
-	// drain, seal or a successor's start-up run.
+	// drain, seal or a successor's start-up run, unless the liveness the
+	// supervisor announces in HelloAck asks for more: daemons beat every
+	// min(DefaultHeartbeatInterval, liveness/4), never more often than
+	// MinHeartbeatInterval.
 	DefaultHeartbeatInterval = 2 * time.Second
+	// MinHeartbeatInterval is the shortest heartbeat interval a daemon uses.
+	MinHeartbeatInterval = 250 * time.Millisecond
+	// MinLiveness is the shortest accepted SupervisorConfig.Liveness: four
+	// heartbeats at MinHeartbeatInterval fit in it, so one late beat does
+	// not abort a handoff.
+	MinLiveness = 4 * MinHeartbeatInterval
 	// DefaultHelloTimeout bounds the Hello/HelloAck exchange.
 	DefaultHelloTimeout = 5 * time.Second
 	// DefaultDrainGrace is how long the incumbent may take to drain.
@@ -43,7 +52,9 @@ type SupervisorConfig struct {
 	// Logger receives the library's logs; nil discards them.
 	Logger *slog.Logger
 
-	// Liveness bounds each receive from a daemon (DefaultLiveness).
+	// Liveness bounds each receive from a daemon (DefaultLiveness; at
+	// least MinLiveness). It is sent to the daemons in HelloAck; they beat
+	// every min(DefaultHeartbeatInterval, Liveness/4).
 	Liveness time.Duration
 	// HelloTimeout bounds the handshake with each daemon (DefaultHelloTimeout).
 	HelloTimeout time.Duration
@@ -73,6 +84,9 @@ func (c *SupervisorConfig) validate() error {
 	}
 	if c.Liveness == 0 {
 		c.Liveness = DefaultLiveness
+	}
+	if c.Liveness < MinLiveness {
+		return fmt.Errorf("handoff: SupervisorConfig.Liveness (%v) is below MinLiveness (%v): daemons could not beat often enough", c.Liveness, MinLiveness)
 	}
 	if c.HelloTimeout == 0 {
 		c.HelloTimeout = DefaultHelloTimeout
@@ -119,6 +133,15 @@ func (s *SpawnSpec) validate() error {
 		}
 	}
 	return nil
+}
+
+// heartbeatInterval is how often a daemon beats for a supervisor whose
+// liveness is liveness (zero: not announced, DefaultLiveness).
+func heartbeatInterval(liveness time.Duration) time.Duration {
+	if liveness <= 0 {
+		liveness = DefaultLiveness
+	}
+	return max(min(DefaultHeartbeatInterval, liveness/4), MinHeartbeatInterval)
 }
 
 func containsByte(s string, b byte) bool {

@@ -91,8 +91,9 @@ func (i *Incumbent) Lock() *DataDirLock { return i.lock }
 func (i *Incumbent) Close() error {
 	var err error
 	i.closeOnce.Do(func() {
-		close(i.closed)
+		// Under mu, so reclaimPath cannot bind a new socket after Close.
 		i.mu.Lock()
+		close(i.closed)
 		err = i.ln.Close()
 		i.mu.Unlock()
 	})
@@ -114,6 +115,9 @@ func (i *Incumbent) Serve(ctx context.Context, d Drainable) error {
 	})
 	defer stop()
 	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
 		i.mu.Lock()
 		ln := i.ln
 		i.mu.Unlock()
@@ -203,6 +207,13 @@ func (i *Incumbent) session(ctx context.Context, conn *wire.Conn, d Drainable) (
 	if ack.LivenessMS > 0 {
 		liveness = time.Duration(ack.LivenessMS) * time.Millisecond
 	}
+	beat := heartbeatInterval(liveness)
+	// Before PrepareHandoff the supervisor may still be starting the
+	// successor: wait for the handoff's deadline, not just the liveness.
+	idleWait := liveness
+	if ack.DeadlineMS > 0 {
+		idleWait = max(idleWait, time.Duration(ack.DeadlineMS)*time.Millisecond+replySlack)
+	}
 
 	state := stIdle
 	var deadline time.Time // of the running handoff
@@ -216,7 +227,7 @@ func (i *Incumbent) session(ctx context.Context, conn *wire.Conn, d Drainable) (
 		}
 	}()
 	for {
-		wait := liveness
+		wait := idleWait
 		if state != stIdle {
 			wait = max(time.Until(deadline)+replySlack, liveness)
 		}
@@ -250,10 +261,17 @@ func (i *Incumbent) session(ctx context.Context, conn *wire.Conn, d Drainable) (
 			}
 			state = stDrainFailed // until Drain succeeds: resume on any exit
 			crash.Point("incumbent-before-drain")
-			rep, took, derr := i.withHeartbeats(conn, id, func() (any, error) {
+			rep, took, derr := i.withHeartbeats(conn, id, beat, func() (any, error) {
 				dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), grace)
 				defer cancel()
-				return d.Drain(dctx)
+				rep, err := d.Drain(dctx)
+				if err == nil && dctx.Err() != nil {
+					// The supervisor stopped waiting when the grace
+					// passed and rolls back: the SealRequest queued
+					// behind must not seal.
+					err = fmt.Errorf("drain returned after its grace of %v had passed", grace)
+				}
+				return rep, err
 			})
 			crash.Point("incumbent-after-drain")
 			if derr != nil {
@@ -280,7 +298,7 @@ func (i *Incumbent) session(ctx context.Context, conn *wire.Conn, d Drainable) (
 				return violation("seal_request in state %d", state)
 			}
 			crash.Point("incumbent-before-seal")
-			rep, took, serr := i.withHeartbeats(conn, id, func() (any, error) {
+			rep, took, serr := i.withHeartbeats(conn, id, beat, func() (any, error) {
 				sctx, cancel := context.WithDeadline(context.WithoutCancel(ctx), deadline)
 				defer cancel()
 				return d.Seal(sctx)
@@ -292,9 +310,16 @@ func (i *Incumbent) session(ctx context.Context, conn *wire.Conn, d Drainable) (
 				}
 				continue
 			}
-			// The seal succeeded: only now may the lock go.
+			// The seal succeeded: only now may the lock go. If releasing
+			// it failed, whether it is still held is unknown: let no
+			// successor in.
 			if err := i.lock.release(false); err != nil {
-				i.log().Warn("handoff: releasing the lock after seal", "err", err)
+				i.log().Error("handoff: releasing the lock after seal", "err", err)
+				state = stSealFailed
+				if err := conn.Send(wire.SealFailed{Reason: "releasing the data-directory lock failed: " + err.Error()}, id, writeTimeout); err != nil {
+					return err
+				}
+				continue
 			}
 			state = stSealed
 			crash.Point("incumbent-after-seal")
@@ -337,8 +362,8 @@ func (i *Incumbent) session(ctx context.Context, conn *wire.Conn, d Drainable) (
 }
 
 // withHeartbeats runs fn while sending heartbeats, and times it.
-func (i *Incumbent) withHeartbeats(conn *wire.Conn, id string, fn func() (any, error)) (any, time.Duration, error) {
-	h := startHeartbeats(conn, id, DefaultHeartbeatInterval)
+func (i *Incumbent) withHeartbeats(conn *wire.Conn, id string, interval time.Duration, fn func() (any, error)) (any, time.Duration, error) {
+	h := startHeartbeats(conn, id, interval)
 	start := time.Now()
 	v, err := fn()
 	took := time.Since(start)
@@ -358,28 +383,38 @@ func (i *Incumbent) resume(ctx context.Context, d Drainable, deadline time.Time)
 	if err := d.ResumeAfterAbort(rctx); err != nil {
 		return fmt.Errorf("%w: %w", errResumeFailed, err)
 	}
-	i.reclaimPath()
+	if err := i.reclaimPath(ctx); err != nil {
+		i.log().Error("handoff: cannot take back the control socket", "path", i.path, "err", err)
+	}
 	return nil
 }
 
-// reclaimPath rebinds the control socket if its path no longer leads to us.
-func (i *Incumbent) reclaimPath() {
+// reclaimPath rebinds the control socket if its path no longer leads to
+// us. It holds mu throughout, so it and Close exclude each other: after
+// Close nothing is bound again. A cancelled ctx applies to the new
+// listener as it did to the old one.
+func (i *Incumbent) reclaimPath(ctx context.Context) error {
 	i.mu.Lock()
-	ino := i.ino
-	i.mu.Unlock()
-	if ownsPath(i.path, ino) {
-		return
+	defer i.mu.Unlock()
+	select {
+	case <-i.closed:
+		return nil
+	default:
+	}
+	if ownsPath(i.path, i.ino) {
+		return nil
 	}
 	ln, ino, err := bindControlSocket(i.path)
 	if err != nil {
-		i.log().Error("handoff: cannot take back the control socket", "path", i.path, "err", err)
-		return
+		return err
 	}
-	i.mu.Lock()
+	if ctx.Err() != nil {
+		ln.SetDeadline(time.Now())
+	}
 	old := i.ln
 	i.ln, i.ino = ln, ino
-	i.mu.Unlock()
 	old.Close()
+	return nil
 }
 
 func (i *Incumbent) sendListeners(conn *wire.Conn, id string) error {

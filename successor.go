@@ -24,6 +24,7 @@ type HandshookSuccessor struct {
 	id        string
 	buildID   string
 	deadline  time.Time
+	beat      time.Duration // heartbeat interval for the supervisor's liveness
 }
 
 // BegunSuccessor may take the data-directory lock and open its data.
@@ -33,6 +34,7 @@ type BegunSuccessor struct {
 	id        string
 	buildID   string
 	deadline  time.Time
+	beat      time.Duration
 	begun     time.Time
 
 	mu    sync.Mutex
@@ -85,7 +87,8 @@ func (s *Successor) Handshake(buildID string) (*HandshookSuccessor, error) {
 		if m.DeadlineMS > 0 {
 			deadline = time.Now().Add(time.Duration(m.DeadlineMS) * time.Millisecond)
 		}
-		return &HandshookSuccessor{inherited: s.inherited, conn: conn, id: f.ID, buildID: buildID, deadline: deadline}, nil
+		beat := heartbeatInterval(time.Duration(m.LivenessMS) * time.Millisecond)
+		return &HandshookSuccessor{inherited: s.inherited, conn: conn, id: f.ID, buildID: buildID, deadline: deadline, beat: beat}, nil
 	case wire.Abort:
 		conn.Close()
 		return nil, fmt.Errorf("%w: %s", ErrAborted, m.Reason)
@@ -134,7 +137,7 @@ func (s *HandshookSuccessor) WaitForBegin(ctx context.Context) (*BegunSuccessor,
 		case wire.Heartbeat:
 			continue
 		case wire.Begin:
-			return &BegunSuccessor{inherited: s.inherited, conn: conn, id: s.id, buildID: s.buildID, deadline: s.deadline, begun: time.Now()}, nil
+			return &BegunSuccessor{inherited: s.inherited, conn: conn, id: s.id, buildID: s.buildID, deadline: s.deadline, beat: s.beat, begun: time.Now()}, nil
 		case wire.Abort:
 			conn.Close()
 			return nil, fmt.Errorf("%w: %s", ErrAborted, m.Reason)
@@ -151,14 +154,15 @@ func (s *BegunSuccessor) Listeners() *InheritedListeners { return s.inherited }
 // HandoffID returns the id of this handoff.
 func (s *BegunSuccessor) HandoffID() HandoffID { return HandoffID(s.id) }
 
-// StartHeartbeats sends a heartbeat every DefaultHeartbeatInterval until
-// the guard is stopped or AnnounceAndBind runs. Calling it again returns the
-// running guard.
+// StartHeartbeats sends a heartbeat every min(DefaultHeartbeatInterval,
+// liveness/4), the liveness being the one the supervisor announced in
+// HelloAck, until the guard is stopped or AnnounceAndBind runs. Calling it
+// again returns the running guard.
 func (s *BegunSuccessor) StartHeartbeats() *HeartbeatGuard {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.guard == nil && !s.used {
-		s.guard = &HeartbeatGuard{h: startHeartbeats(s.conn, s.id, DefaultHeartbeatInterval)}
+		s.guard = &HeartbeatGuard{h: startHeartbeats(s.conn, s.id, s.beat)}
 	}
 	return s.guard
 }
