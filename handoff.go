@@ -45,9 +45,18 @@ type run struct {
 	out      HandoffOutcome
 	wg       sync.WaitGroup
 	stop     chan struct{}
+	read     []*peer // peers with a reader, closed by close
+}
+
+// hangUp closes p's socket, which ends its reader. The wire.Conn itself
+// (with descriptors it may still hold) is closed by close, after the
+// readers are joined: Close must not run beside a Recv.
+func (p *peer) hangUp() {
+	p.conn.UnixConn().Close()
 }
 
 func (r *run) startReader(p *peer) {
+	r.read = append(r.read, p)
 	p.frames = make(chan recvResult, 8)
 	r.wg.Add(1)
 	go func() {
@@ -124,7 +133,8 @@ func (s *Supervisor) PerformHandoff(ctx context.Context, spec SpawnSpec) (Handof
 	if err := spec.validate(); err != nil {
 		return HandoffOutcome{}, err
 	}
-	if err := s.begin(); err != nil {
+	ctx, err := s.begin(ctx)
+	if err != nil {
 		return HandoffOutcome{}, err
 	}
 	defer s.end()
@@ -140,7 +150,7 @@ func (s *Supervisor) PerformHandoff(ctx context.Context, spec SpawnSpec) (Handof
 	s.log.Info("handoff: starting", "id", r.id, "binary", spec.Binary, "incumbent", inc.pid)
 	s.emit(Event{Kind: EventHandoffStarted, HandoffID: r.id, PID: inc.pid})
 
-	err := r.drive(inc)
+	err = r.drive(inc)
 	r.out.Phases.Total = time.Since(start)
 	var resumeErr error
 	if err != nil {
@@ -182,10 +192,21 @@ func (r *run) close() {
 	close(r.stop)
 	for _, p := range []*peer{r.inc, r.succ} {
 		if p != nil {
+			p.hangUp()
+		}
+	}
+	for _, p := range r.read {
+		p.hangUp()
+	}
+	r.wg.Wait()
+	for _, p := range []*peer{r.inc, r.succ} {
+		if p != nil {
 			p.conn.Close()
 		}
 	}
-	r.wg.Wait()
+	for _, p := range r.read {
+		p.conn.Close()
+	}
 }
 
 func (r *run) journal(phase Phase) error {
@@ -193,7 +214,7 @@ func (r *run) journal(phase Phase) error {
 		return nil
 	}
 	rec := r.s.idleRecord()
-	rec.Phase, rec.HandoffID = phase, r.id
+	rec.Phase, rec.HandoffID, rec.DeadlineUnixMS = phase, r.id, r.deadline.UnixMilli()
 	if r.succ != nil {
 		c := r.succ.child
 		rec.SuccessorPID, rec.SuccessorStart, rec.SuccessorBinary, rec.SuccessorArgs = c.pid, procStart(c.pid), c.spec.Binary, c.spec.Args
@@ -220,7 +241,9 @@ func (r *run) drive(incChild *child) error {
 	if h.PID != incChild.pid {
 		return r.abortAs(ErrIncumbentFailed, "pid %d answers on the control socket, but the supervisor's incumbent is pid %d", h.PID, incChild.pid)
 	}
+	s.mu.Lock() // Status reads buildID concurrently
 	incChild.buildID = h.BuildID
+	s.mu.Unlock()
 	if err := s.ackHello(conn, h, r.id, r.deadline); err != nil {
 		return r.abortAs(ErrIncumbentFailed, "handshake with the incumbent failed: %v", err)
 	}
@@ -254,22 +277,21 @@ func (r *run) drive(incChild *child) error {
 	s.mu.Lock()
 	s.succ = c
 	s.mu.Unlock()
-	r.startReader(r.succ)
 	if err := r.journal(PhaseSpawning); err != nil {
 		return err
 	}
-	fr, err := r.await(r.succ, s.cfg.HelloTimeout, wire.TypeHello)
+	sh, err := r.successorHello(r.succ)
 	if err != nil {
 		return err
 	}
-	sh := fr.Msg.(wire.Hello)
-	if sh.Role != wire.RoleSuccessor || sh.PID != c.pid {
-		return r.abortAs(ErrSuccessorFailed, "the successor's Hello says role %q pid %d, but the spawned child is pid %d", sh.Role, sh.PID, c.pid)
-	}
+	s.mu.Lock()
 	c.buildID = sh.BuildID
+	s.mu.Unlock()
 	if err := s.ackHello(r.succ.conn, sh, r.id, r.deadline); err != nil {
 		return r.abortAs(ErrSuccessorFailed, "handshake with the successor failed: %v", err)
 	}
+	// Only now, with the version set, may a reader use the connection.
+	r.startReader(r.succ)
 	r.out.Phases.Spawn = time.Since(t1)
 	crash.Point("supervisor-after-successor-hello")
 
@@ -284,7 +306,7 @@ func (r *run) drive(incChild *child) error {
 	if err := r.send(r.inc, wire.SealRequest{}); err != nil {
 		return err
 	}
-	fr, err = r.awaitUntil(r.inc, time.Now().Add(r.spec.DrainGrace+replySlack), wire.TypeDrained, wire.TypeDrainFailed)
+	fr, err := r.awaitUntil(r.inc, time.Now().Add(r.spec.DrainGrace+replySlack), wire.TypeDrained, wire.TypeDrainFailed)
 	if err != nil {
 		return err
 	}
@@ -364,8 +386,59 @@ func (r *run) drive(incChild *child) error {
 	r.out.Committed = true
 	r.out.Child = c.proc
 	r.out.Binary = r.spec.Binary
+	s.mu.Lock()
 	r.out.BuildID = c.buildID
+	s.mu.Unlock()
 	return nil
+}
+
+// successorHello reads p's Hello on the driver's goroutine: no reader may
+// run before ackHello has set the connection's version. The read is
+// bounded by HelloTimeout and the deadline; the child's exit or ctx cut it
+// short (the socket is closed, and the reading goroutine joined).
+func (r *run) successorHello(p *peer) (wire.Hello, error) {
+	bound := min(r.s.cfg.HelloTimeout, max(time.Until(r.deadline), time.Millisecond))
+	ch := make(chan recvResult, 1)
+	go func() {
+		f, err := p.conn.Recv(bound)
+		ch <- recvResult{f, err}
+	}()
+	var res recvResult
+	select {
+	case res = <-ch:
+	case <-p.child.done:
+		p.conn.UnixConn().Close()
+		closeFDs((<-ch).f.FDs)
+		p.dead = ErrSessionLost
+		return wire.Hello{}, r.exited(p)
+	case <-r.ctx.Done():
+		p.conn.UnixConn().Close()
+		closeFDs((<-ch).f.FDs)
+		p.dead = ErrSessionLost
+		return wire.Hello{}, &abortError{reason: "the handoff was cancelled: " + r.ctx.Err().Error(), err: r.ctx.Err()}
+	}
+	if res.err != nil {
+		p.dead = res.err
+		if errors.Is(res.err, ErrTimeout) && !p.child.exited() {
+			ae := r.abortAs(ErrSuccessorFailed, "the successor (pid %d) sent no Hello within %v", p.child.pid, bound)
+			ae.err = ErrTimeout
+			return wire.Hello{}, ae
+		}
+		return wire.Hello{}, r.peerFailed(p, res.err)
+	}
+	closeFDs(res.f.FDs)
+	h, ok := res.f.Msg.(wire.Hello)
+	switch {
+	case !ok:
+		return wire.Hello{}, r.violation(p, "expected hello, got %s", res.f.Msg.Type())
+	case res.f.ID != "":
+		return wire.Hello{}, r.violation(p, "hello carries handoff id %q; it must carry none", res.f.ID)
+	case h.Role != wire.RoleSuccessor:
+		return wire.Hello{}, r.violation(p, "hello with role %q, want %q", h.Role, wire.RoleSuccessor)
+	case h.PID != p.child.pid:
+		return wire.Hello{}, r.violation(p, "hello from pid %d, but the spawned child is pid %d", h.PID, p.child.pid)
+	}
+	return h, nil
 }
 
 // checkReady accepts Ready only if the successor is healthy and has at
@@ -392,10 +465,6 @@ func (r *run) send(p *peer, m wire.Message) error {
 		return ae
 	}
 	return nil
-}
-
-func (r *run) await(p *peer, bound time.Duration, want ...wire.Type) (wire.Frame, error) {
-	return r.awaitUntil(p, time.Now().Add(bound), want...)
 }
 
 // awaitUntil waits for one of want from p. Heartbeats from either peer
@@ -430,8 +499,8 @@ func (r *run) awaitUntil(p *peer, until time.Time, want ...wire.Type) (wire.Fram
 				return wire.Frame{}, r.peerFailed(p, res.err)
 			}
 			closeFDs(res.f.FDs)
-			if res.f.ID != string(r.id) && !(res.f.ID == "" && res.f.Msg.Type() == wire.TypeHello) {
-				return wire.Frame{}, r.violation(p, "frame for handoff %q during handoff %q", res.f.ID, r.id)
+			if res.f.ID != string(r.id) {
+				return wire.Frame{}, r.violation(p, "%s for handoff %q during handoff %q", res.f.Msg.Type(), res.f.ID, r.id)
 			}
 			if res.f.Msg.Type() == wire.TypeHeartbeat {
 				live.Reset(r.s.cfg.Liveness)
@@ -456,7 +525,10 @@ func (r *run) awaitUntil(p *peer, until time.Time, want ...wire.Type) (wire.Fram
 				return wire.Frame{}, r.peerFailed(other, res.err)
 			}
 			closeFDs(res.f.FDs)
-			if res.f.ID != string(r.id) || res.f.Msg.Type() != wire.TypeHeartbeat {
+			if res.f.ID != string(r.id) {
+				return wire.Frame{}, r.violation(other, "%s for handoff %q during handoff %q", res.f.Msg.Type(), res.f.ID, r.id)
+			}
+			if res.f.Msg.Type() != wire.TypeHeartbeat {
 				return wire.Frame{}, r.violation(other, "unexpected %s while waiting for the %s", res.f.Msg.Type(), p.name)
 			}
 		case <-p.child.done:
@@ -517,7 +589,7 @@ func (r *run) violation(p *peer, format string, args ...any) error {
 	msg := fmt.Sprintf(format, args...)
 	p.conn.Send(wire.Error{Reason: msg}, string(r.id), writeTimeout)
 	p.dead = ErrProtocol
-	p.conn.Close()
+	p.hangUp()
 	ae := r.abortAs(r.kindOf(p), "protocol violation by the %s (pid %d): %s", p.name, p.child.pid, msg)
 	ae.err = ErrProtocol
 	return ae
@@ -540,7 +612,7 @@ func (r *run) rollback(ae *abortError) error {
 		if err := r.succ.child.killAndReap(time.Second); err != nil {
 			s.log.Error("handoff: successor not reaped", "pid", r.succ.child.pid, "err", err)
 		}
-		r.succ.conn.Close()
+		r.succ.hangUp()
 	}
 	inc := r.inc
 	s.mu.Lock()
@@ -559,7 +631,7 @@ func (r *run) rollback(ae *abortError) error {
 	// The session is gone (the incumbent resumes by itself when it sees
 	// that); confirm on a fresh one. ResumeAfterAbort is idempotent.
 	if inc != nil {
-		inc.conn.Close()
+		inc.hangUp()
 	}
 	var last error
 	for attempt := 0; attempt < 3; attempt++ {
@@ -577,9 +649,8 @@ func (r *run) rollback(ae *abortError) error {
 		if err := s.ackHello(conn, h, r.id, time.Time{}); err == nil {
 			if err := conn.Send(wire.ResumeAfterAbort{Reason: ae.reason}, string(r.id), writeTimeout); err == nil {
 				r.startReader(p)
-				err = r.awaitResumed(p)
-				conn.Close()
-				return err
+				return r.awaitResumed(p) // close closes conn
+
 			}
 		}
 		conn.Close()

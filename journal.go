@@ -28,6 +28,10 @@ type journalRecord struct {
 	SuccessorStart  uint64    `json:"successor_start,omitempty"`
 	SuccessorBinary string    `json:"successor_binary,omitempty"`
 	SuccessorArgs   []string  `json:"successor_args,omitempty"`
+	// DeadlineUnixMS is the running handoff's deadline: a daemon gives up
+	// retaking the lock after it (plus slack), which bounds how long a
+	// restarted supervisor waits for the incumbent to answer.
+	DeadlineUnixMS int64 `json:"deadline_unix_ms,omitempty"`
 }
 
 const journalFormat = 1
@@ -86,9 +90,16 @@ func knownPhase(p Phase) bool {
 // 22 of /proc/pid/stat), 0 if unknown. Equal pid and start time mean the
 // same process.
 func procStart(pid int) uint64 {
+	_, start := procStat(pid)
+	return start
+}
+
+// procStat returns pid's state letter (field 3 of /proc/pid/stat: 'Z' for
+// a zombie) and its start time; 0, 0 if there is no such process.
+func procStat(pid int) (byte, uint64) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return 0
+		return 0, 0
 	}
 	// The command name (field 2) may hold spaces; skip past its ')'.
 	i := len(b) - 1
@@ -96,7 +107,7 @@ func procStart(pid int) uint64 {
 		i--
 	}
 	if i < 0 {
-		return 0
+		return 0, 0
 	}
 	var fields []string
 	start := -1
@@ -113,15 +124,20 @@ func procStart(pid int) uint64 {
 		}
 	}
 	// fields[0] is field 3 (state); field 22 is fields[19].
-	if len(fields) < 20 {
-		return 0
+	if len(fields) < 20 || fields[0] == "" {
+		return 0, 0
 	}
 	var v uint64
 	fmt.Sscan(fields[19], &v)
-	return v
+	return fields[0][0], v
 }
 
-// sameProcess reports whether pid is alive and started at start.
+// sameProcess reports whether pid is alive (not a zombie) and started at
+// start.
 func sameProcess(pid int, start uint64) bool {
-	return pid > 0 && start != 0 && procStart(pid) == start
+	if pid <= 0 || start == 0 {
+		return false
+	}
+	state, st := procStat(pid)
+	return st == start && state != 'Z' && state != 'X'
 }

@@ -12,18 +12,26 @@ import (
 )
 
 // ResumeFromJournal recovers after the supervisor itself died. It reads
-// the journal, kills an orphaned successor, finds the live incumbent on the
-// control socket, makes sure it serves and holds its lock (ResumeAfterAbort
-// is idempotent), takes back from it the listener descriptors this
-// supervisor lacks (those it already has, bound or from systemd, are kept),
-// adopts it, and clears the journal. No journal: nil.
-// No live daemon: an error matching ErrNoIncumbent (cold-start then). A
-// corrupt journal is moved aside and reported with ErrJournalCorrupt.
+// the journal, kills an orphaned successor and waits for it to be gone
+// (so the lock it may hold is free), finds the live daemon on the control
+// socket (waiting as long as the incumbent may need to retake the lock),
+// makes sure it serves and holds its lock (ResumeAfterAbort is
+// idempotent), takes back from it the listener descriptors this supervisor
+// lacks (those it already has, bound or from systemd, are kept), adopts
+// it, and clears the journal. No journal: nil. No live daemon: an error
+// matching ErrNoIncumbent (cold-start then). A corrupt journal is moved
+// aside and reported with ErrJournalCorrupt.
+//
+// A handoff that had reached the commit (journal phase committing) may
+// have committed: then the successor answers on the control socket and is
+// adopted, and the sealed old incumbent, which can no longer serve, is
+// killed.
 func (s *Supervisor) ResumeFromJournal(ctx context.Context) error {
 	if s.cfg.Journal == "" {
 		return errNoJournal
 	}
-	if err := s.begin(); err != nil {
+	ctx, err := s.begin(ctx)
+	if err != nil {
 		return err
 	}
 	defer s.end()
@@ -33,23 +41,35 @@ func (s *Supervisor) ResumeFromJournal(ctx context.Context) error {
 	}
 	s.log.Info("handoff: resuming from journal", "phase", rec.Phase, "handoff", rec.HandoffID, "incumbent", rec.IncumbentPID, "successor", rec.SuccessorPID)
 
-	hctx, cancel := context.WithTimeout(ctx, s.cfg.HelloTimeout+s.cfg.Liveness)
-	defer cancel()
-	conn, h, dialErr := s.dialIncumbent(hctx)
-	live := 0
-	if dialErr == nil {
-		defer conn.Close()
-		live = h.PID
-	}
-	committed := live != 0 && live == rec.SuccessorPID && rec.Phase == PhaseCommitting
-	// A successor that did not become the incumbent is an orphan: kill it.
-	if rec.SuccessorPID != 0 && !committed && sameProcess(rec.SuccessorPID, rec.SuccessorStart) {
+	// Before the commit a successor never serves: kill it first, so that
+	// the incumbent can retake a lock it may hold and answer.
+	if rec.Phase != PhaseCommitting && sameProcess(rec.SuccessorPID, rec.SuccessorStart) {
 		s.log.Warn("handoff: killing the orphaned successor", "pid", rec.SuccessorPID)
-		killOrphan(rec.SuccessorPID)
+		if err := killOrphanAndWait(ctx, rec.SuccessorPID, rec.SuccessorStart); err != nil {
+			return err
+		}
 	}
-	if live == 0 {
+	conn, h, dialErr := s.findDaemon(ctx, rec)
+	if dialErr != nil {
 		writeJournal(s.cfg.Journal, journalRecord{Phase: PhaseIdle})
 		return fmt.Errorf("%w: nothing answers on %s: %w", ErrNoIncumbent, s.cfg.ControlSocket, dialErr)
+	}
+	defer conn.Close()
+	live := h.PID
+	committed := rec.Phase == PhaseCommitting && live == rec.SuccessorPID
+	switch {
+	case committed && rec.IncumbentPID != live && sameProcess(rec.IncumbentPID, rec.IncumbentStart):
+		// Sealed, its lock gone to the successor: it cannot serve again.
+		s.log.Warn("handoff: killing the sealed predecessor of the committed successor", "pid", rec.IncumbentPID)
+		if err := killOrphanAndWait(ctx, rec.IncumbentPID, rec.IncumbentStart); err != nil {
+			return err
+		}
+	case !committed && rec.SuccessorPID != live && sameProcess(rec.SuccessorPID, rec.SuccessorStart):
+		// Not committed: the incumbent answers, so it holds the lock.
+		s.log.Warn("handoff: killing the orphaned successor", "pid", rec.SuccessorPID)
+		if err := killOrphanAndWait(ctx, rec.SuccessorPID, rec.SuccessorStart); err != nil {
+			return err
+		}
 	}
 	spec := SpawnSpec{Binary: rec.IncumbentBinary, Args: rec.IncumbentArgs}
 	if committed {
@@ -75,6 +95,63 @@ func (s *Supervisor) ResumeFromJournal(ctx context.Context) error {
 	}
 	conn.Close()
 	return s.Adopt(ctx, live, spec)
+}
+
+// findDaemon connects to the control socket and reads the daemon's Hello.
+// After a supervisor crash inside a handoff the incumbent answers only once
+// it has retaken the lock, which it tries until the handoff's deadline plus
+// slack (at least DefaultLiveness); a connection waits in the socket's
+// backlog meanwhile. So it waits that long, and retries while a process
+// of the journal is alive (a daemon that gave up closes its socket).
+func (s *Supervisor) findDaemon(ctx context.Context, rec journalRecord) (*wire.Conn, wire.Hello, error) {
+	bound := DefaultLiveness
+	if rec.DeadlineUnixMS != 0 {
+		bound = max(bound, time.Until(time.UnixMilli(rec.DeadlineUnixMS)))
+	}
+	ctx, cancel := context.WithTimeout(ctx, bound+replySlack+s.cfg.HelloTimeout)
+	defer cancel()
+	backoff := time.Millisecond
+	for {
+		wait := s.cfg.HelloTimeout
+		if dl, ok := ctx.Deadline(); ok {
+			wait = max(time.Until(dl), time.Millisecond)
+		}
+		conn, h, err := s.dialIncumbentWithin(ctx, wait)
+		if err == nil {
+			return conn, h, nil
+		}
+		if !sameProcess(rec.IncumbentPID, rec.IncumbentStart) && !sameProcess(rec.SuccessorPID, rec.SuccessorStart) {
+			return nil, wire.Hello{}, err
+		}
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, wire.Hello{}, err
+		case <-t.C:
+		}
+		backoff = min(backoff*2, 100*time.Millisecond)
+	}
+}
+
+// killOrphanAndWait kills pid (not our child) and waits, bounded, until it
+// is gone or a zombie: its descriptors, the lock among them, are closed.
+func killOrphanAndWait(ctx context.Context, pid int, start uint64) error {
+	killOrphan(pid)
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	backoff := time.Millisecond
+	for sameProcess(pid, start) {
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("%w: pid %d still runs after SIGKILL", ErrTimeout, pid)
+		case <-t.C:
+		}
+		backoff = min(backoff*2, 50*time.Millisecond)
+	}
+	return nil
 }
 
 // takeListeners asks the incumbent for its listener descriptors.

@@ -31,7 +31,9 @@ type Supervisor struct {
 	succ      *child    // the successor of the running handoff
 	phase     Phase
 	handoffID HandoffID
-	busy      bool // a handoff, cold start or stop is running
+	busy      bool // a handoff, cold start or resume is running
+	busyStop  context.CancelFunc
+	busyDone  chan struct{} // closed by end
 	stopping  bool
 	outcomes  []HandoffOutcome
 	handoffs  int
@@ -220,24 +222,28 @@ func (s *Supervisor) reportExit(c *child) {
 	})
 }
 
-// begin marks the supervisor busy; end clears it and reports an incumbent
-// that died meanwhile.
-func (s *Supervisor) begin() error {
+// begin marks the supervisor busy and returns ctx, which Close cancels;
+// end clears it and reports an incumbent that died meanwhile.
+func (s *Supervisor) begin(ctx context.Context) (context.Context, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
-		return ErrClosed
+		return nil, ErrClosed
 	}
 	if s.busy {
-		return fmt.Errorf("%w (phase %s)", ErrHandoffInProgress, s.phase)
+		return nil, fmt.Errorf("%w (phase %s)", ErrHandoffInProgress, s.phase)
 	}
 	s.busy = true
-	return nil
+	ctx, s.busyStop = context.WithCancel(ctx)
+	s.busyDone = make(chan struct{})
+	return ctx, nil
 }
 
 func (s *Supervisor) end() {
 	s.mu.Lock()
 	s.busy = false
+	s.busyStop()
+	close(s.busyDone)
 	c := s.inc
 	report := c != nil && c.exited() && !s.stopping
 	s.mu.Unlock()
@@ -254,7 +260,8 @@ func (s *Supervisor) ColdStart(ctx context.Context, spec SpawnSpec) (*os.Process
 	if err := spec.validate(); err != nil {
 		return nil, err
 	}
-	if err := s.begin(); err != nil {
+	ctx, err := s.begin(ctx)
+	if err != nil {
 		return nil, err
 	}
 	defer s.end()
@@ -443,8 +450,9 @@ func (s *Supervisor) Stop(ctx context.Context) error {
 }
 
 // Close releases the supervisor's descriptors. Children keep running (the
-// daemon outlives its supervisor); a running handoff is not interrupted by
-// Close, cancel its context instead.
+// daemon outlives its supervisor). A running handoff, cold start or resume
+// is cancelled first (a handoff rolls back) and Close waits for it, so no
+// descriptor is closed while a spawn may be passing it on.
 func (s *Supervisor) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -452,6 +460,13 @@ func (s *Supervisor) Close() error {
 		return nil
 	}
 	s.closed = true
+	if s.busy {
+		stop, done := s.busyStop, s.busyDone
+		s.mu.Unlock()
+		stop()
+		<-done
+		s.mu.Lock()
+	}
 	for _, l := range s.listeners {
 		unix.Close(l.fd)
 	}
