@@ -5,24 +5,33 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/handoff-go/handoff/internal/wire"
 )
 
 // The test binary doubles as the daemon: TestMain runs testDaemon when
 // HANDOFF_TEST_ROLE=daemon. The daemon keeps a write counter in its data
-// directory (an append-only, fsync'd log of revisions) and serves a line
-// protocol on the inherited listener "tcp": "w" appends a revision and
-// answers "ok <rev>" after fsync; "r" answers "ok <rev>". Knobs come from
-// the environment (TD_*), so each test picks its failure.
+// directory (an append-only, fsync'd log of "<revision> <pid>" records) and
+// serves a line protocol on the inherited listener "tcp": "w" appends a
+// record and answers "ok <rev> <pid>" after fsync; "r" answers
+// "ok <rev> <pid>". Before every write it checks in /proc/locks that it
+// holds the data-directory lock; if not it refuses the write and records a
+// violation. Knobs come from the environment (TD_*), so each test picks
+// its failure; the failure knobs of drain and seal fire once per data
+// directory, so the handoff after the failed one can commit.
 
 func TestMain(m *testing.M) {
 	switch os.Getenv("HANDOFF_TEST_ROLE") {
@@ -30,6 +39,8 @@ func TestMain(m *testing.M) {
 		os.Exit(testDaemon())
 	case "child":
 		os.Exit(testChild())
+	case "supervisor":
+		os.Exit(testSupervisor())
 	}
 	os.Exit(m.Run())
 }
@@ -41,6 +52,7 @@ type knobs struct {
 	sealFail, drainFail bool
 	slowDrain, slowSeal time.Duration
 	slowOpen            time.Duration
+	raw                 string // a successor that speaks raw frames (rawSuccessor)
 }
 
 func readKnobs() knobs {
@@ -51,6 +63,7 @@ func readKnobs() knobs {
 		unhealthy: os.Getenv("TD_UNHEALTHY") != "", stale: os.Getenv("TD_STALE") != "",
 		sealFail: os.Getenv("TD_SEAL_FAIL") != "", drainFail: os.Getenv("TD_DRAIN_FAIL") != "",
 		slowDrain: d("TD_SLOW_DRAIN"), slowSeal: d("TD_SLOW_SEAL"), slowOpen: d("TD_SLOW_OPEN"),
+		raw: os.Getenv("TD_RAW"),
 	}
 }
 
@@ -74,7 +87,7 @@ func testDaemon() int {
 	switch r := role.(type) {
 	case *ColdStart:
 		il = r.Inherited
-		if lock, err = AcquireDataDirLockOrBreakStale(k.dir); err != nil {
+		if lock, err = coldLock(k.dir); err != nil {
 			dlog("lock: %v", err)
 			return 2
 		}
@@ -88,6 +101,9 @@ func testDaemon() int {
 		}
 		inc.SetBuildID(k.build)
 	case *Successor:
+		if k.raw != "" {
+			return rawSuccessor(r, k.raw)
+		}
 		if k.failAt == "before-hello" {
 			return 3
 		}
@@ -114,7 +130,11 @@ func testDaemon() int {
 			select {}
 		}
 		g := b.StartHeartbeats()
-		if lock, err = AcquireDataDirLock(k.dir); err != nil {
+		// The test's lock prober may hold the lock for a moment.
+		lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		lock, err = AcquireDataDirLockWait(lctx, k.dir)
+		cancel()
+		if err != nil {
 			dlog("lock after begin: %v", err)
 			return 2
 		}
@@ -125,6 +145,9 @@ func testDaemon() int {
 		if err := d.open(il); err != nil {
 			dlog("open: %v", err)
 			return 2
+		}
+		if k.hangAt == "before-ready" {
+			select {} // heartbeats go on; Ready never comes
 		}
 		g.Stop()
 		rev := d.revision()
@@ -241,8 +264,13 @@ func (d *testDrainable) handle(c net.Conn) {
 			fmt.Fprintf(c, "err: not writable\n")
 			return
 		}
+		if err := holdsLock(d.k.dir); err != nil {
+			recordViolation(d.k.dir, "pid %d was about to write without the lock: %v", os.Getpid(), err)
+			fmt.Fprintf(c, "err: %v\n", err)
+			return
+		}
 		next := d.rev + 1
-		if _, err := fmt.Fprintf(d.log, "%d\n", next); err != nil {
+		if _, err := fmt.Fprintf(d.log, "%d %d\n", next, os.Getpid()); err != nil {
 			fmt.Fprintf(c, "err: %v\n", err)
 			return
 		}
@@ -258,10 +286,10 @@ func (d *testDrainable) handle(c net.Conn) {
 }
 
 func (d *testDrainable) Drain(ctx context.Context) (DrainReport, error) {
-	if d.k.slowDrain > 0 {
-		time.Sleep(d.k.slowDrain) // simulated long drain
+	if d.k.slowDrain > 0 && fireOnce(d.k.dir, "slow-drain") {
+		time.Sleep(d.k.slowDrain) // simulated long drain that ignores ctx
 	}
-	if d.k.drainFail {
+	if d.k.drainFail && fireOnce(d.k.dir, "drain-fail") {
 		return DrainReport{}, errors.New("test knob: drain fails")
 	}
 	d.mu.Lock()
@@ -289,10 +317,10 @@ func (d *testDrainable) Drain(ctx context.Context) (DrainReport, error) {
 }
 
 func (d *testDrainable) Seal(ctx context.Context) (SealReport, error) {
-	if d.k.slowSeal > 0 {
+	if d.k.slowSeal > 0 && fireOnce(d.k.dir, "slow-seal") {
 		time.Sleep(d.k.slowSeal) // simulated long seal
 	}
-	if d.k.sealFail {
+	if d.k.sealFail && fireOnce(d.k.dir, "seal-fail") {
 		return SealReport{}, errors.New("test knob: seal fails")
 	}
 	d.mu.Lock()
@@ -308,6 +336,7 @@ func (d *testDrainable) Seal(ctx context.Context) (SealReport, error) {
 	if err := unmarkHolder(d.k.dir); err != nil {
 		return SealReport{}, err
 	}
+	appendEvent(d.k.dir, "seal %d", os.Getpid())
 	return SealReport{LastRevisionPerShard: []uint64{rev}, DataDirFingerprint: strconv.FormatUint(rev, 10)}, nil
 }
 
@@ -340,10 +369,7 @@ func markHolder(dir string) error {
 	p := filepath.Join(dir, "holder")
 	if b, err := os.ReadFile(p); err == nil {
 		if pid, _ := strconv.Atoi(strings.TrimSpace(string(b))); pid > 0 && pid != os.Getpid() && pidAlive(pid) && !isZombie(pid) {
-			f, _ := os.OpenFile(filepath.Join(dir, "violations"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
-			fmt.Fprintf(f, "pid %d took the lock while pid %d held it\n", os.Getpid(), pid)
-			f.Sync()
-			f.Close()
+			recordViolation(dir, "pid %d took the lock while pid %d held it", os.Getpid(), pid)
 		}
 	}
 	return writeFileAtomic(p, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644)
@@ -364,4 +390,256 @@ func isZombie(pid int) bool {
 	}
 	i := strings.LastIndexByte(string(b), ')')
 	return i < 0 || i+2 >= len(b) || b[i+2] == 'Z'
+}
+
+// recordViolation appends a line to <dir>/violations, which the test checks.
+func recordViolation(dir, format string, args ...any) {
+	appendLine(filepath.Join(dir, "violations"), format, args...)
+	dlog(format, args...)
+}
+
+// appendEvent appends a line to <dir>/events (seals, for the tests that
+// must show one did not happen).
+func appendEvent(dir, format string, args ...any) {
+	appendLine(filepath.Join(dir, "events"), format, args...)
+}
+
+func appendLine(path, format string, args ...any) {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		dlog("%s: %v", path, err)
+		return
+	}
+	fmt.Fprintf(f, format+"\n", args...)
+	f.Sync()
+	f.Close()
+}
+
+// fireOnce reports whether the one-shot knob name fires: only for the
+// first process that asks in this data directory.
+func fireOnce(dir, name string) bool {
+	f, err := os.OpenFile(filepath.Join(dir, "fired-"+name), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return false
+	}
+	f.Close()
+	return true
+}
+
+// coldLock takes the lock for a cold start; the test's lock prober may
+// hold it for a moment.
+func coldLock(dir string) (*DataDirLock, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return AcquireDataDirLockWait(ctx, dir)
+}
+
+// holdsLock checks in /proc/locks that this process holds the flock on
+// dir's lock file.
+func holdsLock(dir string) error {
+	var st syscall.Stat_t
+	if err := syscall.Stat(filepath.Join(dir, LockFileName), &st); err != nil {
+		return err
+	}
+	for _, pid := range lockHolders(st.Ino) {
+		if pid == os.Getpid() {
+			return nil
+		}
+	}
+	return fmt.Errorf("/proc/locks shows holders %v of inode %d, not pid %d", lockHolders(st.Ino), st.Ino, os.Getpid())
+}
+
+// lockHolders returns the pids holding (not waiting for) a flock on inode
+// ino, from /proc/locks ("1: FLOCK  ADVISORY  WRITE 123 fe:00:456 0 EOF").
+//
+// Each pid is listed once: /proc/locks is produced as it is read, and a
+// read split over several calls can repeat an entry, so it is read with
+// one large buffer and duplicates are dropped.
+func lockHolders(ino uint64) []int {
+	f, err := os.Open("/proc/locks")
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	b, err := io.ReadAll(bufio.NewReaderSize(f, 1<<20))
+	if err != nil {
+		return nil
+	}
+	var pids []int
+	suffix := ":" + strconv.FormatUint(ino, 10)
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 6 || f[1] != "FLOCK" || !strings.HasSuffix(f[5], suffix) {
+			continue // also skips blocked waiters ("1: -> FLOCK ...")
+		}
+		if pid, err := strconv.Atoi(f[4]); err == nil && !slices.Contains(pids, pid) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// rawSuccessor is a successor that breaks the protocol on purpose, sending
+// raw frames; mode picks the violation:
+//
+//	pid      Hello with a pid that is not the spawned child's
+//	hello-id Hello carrying a handoff id
+//	id       after HelloAck, a heartbeat with another handoff id
+//	commit   after HelloAck, a Commit (only the supervisor sends it)
+//	ready    right after HelloAck, heartbeats and a Ready before Begin
+//
+// It then reads until the supervisor hangs up, and exits.
+func rawSuccessor(r *Successor, mode string) int {
+	conn := r.conn
+	defer conn.Close()
+	h := hello(wire.RoleSuccessor, "raw")
+	helloID := ""
+	switch mode {
+	case "pid":
+		h.PID = os.Getppid()
+	case "hello-id":
+		helloID = "made-up"
+	}
+	if err := conn.Send(h, helloID, time.Second); err != nil {
+		dlog("raw hello: %v", err)
+		return 2
+	}
+	if mode == "pid" || mode == "hello-id" {
+		return drainUntilClosed(conn)
+	}
+	f, err := conn.Recv(10 * time.Second)
+	if err != nil {
+		dlog("raw hello_ack: %v", err)
+		return 2
+	}
+	ack, ok := f.Msg.(wire.HelloAck)
+	if !ok {
+		dlog("raw: got %s, want hello_ack", f.Msg.Type())
+		return 2
+	}
+	conn.SetVersion(ack.Version)
+	var frames []wire.Message
+	id := f.ID
+	switch mode {
+	case "id":
+		id = "not-" + f.ID
+		frames = []wire.Message{wire.Heartbeat{}}
+	case "commit":
+		frames = []wire.Message{wire.Commit{}}
+	case "ready":
+		frames = []wire.Message{wire.Heartbeat{}, wire.Heartbeat{}, wire.Heartbeat{}, wire.Ready{HealthzOK: true}}
+	default:
+		dlog("raw: unknown mode %q", mode)
+		return 2
+	}
+	for _, m := range frames {
+		if err := conn.Send(m, id, time.Second); err != nil {
+			dlog("raw send %s: %v", m.Type(), err)
+			return 2
+		}
+	}
+	return drainUntilClosed(conn)
+}
+
+func drainUntilClosed(conn *wire.Conn) int {
+	for {
+		f, err := conn.Recv(30 * time.Second)
+		if err != nil {
+			return 3
+		}
+		closeFDs(f.FDs)
+	}
+}
+
+// testSupervisor is a supervisor process (HANDOFF_TEST_ROLE=supervisor)
+// for tests that kill the supervisor itself. Its directory TS_DIR holds the
+// control socket, the journal and the data directory "data". TS_MODE=start
+// binds a loopback listener, cold-starts the test daemon and answers
+// "ready <addr> <pid>"; TS_MODE=resume runs ResumeFromJournal and answers
+// "resumed <pid> <listener names>" or "error <text>". Then it takes
+// commands on stdin, one per line:
+//
+//	handoff <build id>   → "outcome <committed> <serving pid> <abort reason>"
+//	stop                 → stops the daemon and exits
+//
+// The daemons' stdout goes to stderr, so stdout carries only answers.
+func testSupervisor() int {
+	dir := os.Getenv("TS_DIR")
+	say := func(format string, args ...any) { fmt.Printf(format+"\n", args...) }
+	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	sup, err := NewSupervisor(SupervisorConfig{
+		ControlSocket: filepath.Join(dir, "ctl.sock"),
+		Journal:       filepath.Join(dir, "journal"),
+		Logger:        logger,
+		Stdout:        os.Stderr,
+	})
+	if err != nil {
+		say("error %v", err)
+		return 2
+	}
+	defer sup.Close()
+	spec := func(build string) SpawnSpec {
+		return SpawnSpec{
+			Binary: os.Args[0],
+			Args:   []string{"-test.run=^$"},
+			Env: []string{"HANDOFF_TEST_ROLE=daemon", "HANDOFF_CRASH_AT=", "TD_BUILD=" + build,
+				"TD_DATA=" + filepath.Join(dir, "data"), "TD_CONTROL=" + filepath.Join(dir, "ctl.sock")},
+			DrainGrace: 10 * time.Second,
+			Deadline:   30 * time.Second,
+		}
+	}
+	ctx := context.Background()
+	switch os.Getenv("TS_MODE") {
+	case "start":
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			say("error %v", err)
+			return 2
+		}
+		if err := sup.AddListener("tcp", ln); err != nil {
+			say("error %v", err)
+			return 2
+		}
+		ln.Close() // the supervisor keeps its duplicate
+		p, err := sup.ColdStart(ctx, spec("v1"))
+		if err != nil {
+			say("error %v", err)
+			return 2
+		}
+		say("ready %s %d", ln.Addr(), p.Pid)
+	case "resume":
+		if err := sup.ResumeFromJournal(ctx); err != nil {
+			say("error %v", err)
+			return 2
+		}
+		st := sup.Status()
+		say("resumed %d %s", st.IncumbentPID, strings.Join(st.Listeners, ","))
+	default:
+		say("error TS_MODE=%q", os.Getenv("TS_MODE"))
+		return 2
+	}
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() {
+		cmd, arg, _ := strings.Cut(in.Text(), " ")
+		switch cmd {
+		case "handoff":
+			out, err := sup.PerformHandoff(ctx, spec(arg))
+			if err != nil {
+				say("error %v", err)
+				continue
+			}
+			pid := sup.Status().IncumbentPID
+			say("outcome %v %d %s", out.Committed, pid, out.AbortReason)
+		case "stop":
+			sctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+			err := sup.Stop(sctx)
+			cancel()
+			if err != nil {
+				say("error %v", err)
+				return 2
+			}
+			return 0
+		}
+	}
+	return 0
 }

@@ -3,9 +3,13 @@ package handoff
 import (
 	"context"
 	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -13,18 +17,20 @@ import (
 func TestHandoffCommitsAndKeepsWrites(t *testing.T) {
 	checkLeaks(t)
 	c := newCluster(t, SupervisorConfig{})
-	l := startLoad(t, c.addr)
 	before := c.servingPID()
 	fdsBefore := countFDs(t)
+	l := startLoad(t, c.addr)
 	const n = 20
+	builds := map[string]int{}
 	for i := range n {
 		out := c.handoff()
 		if !out.Committed {
 			t.Fatalf("handoff %d: not committed: %s", i, out.AbortReason)
 		}
-		if out.Child == nil || out.BuildID != "v"+itoa(c.build) {
-			t.Fatalf("handoff %d: child %v build %q, want build v%d", i, out.Child, out.BuildID, c.build)
+		if out.Child == nil || out.BuildID != c.buildID() {
+			t.Fatalf("handoff %d: child %v build %q, want build %s", i, out.Child, out.BuildID, c.buildID())
 		}
+		builds[out.BuildID]++
 		if pid := c.servingPID(); pid != out.Child.Pid {
 			t.Fatalf("handoff %d: pid %d serves, want the successor %d", i, pid, out.Child.Pid)
 		}
@@ -35,17 +41,56 @@ func TestHandoffCommitsAndKeepsWrites(t *testing.T) {
 	if c.servingPID() == before {
 		t.Fatal("the first daemon still serves")
 	}
-	c.verify(l)
+	if builds["v1"] != n/2 || builds["v2"] != n/2 {
+		t.Fatalf("build ids of the handoffs %v, want v1 and v2 alternating", builds)
+	}
 	// Old incumbents exit by themselves after the commit; the supervisor
-	// reaps them. Its own descriptors are back where they were.
-	waitFor(t, "fd count back to its value before the handoffs", func() bool { return countFDs(t) <= fdsBefore })
+	// reaps them. Its own descriptors are back where they were (the load,
+	// which opens a connection per request, is stopped first).
+	l.check(t)
+	waitFor(t, "fd count back to its value before the handoffs", func() bool { return countFDs(t) == fdsBefore })
+	c.verify(l)
 	st := c.sup.Status()
-	if st.Handoffs != n || st.Phase != PhaseIdle || st.IncumbentBuildID != "v"+itoa(c.build) {
+	if st.Handoffs != n || st.Phase != PhaseIdle || st.IncumbentBuildID != c.buildID() {
 		t.Fatalf("status %+v", st)
 	}
 }
 
-func itoa(i int) string { return strconv.Itoa(i) }
+// Status is called concurrently with handoffs (the reference supervisor's
+// status command does); under -race this checks that what a handoff
+// updates is read under the supervisor's mutex.
+func TestStatusDuringHandoffs(t *testing.T) {
+	checkLeaks(t)
+	c := newCluster(t, SupervisorConfig{})
+	l := startLoad(t, c.addr)
+	stop := make(chan struct{})
+	polled := make(chan int)
+	go func() {
+		n := 0
+		for {
+			select {
+			case <-stop:
+				polled <- n
+				return
+			default:
+			}
+			st := c.sup.Status()
+			_ = st.IncumbentBuildID + st.SuccessorBuildID
+			n++
+		}
+	}()
+	for i, env := range [][]string{nil, {"TD_FAIL_AT=after-begin"}, nil, nil} {
+		out := c.handoff(env...)
+		if out.Committed != (env == nil) {
+			t.Fatalf("handoff %d: committed=%v (%s)", i, out.Committed, out.AbortReason)
+		}
+	}
+	close(stop)
+	if n := <-polled; n == 0 {
+		t.Fatal("Status was never polled")
+	}
+	c.verify(l)
+}
 
 // waitFor polls cond with a bounded wait (for effects with no message to
 // wait on, such as the kernel closing a reaped child's descriptors).
@@ -61,23 +106,30 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 }
 
 func TestHandoffAbortsRollBack(t *testing.T) {
+	short := SupervisorConfig{Liveness: time.Second}
 	tests := []struct {
 		name       string
-		coldEnv    []string // knobs of the incumbent
+		coldEnv    []string // knobs of the incumbent (the failures fire once)
 		env        []string // knobs of the successor
 		cfg        SupervisorConfig
+		deadline   time.Duration // of the handoff, if not the default
 		wantReason string
 		wantErr    error
 	}{
-		{"successor exits before handshake", nil, []string{"TD_FAIL_AT=before-hello"}, SupervisorConfig{}, "successor", ErrSuccessorFailed},
-		{"successor exits after handshake", nil, []string{"TD_FAIL_AT=after-hello"}, SupervisorConfig{}, "successor", ErrSuccessorFailed},
-		{"successor exits after begin", nil, []string{"TD_FAIL_AT=after-begin"}, SupervisorConfig{}, "successor", ErrSuccessorFailed},
-		{"successor hangs after begin", nil, []string{"TD_HANG_AT=after-begin"}, SupervisorConfig{Liveness: time.Second}, "liveness", ErrTimeout},
-		{"successor hangs before begin", nil, []string{"TD_HANG_AT=after-hello", "TD_SLOW_DRAIN=1500ms"}, SupervisorConfig{Liveness: time.Second}, "", ErrAborted},
-		{"ready unhealthy", nil, []string{"TD_UNHEALTHY=1"}, SupervisorConfig{}, "unhealthy", ErrReadyRejected},
-		{"ready with stale revisions", nil, []string{"TD_STALE=1"}, SupervisorConfig{}, "stale", ErrReadyRejected},
-		{"seal fails", []string{"TD_SEAL_FAIL=1"}, nil, SupervisorConfig{}, "seal failed", ErrSealFailed},
-		{"drain fails", []string{"TD_DRAIN_FAIL=1"}, nil, SupervisorConfig{}, "drain failed", ErrDrainFailed},
+		{"successor exits before handshake", nil, []string{"TD_FAIL_AT=before-hello"}, SupervisorConfig{}, 0, "successor (pid", ErrSuccessorFailed},
+		{"successor exits after handshake", nil, []string{"TD_FAIL_AT=after-hello"}, SupervisorConfig{}, 0, "successor (pid", ErrSuccessorFailed},
+		{"successor exits after begin", nil, []string{"TD_FAIL_AT=after-begin"}, SupervisorConfig{}, 0, "successor (pid", ErrSuccessorFailed},
+		// Silent successors: nothing arrives, the liveness timer aborts.
+		{"successor hangs silently after hello", nil, []string{"TD_HANG_AT=after-hello"}, short, 0, "(liveness timeout) while the supervisor waited for [ready]", ErrTimeout},
+		{"successor hangs silently after begin", nil, []string{"TD_HANG_AT=after-begin"}, short, 0, "(liveness timeout) while the supervisor waited for [ready]", ErrTimeout},
+		// A successor that holds the lock and heartbeats but never sends
+		// Ready: the overall deadline aborts; it is killed and the
+		// incumbent retakes the lock.
+		{"successor heartbeats but never sends ready", nil, []string{"TD_HANG_AT=before-ready"}, short, 4 * time.Second, "did not send [ready]: the handoff deadline passed", ErrTimeout},
+		{"ready unhealthy", nil, []string{"TD_UNHEALTHY=1"}, SupervisorConfig{}, 0, "unhealthy", ErrReadyRejected},
+		{"ready with stale revisions", nil, []string{"TD_STALE=1"}, SupervisorConfig{}, 0, "stale", ErrReadyRejected},
+		{"seal fails", []string{"TD_SEAL_FAIL=1"}, nil, SupervisorConfig{}, 0, "seal failed: test knob", ErrSealFailed},
+		{"drain fails", []string{"TD_DRAIN_FAIL=1"}, nil, SupervisorConfig{}, 0, "drain failed: test knob", ErrDrainFailed},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -88,7 +140,14 @@ func TestHandoffAbortsRollBack(t *testing.T) {
 				t.Fatal(err)
 			}
 			before := c.servingPID()
-			out := c.handoff(tc.env...)
+			spec := c.spec(tc.env...)
+			if tc.deadline > 0 {
+				spec.Deadline, spec.DrainGrace = tc.deadline, tc.deadline/4
+			}
+			out, err := c.sup.PerformHandoff(context.Background(), spec)
+			if err != nil {
+				t.Fatalf("PerformHandoff: %v", err)
+			}
 			if out.Committed {
 				t.Fatalf("committed, want a rollback")
 			}
@@ -101,20 +160,36 @@ func TestHandoffAbortsRollBack(t *testing.T) {
 			if pid := c.servingPID(); pid != before {
 				t.Fatalf("pid %d serves after the rollback, want the incumbent %d", pid, before)
 			}
+			if err := holdsLockPID(c.dir, before); err != nil {
+				t.Fatal(err)
+			}
 			if st := c.sup.Status(); st.SuccessorPID != 0 || st.Phase != PhaseIdle {
 				t.Fatalf("status after rollback: %+v", st)
 			}
 			// The rolled-back incumbent can still hand off.
-			if tc.coldEnv == nil {
-				if out := c.handoff(); !out.Committed {
-					t.Fatalf("handoff after rollback: %s", out.AbortReason)
-				}
+			if out := c.handoff(); !out.Committed {
+				t.Fatalf("handoff after rollback: %s", out.AbortReason)
 			}
 			c.verify(l)
 		})
 	}
 }
 
+// holdsLockPID checks in /proc/locks that pid, alone, holds dir's lock.
+func holdsLockPID(dir string, pid int) error {
+	var st syscall.Stat_t
+	if err := syscall.Stat(filepath.Join(dir, LockFileName), &st); err != nil {
+		return err
+	}
+	if h := lockHolders(st.Ino); len(h) != 1 || h[0] != pid {
+		return fmt.Errorf("lock holders %v, want only pid %d", h, pid)
+	}
+	return nil
+}
+
+// A Drainable that ignores its context and returns success after the
+// grace: the supervisor has given up and rolls back, so the incumbent must
+// not seal (nor release the lock) for the SealRequest queued behind.
 func TestDrainTimesOut(t *testing.T) {
 	checkLeaks(t)
 	c := newCluster(t, SupervisorConfig{}, "TD_SLOW_DRAIN=3s")
@@ -126,44 +201,52 @@ func TestDrainTimesOut(t *testing.T) {
 	if err != nil || out.Committed {
 		t.Fatalf("outcome %+v, err %v; want a rollback", out, err)
 	}
-	if !strings.Contains(out.AbortReason, "did not send") {
-		t.Fatalf("abort reason %q", out.AbortReason)
+	if !strings.Contains(out.AbortReason, "did not send [drained drain_failed]: its time ran out") || !errors.Is(out.Err, ErrTimeout) {
+		t.Fatalf("abort reason %q (%v)", out.AbortReason, out.Err)
 	}
 	if pid := c.servingPID(); pid != before {
 		t.Fatalf("pid %d serves, want %d", pid, before)
 	}
+	if err := holdsLockPID(c.dir, before); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(c.dir, "events")); strings.Contains(string(b), "seal "+strconv.Itoa(before)) {
+		t.Fatalf("the incumbent sealed after the supervisor gave up:\n%s", b)
+	}
+	if out := c.handoff(); !out.Committed {
+		t.Fatalf("handoff after the rollback: %s", out.AbortReason)
+	}
 	c.verify(l)
 }
 
-// Drain and seal each take longer than the liveness timeout; heartbeats
-// keep the handoff alive and it commits.
+// Drain, seal and the successor's start-up each take 2.5 times the
+// liveness timeout; heartbeats, at the interval the liveness in HelloAck
+// asks for, keep the handoff alive and it commits.
 func TestLongDrainAndSealCommitWithHeartbeats(t *testing.T) {
 	checkLeaks(t)
 	var mu sync.Mutex
 	beats := 0
-	cfg := SupervisorConfig{Liveness: 1500 * time.Millisecond, OnEvent: func(e Event) {
+	const liveness, work = time.Second, 2500 * time.Millisecond
+	cfg := SupervisorConfig{Liveness: liveness, OnEvent: func(e Event) {
 		if e.Kind == EventHeartbeat {
 			mu.Lock()
 			beats++
 			mu.Unlock()
 		}
 	}}
-	c := newCluster(t, cfg, "TD_SLOW_DRAIN=3s", "TD_SLOW_SEAL=3s")
-	// Heartbeats come every DefaultHeartbeatInterval (2s); with a 1.5s
-	// liveness they would be too rare, so this checks the daemon's beat
-	// interval against a liveness just above it.
-	c.sup.cfg.Liveness = DefaultHeartbeatInterval + 500*time.Millisecond
+	c := newCluster(t, cfg, "TD_SLOW_DRAIN="+work.String(), "TD_SLOW_SEAL="+work.String())
 	l := startLoad(t, c.addr)
-	out := c.handoff("TD_SLOW_OPEN=3s")
+	out := c.handoff("TD_SLOW_OPEN=" + work.String())
 	if !out.Committed {
 		t.Fatalf("not committed: %s", out.AbortReason)
 	}
-	if out.Phases.Drain < 3*time.Second || out.Phases.Seal < 3*time.Second || out.Phases.BeginToReady < 3*time.Second {
+	if out.Phases.Drain < work || out.Phases.Seal < work || out.Phases.BeginToReady < work {
 		t.Fatalf("phases shorter than the daemon's work: %+v", out.Phases)
 	}
+	// At liveness/4 = 250ms, 7.5s of work gives about 30 beats.
 	mu.Lock()
-	if beats < 3 {
-		t.Errorf("saw %d heartbeats, want at least 3", beats)
+	if beats < 20 {
+		t.Errorf("saw %d heartbeats, want at least 20", beats)
 	}
 	mu.Unlock()
 	c.verify(l)

@@ -31,6 +31,7 @@ type cluster struct {
 	sup   *Supervisor
 	base  []string // environment of every daemon
 	build int
+	probe *lockProber
 }
 
 // shortDir returns a directory whose paths fit in a unix socket address.
@@ -90,20 +91,26 @@ func newCluster(t *testing.T, cfg SupervisorConfig, coldEnv ...string) *cluster 
 	if _, err := sup.ColdStart(ctx, c.spec(coldEnv...)); err != nil {
 		t.Fatal(err)
 	}
+	c.probe = startLockProber(t, c.dir)
 	return c
 }
 
-// spec is a SpawnSpec for the test daemon with a fresh build id and env.
+// spec is a SpawnSpec for the test daemon with the next build id and env.
+// Build ids alternate between v1 and v2, as a package manager swapping
+// two versions would.
 func (c *cluster) spec(env ...string) SpawnSpec {
 	c.build++
 	return SpawnSpec{
 		Binary:     os.Args[0],
 		Args:       []string{"-test.run=^$"},
-		Env:        append(append([]string{"TD_BUILD=v" + strconv.Itoa(c.build)}, c.base...), env...),
+		Env:        append(append([]string{"TD_BUILD=" + c.buildID()}, c.base...), env...),
 		DrainGrace: 10 * time.Second,
 		Deadline:   30 * time.Second,
 	}
 }
+
+// buildID is the build id of the last spec.
+func (c *cluster) buildID() string { return "v" + strconv.Itoa(2-c.build%2) }
 
 func (c *cluster) handoff(env ...string) HandoffOutcome {
 	c.t.Helper()
@@ -141,13 +148,14 @@ func request(addr, line string) (rev uint64, pid int, err error) {
 // load dials the listener in a loop (fresh connection per request,
 // alternating writes and reads) until stopped, bounded in count and time.
 type load struct {
-	stop  chan struct{}
-	done  chan struct{}
-	ok    atomic.Int64
-	mu    sync.Mutex
-	fails []error
-	acked []uint64 // acknowledged write revisions
-	pids  map[int]bool
+	stop    chan struct{}
+	done    chan struct{}
+	checked bool
+	ok      atomic.Int64
+	mu      sync.Mutex
+	fails   []error
+	acked   []uint64 // acknowledged write revisions
+	pids    map[int]bool
 }
 
 func startLoad(t *testing.T, addr string) *load {
@@ -200,6 +208,10 @@ func (l *load) check(t *testing.T) {
 	l.finish()
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.checked {
+		return
+	}
+	l.checked = true
 	if len(l.fails) > 0 {
 		t.Errorf("%d of %d requests failed; first: %v", len(l.fails), int(l.ok.Load())+len(l.fails), l.fails[0])
 		for _, err := range l.fails {
@@ -215,36 +227,178 @@ func (l *load) check(t *testing.T) {
 }
 
 // verify checks the invariants after a test: every acknowledged write is in
-// the data, and no two processes ever held the lock at once.
+// the data, no two processes ever wrote (or held the lock) at once, and the
+// daemon serving now holds the lock.
 func (c *cluster) verify(l *load) {
 	c.t.Helper()
+	verifyData(c.t, c.dir, l, c.probe)
+}
+
+// verifyData stops the load and the lock prober and checks the data
+// directory: no violation recorded by a daemon or by the prober; records
+// numbered 1, 2, 3, ... whose writer pids never interleave (once another
+// pid wrote, an earlier writer never writes again); every acknowledged
+// write present; and exactly one process holding the lock.
+func verifyData(t *testing.T, dir string, l *load, p *lockProber) {
+	t.Helper()
 	if l != nil {
-		l.check(c.t)
+		l.check(t)
 	}
-	b, err := os.ReadFile(filepath.Join(c.dir, "violations"))
-	if err == nil {
-		c.t.Errorf("lock probe saw two holders:\n%s", b)
+	if p != nil {
+		p.check(t)
 	}
-	data, _ := os.ReadFile(filepath.Join(c.dir, "revisions"))
+	if b, err := os.ReadFile(filepath.Join(dir, "violations")); err == nil {
+		t.Errorf("a daemon recorded violations:\n%s", b)
+	}
+	recs := readRecords(t, dir)
 	have := map[uint64]bool{}
-	for _, f := range strings.Fields(string(data)) {
-		v, _ := strconv.ParseUint(f, 10, 64)
-		have[v] = true
+	done := map[int]bool{} // writers whose run has ended
+	for i, r := range recs {
+		if r.rev != uint64(i+1) {
+			t.Errorf("record %d has revision %d: two writers or a lost record", i+1, r.rev)
+			break
+		}
+		if i > 0 && recs[i-1].pid != r.pid {
+			done[recs[i-1].pid] = true
+		}
+		if done[r.pid] {
+			t.Errorf("revision %d written by pid %d after pid %d had taken over", r.rev, r.pid, recs[i-1].pid)
+			break
+		}
+		have[r.rev] = true
 	}
 	if l != nil {
 		l.mu.Lock()
 		defer l.mu.Unlock()
 		for _, rev := range l.acked {
 			if !have[rev] {
-				c.t.Errorf("acknowledged write %d is lost", rev)
+				t.Errorf("acknowledged write %d is lost", rev)
 				return
 			}
 		}
 	}
-	// The daemon serving now holds the lock.
-	if _, err := AcquireDataDirLock(c.dir); !errors.Is(err, ErrLockHeld) {
-		c.t.Errorf("after the test nobody holds the lock (AcquireDataDirLock: %v)", err)
+	// The daemon serving now holds the lock, alone.
+	if h := lockHolders(lockFileInode(t, dir)); len(h) != 1 {
+		t.Errorf("after the test the lock holders are %v, want exactly one", h)
 	}
+}
+
+type record struct {
+	rev uint64
+	pid int
+}
+
+// readRecords reads the test daemon's "<rev> <pid>" records.
+func readRecords(t *testing.T, dir string) []record {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(dir, "revisions"))
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		t.Fatal(err)
+	}
+	var recs []record
+	for _, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
+		if line == "" {
+			continue
+		}
+		var r record
+		if _, err := fmt.Sscanf(line, "%d %d", &r.rev, &r.pid); err != nil {
+			t.Fatalf("record %q: %v", line, err)
+		}
+		recs = append(recs, r)
+	}
+	return recs
+}
+
+// lockProber checks the lock from outside the daemons for a whole test: it
+// keeps its own descriptor of the lock file and, again and again, tries
+// flock(LOCK_EX|LOCK_NB). Each time it gets the lock (a moment in a
+// handoff's gap when no daemon holds it) it keeps it for a millisecond and
+// checks that the records did not grow meanwhile: nobody writes without
+// the lock. Each round it also checks /proc/locks for more than one holder.
+type lockProber struct {
+	stop, done chan struct{}
+	mu         sync.Mutex
+	violations []string
+	rounds     int
+	held       int
+}
+
+func startLockProber(t *testing.T, dir string) *lockProber {
+	t.Helper()
+	f, err := os.OpenFile(filepath.Join(dir, LockFileName), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ino := lockFileInode(t, dir)
+	recs := filepath.Join(dir, "revisions")
+	size := func() int64 {
+		st, err := os.Stat(recs)
+		if err != nil {
+			return 0
+		}
+		return st.Size()
+	}
+	p := &lockProber{stop: make(chan struct{}), done: make(chan struct{})}
+	fd := int(f.Fd())
+	go func() {
+		defer close(p.done)
+		defer f.Close()
+		tick := time.NewTicker(2 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			var bad []string
+			if h := lockHolders(ino); len(h) > 1 {
+				bad = append(bad, fmt.Sprintf("/proc/locks shows %d holders: %v", len(h), h))
+			}
+			held := syscall.Flock(fd, syscall.LOCK_EX|syscall.LOCK_NB) == nil
+			if held {
+				before := size()
+				time.Sleep(time.Millisecond) // the window in which nobody may write
+				if after := size(); after != before {
+					bad = append(bad, fmt.Sprintf("the records grew from %d to %d bytes while the prober held the lock", before, after))
+				}
+				syscall.Flock(fd, syscall.LOCK_UN)
+			}
+			p.mu.Lock()
+			p.rounds++
+			if held {
+				p.held++
+			}
+			p.violations = append(p.violations, bad...)
+			p.mu.Unlock()
+			select {
+			case <-p.stop:
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	t.Cleanup(p.finish)
+	return p
+}
+
+func (p *lockProber) finish() {
+	select {
+	case <-p.stop:
+	default:
+		close(p.stop)
+	}
+	<-p.done
+}
+
+// check stops the prober and fails the test on any violation it saw.
+func (p *lockProber) check(t *testing.T) {
+	t.Helper()
+	p.finish()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, v := range p.violations {
+		t.Errorf("lock prober: %s", v)
+	}
+	if p.rounds == 0 {
+		t.Errorf("the lock prober never ran")
+	}
+	t.Logf("lock prober: %d rounds, lock free in %d", p.rounds, p.held)
 }
 
 // servingPID asks the listener who serves.
@@ -270,4 +424,14 @@ func countFDs(t *testing.T) int {
 		t.Fatal(err)
 	}
 	return len(ents)
+}
+
+// lockFileInode returns the inode of dir's lock file.
+func lockFileInode(t *testing.T, dir string) uint64 {
+	t.Helper()
+	var st syscall.Stat_t
+	if err := syscall.Stat(filepath.Join(dir, LockFileName), &st); err != nil {
+		t.Fatal(err)
+	}
+	return st.Ino
 }

@@ -183,10 +183,13 @@ func TestResumeFromJournal(t *testing.T) {
 	journal := filepath.Join(filepath.Dir(c.dir), "journal")
 	incPID := c.servingPID()
 
-	// An orphaned successor left by a supervisor that died mid-handoff.
+	// An orphaned successor left by a supervisor that died right after
+	// spawning it (the incumbent is still idle, as in the spawning phase).
+	// The real crash points of a supervisor process are exercised by
+	// TestSupervisorCrashPoints (build tag handoff_crashpoints).
 	orphan, _ := startLockChild(t, t.TempDir(), false)
 	must(t, writeJournal(journal, journalRecord{
-		Phase: PhaseDraining, HandoffID: "dead",
+		Phase: PhaseSpawning, HandoffID: "dead",
 		IncumbentPID: incPID, IncumbentStart: procStart(incPID), IncumbentBinary: os.Args[0],
 		SuccessorPID: orphan.Process.Pid, SuccessorStart: procStart(orphan.Process.Pid), SuccessorBinary: os.Args[0],
 	}))
