@@ -420,6 +420,50 @@ func childrenOf(t *testing.T, pid int) map[int]bool {
 	return out
 }
 
+// socketInodes returns the inodes of the sockets pid holds (socket:[ino]
+// in /proc/<pid>/fd).
+func socketInodes(t *testing.T, pid int) map[uint64]bool {
+	t.Helper()
+	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[uint64]bool{}
+	for _, fd := range fds {
+		link, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name()))
+		var ino uint64
+		if err == nil {
+			if _, err := fmt.Sscanf(link, "socket:[%d]", &ino); err == nil {
+				out[ino] = true
+			}
+		}
+	}
+	return out
+}
+
+// listeningInode returns the inode of the listening unix socket bound at
+// path, from /proc/net/unix.
+func listeningInode(t *testing.T, path string) uint64 {
+	t.Helper()
+	raw, err := os.ReadFile("/proc/net/unix")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Num RefCount Protocol Flags Type St Inode Path
+	for _, line := range strings.Split(string(raw), "\n")[1:] {
+		fs := strings.Fields(line)
+		if len(fs) == 8 && fs[7] == path && fs[3] == "00010000" {
+			ino, err := strconv.ParseUint(fs[6], 10, 64)
+			if err != nil {
+				t.Fatalf("/proc/net/unix: %q", line)
+			}
+			return ino
+		}
+	}
+	t.Fatalf("no listening socket at %s in /proc/net/unix", path)
+	return 0
+}
+
 // supervisor is a supervisor process.
 type supervisor struct {
 	cmd     *exec.Cmd
@@ -673,11 +717,17 @@ func TestEndToEnd(t *testing.T) {
 func TestReexec(t *testing.T) {
 	f := newFixture(t)
 	sup := f.startSupervisor(t, nil)
+	supPID := sup.cmd.Process.Pid
 	_, daemonPID := f.hello(t)
+	listener := listeningInode(t, f.web)
+	if !socketInodes(t, supPID)[listener] {
+		t.Fatalf("the supervisor does not hold the listening socket %d", listener)
+	}
 
 	stop := make(chan struct{})
+	type dial struct{ start, end time.Time }
 	type dialResult struct {
-		ok   int
+		ok   []dial
 		errs []error
 	}
 	dials := make(chan dialResult, 1)
@@ -690,6 +740,7 @@ func TestReexec(t *testing.T) {
 				return
 			default:
 			}
+			start := time.Now()
 			c, err := net.DialTimeout("unix", f.web, 5*time.Second)
 			if err != nil {
 				r.errs = append(r.errs, err)
@@ -699,7 +750,7 @@ func TestReexec(t *testing.T) {
 			if _, err := bufio.NewReader(c).ReadString('\n'); err != nil {
 				r.errs = append(r.errs, err)
 			} else {
-				r.ok++
+				r.ok = append(r.ok, dial{start, time.Now()})
 			}
 			c.Close()
 		}
@@ -707,15 +758,30 @@ func TestReexec(t *testing.T) {
 
 	sup.signal(t, syscall.SIGUSR2)
 	f.await(t, "RELOADING=1", "re-executing")
+	execStart := time.Now()
 	f.await(t, "READY=1")
+	execEnd := time.Now()
 	st := f.status(t)
 	close(stop)
 	r := <-dials
-	if len(r.errs) > 0 || r.ok == 0 {
-		t.Fatalf("clients across the re-exec: %d served, errors %v", r.ok, r.errs)
+	if len(r.errs) > 0 || len(r.ok) == 0 {
+		t.Fatalf("clients across the re-exec: %d served, errors %v", len(r.ok), r.errs)
 	}
-	if st.Supervisor.PID != sup.cmd.Process.Pid {
-		t.Fatalf("supervisor pid %d after the re-exec, want %d", st.Supervisor.PID, sup.cmd.Process.Pid)
+	during := 0
+	for _, d := range r.ok {
+		if !d.start.Before(execStart) && !d.end.After(execEnd) {
+			during++
+		}
+	}
+	if during == 0 {
+		t.Errorf("no client was served while the supervisor re-executed (%d in all)", len(r.ok))
+	}
+	if got := listeningInode(t, f.web); got != listener || !socketInodes(t, supPID)[listener] {
+		t.Fatalf("listening socket after the re-exec: %d (held by the supervisor: %v), want the same socket %d",
+			got, socketInodes(t, supPID)[listener], listener)
+	}
+	if st.Supervisor.PID != supPID {
+		t.Fatalf("supervisor pid %d after the re-exec, want %d", st.Supervisor.PID, supPID)
 	}
 	if st.Incumbent == nil || st.Incumbent.PID != daemonPID {
 		t.Fatalf("daemon after the re-exec: %+v, want pid %d", st.Incumbent, daemonPID)
@@ -789,25 +855,66 @@ func TestSecondUserCannotTrigger(t *testing.T) {
 	}
 }
 
-// TestSocketActivation passes the listener as systemd does (fd 3,
-// LISTEN_FDS, LISTEN_FDNAMES, LISTEN_PID): the supervisor uses it instead
-// of binding (binding would fail: the path is live), and the daemon serves
-// on it.
+// TestSocketActivation passes two listeners as systemd does (fd 3 and 4,
+// LISTEN_FDS, LISTEN_FDNAMES, LISTEN_PID), in an order other than that of
+// [[listeners]]: the supervisor matches them by name and uses them instead
+// of binding (binding would fail: the paths are live), the daemon gets
+// them in the configured order without systemd's variables left in its
+// environment, and a handoff passes them on.
 func TestSocketActivation(t *testing.T) {
 	f := newFixture(t)
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: f.web, Net: "unix"})
+	admin := filepath.Join(f.dir, "admin.sock")
+	raw, err := os.ReadFile(f.cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	lf, err := ln.File()
-	if err != nil {
+	raw = fmt.Appendf(raw, "\n[[listeners]]\nname = \"admin\"\naddr = \"unix:%s\"\n", admin)
+	if err := os.WriteFile(f.cfg, raw, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	defer lf.Close()
-	sup := f.startSupervisor(t, []string{"LISTEN_FDS=1", "LISTEN_FDNAMES=web", envTestListenPID + "=1"}, lf)
+	var files []*os.File
+	for _, path := range []string{admin, f.web} {
+		ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		lf, err := ln.File()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer lf.Close()
+		files = append(files, lf)
+	}
+	sup := f.startSupervisor(t, []string{"LISTEN_FDS=2", "LISTEN_FDNAMES=admin:web", envTestListenPID + "=1"}, files...)
 	if build, _ := f.hello(t); build != "daemon-v1" {
 		t.Fatalf("serving %s", build)
+	}
+	adminLine := func() string {
+		t.Helper()
+		c, err := net.DialTimeout("unix", admin, 10*time.Second)
+		if err != nil {
+			t.Fatalf("dial admin: %v", err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(20 * time.Second))
+		line, err := bufio.NewReader(c).ReadString('\n')
+		if err != nil {
+			t.Fatalf("read admin: %v", err)
+		}
+		return strings.TrimSpace(line)
+	}
+	if got, want := adminLine(), "env= names=web,admin"; got != want {
+		t.Fatalf("the daemon says %q, want %q (no LISTEN_* left, listeners in config order)", got, want)
+	}
+	if out, _, code := f.cli(t, "upgrade", "--config", f.cfg, "--binary", f.v2); code != 0 {
+		t.Fatalf("upgrade after socket activation: exit %d, %q", code, out)
+	}
+	if build, _ := f.hello(t); build != "daemon-v2" {
+		t.Fatalf("after the upgrade: serving %s", build)
+	}
+	if got, want := adminLine(), "env= names=web,admin"; got != want {
+		t.Fatalf("after the upgrade the daemon says %q, want %q", got, want)
 	}
 	sup.signal(t, syscall.SIGTERM)
 	if err := sup.wait(t, "after SIGTERM"); err != nil {
