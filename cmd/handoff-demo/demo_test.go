@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/xml"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -81,9 +82,8 @@ func TestDemoShort(t *testing.T) {
 			t.Errorf("plot has no legend entry %q", legend)
 		}
 	}
-	// One dashed marker per handoff, plus the two in the legend.
-	if n := strings.Count(svg, "stroke-dasharray"); n < len(rows)+2 {
-		t.Errorf("plot has %d dashed lines, want a marker for each of the %d handoffs and 2 in the legend", n, len(rows))
+	if n := strings.Count(svg, `class="handoff"`); n != len(rows) {
+		t.Errorf("plot has %d handoff markers, want %d", n, len(rows))
 	}
 }
 
@@ -143,5 +143,48 @@ func TestFlagsRejectBadValues(t *testing.T) {
 		if _, err := parseFlags(args, &bytes.Buffer{}); err == nil {
 			t.Errorf("%v accepted", args)
 		}
+	}
+}
+
+// TestPlot: the plot is a well-formed SVG document with a marker per
+// handoff and the legend; other formats are refused.
+func TestPlot(t *testing.T) {
+	r := &report{
+		samples: []sample{
+			{start: time.Second, latency: 2 * time.Millisecond, ok: true},
+			{start: 3 * time.Second, latency: 40 * time.Millisecond, err: "refused <&>"},
+		},
+		handoffs: []handoffRecord{
+			{n: 1, to: "v2", start: 2 * time.Second, res: triggerResult{committed: true}},
+			{n: 2, to: "broken", start: 4 * time.Second},
+		},
+	}
+	path := filepath.Join(t.TempDir(), "p.svg")
+	if err := writePlot(path, r); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dec := xml.NewDecoder(bytes.NewReader(b))
+	for {
+		if _, err := dec.Token(); err == io.EOF {
+			break
+		} else if err != nil {
+			t.Fatalf("plot is not well-formed XML: %v", err)
+		}
+	}
+	svg := string(b)
+	if n := strings.Count(svg, `class="handoff"`); n != 2 {
+		t.Errorf("%d handoff markers, want 2", n)
+	}
+	for _, want := range []string{">handoff (committed)<", ">handoff (rolled back)<", ">failed request<", "<circle"} {
+		if !strings.Contains(svg, want) {
+			t.Errorf("plot lacks %q", want)
+		}
+	}
+	if err := writePlot(filepath.Join(t.TempDir(), "p.png"), r); err == nil {
+		t.Error("a .png plot was accepted")
 	}
 }

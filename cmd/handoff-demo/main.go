@@ -58,7 +58,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.handoffs, "handoffs", 12, "successful handoffs to perform (alternating v1 and v2), plus one to a broken binary that must roll back")
 	fs.IntVar(&o.rate, "rate", 400, "requests per second across all workers")
 	fs.IntVar(&o.workers, "workers", 8, "concurrent client workers (half on fresh connections, half keep-alive)")
-	fs.StringVar(&o.plot, "plot", "", "write a latency-over-time plot with handoff markers to this file (.svg or .png)")
+	fs.StringVar(&o.plot, "plot", "", "write a latency-over-time plot with handoff markers to this SVG file")
 	fs.BoolVar(&o.keepDir, "keep-dir", false, "keep the working directory (binaries, config, data, logs) and print its path")
 	fs.StringVar(&o.dir, "dir", "", "working directory (default: a new temporary directory)")
 	fs.BoolVar(&o.verbose, "v", false, "show the supervisor's and daemons' logs")
