@@ -8,6 +8,8 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
+	"time"
 
 	"github.com/handoff-go/handoff"
 )
@@ -60,7 +62,9 @@ func (db *myDB) Seal(ctx context.Context) (handoff.SealReport, error) {
 func (db *myDB) ResumeAfterAbort(ctx context.Context) error { return nil }
 func (db *myDB) SnapshotState() handoff.StateSnapshot       { return handoff.StateSnapshot{ShardCount: 1} }
 
-// A daemon's main: both roles, in a few lines each.
+// A daemon's main: both roles, in a few lines each. It has no output to
+// check: it is a main that needs its supervisor, a data directory and a
+// control socket path (ExampleSupervisor_PerformHandoff runs a daemon).
 func Example_daemon() {
 	const dataDir, controlSock = "/var/lib/mydb", "/run/mydb/handoff.sock"
 	role, err := handoff.DetectRole()
@@ -117,30 +121,56 @@ func Example_daemon() {
 }
 
 // A supervisor embedded in a program: hold the listener, start the daemon,
-// hand it off to a new binary.
+// hand it off to a new binary, stop it. In this example the package's test
+// binary plays both versions of the daemon (see TestMain); a program names
+// its daemon's installed binaries instead.
 func ExampleSupervisor_PerformHandoff() {
-	sup, err := handoff.NewSupervisor(handoff.SupervisorConfig{ControlSocket: "/run/mydb/handoff.sock"})
+	dir, err := os.MkdirTemp("", "example")
 	if err != nil {
 		log.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:8080")
+	defer os.RemoveAll(dir)
+	data, sock := filepath.Join(dir, "data"), filepath.Join(dir, "handoff.sock")
+	if err := os.Mkdir(data, 0o755); err != nil {
+		log.Fatal(err)
+	}
+	daemon := func(build string) handoff.SpawnSpec {
+		return handoff.SpawnSpec{
+			Binary: os.Args[0],
+			Env:    []string{"HANDOFF_TEST_ROLE=daemon", "TD_BUILD=" + build, "TD_DATA=" + data, "TD_CONTROL=" + sock},
+		}
+	}
+
+	sup, err := handoff.NewSupervisor(handoff.SupervisorConfig{ControlSocket: sock})
 	if err != nil {
 		log.Fatal(err)
 	}
-	if err := sup.AddListener("http", ln); err != nil {
+	defer sup.Close()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
 		log.Fatal(err)
 	}
-	ctx := context.Background()
-	if _, err := sup.ColdStart(ctx, handoff.SpawnSpec{Binary: "/usr/local/bin/mydb"}); err != nil {
+	defer ln.Close()
+	if err := sup.AddListener("tcp", ln); err != nil {
 		log.Fatal(err)
 	}
-	out, err := sup.PerformHandoff(ctx, handoff.SpawnSpec{Binary: "/usr/local/bin/mydb-v2"})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, err := sup.ColdStart(ctx, daemon("v1")); err != nil {
+		log.Fatal(err)
+	}
+	out, err := sup.PerformHandoff(ctx, daemon("v2"))
 	switch {
 	case err != nil:
 		log.Fatal(err)
 	case out.Committed:
-		fmt.Println("new pid", out.Child.Pid, "accept gap", out.Phases.AcceptGap)
+		fmt.Println("committed; serving build", out.BuildID)
 	default:
 		fmt.Println("rolled back:", out.AbortReason)
 	}
+	// SIGTERM: the daemon drains, seals and exits.
+	if err := sup.Stop(ctx); err != nil {
+		log.Fatal(err)
+	}
+	// Output: committed; serving build v2
 }
