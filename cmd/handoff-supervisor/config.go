@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -103,37 +104,80 @@ func loadConfig(path string) (*Config, error) {
 // in errors.
 func parseConfig(path string, doc []byte) (*Config, error) {
 	var c Config
+	kl := newKeyLines(doc)
 	dec := toml.NewDecoder(bytes.NewReader(doc))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&c); err != nil {
-		return nil, decodeErrors(path, err)
+		return nil, decodeErrors(path, kl, err)
 	}
-	c.path, c.doc, c.lines = path, doc, newKeyLines(doc)
+	c.path, c.doc, c.lines = path, doc, kl
 	if err := c.validate(c.lines); err != nil {
 		return nil, err
 	}
 	return &c, nil
 }
 
-// decodeErrors turns go-toml's errors into ConfigErrors naming key and line.
-func decodeErrors(path string, err error) error {
+// decodeErrors turns go-toml's errors into ConfigErrors naming key (with
+// the index of an array-of-tables entry) and line, in terms of TOML rather
+// than of Go types.
+func decodeErrors(path string, kl keyLines, err error) error {
 	var strict *toml.StrictMissingError
 	if errors.As(err, &strict) {
 		errs := make([]error, 0, len(strict.Errors))
 		for i := range strict.Errors {
 			de := &strict.Errors[i]
 			line, _ := de.Position()
-			errs = append(errs, &ConfigError{File: path, Line: line, Key: strings.Join(de.Key(), "."), Msg: "unknown key", Err: de})
+			errs = append(errs, &ConfigError{File: path, Line: line, Key: displayKey(kl.entryKey(de.Key(), line)), Msg: "unknown key", Err: de})
 		}
 		return errors.Join(errs...)
 	}
 	var de *toml.DecodeError
 	if errors.As(err, &de) {
 		line, _ := de.Position()
-		msg := strings.TrimPrefix(de.Error(), "toml: ")
-		return &ConfigError{File: path, Line: line, Key: strings.Join(de.Key(), "."), Msg: msg, Err: de}
+		return &ConfigError{File: path, Line: line, Key: displayKey(kl.entryKey(de.Key(), line)), Msg: typeMessage(de.Error()), Err: de}
 	}
 	return &ConfigError{File: path, Msg: "cannot decode", Err: err}
+}
+
+// goTypeError matches go-toml's "cannot decode TOML integer into struct
+// field main.Listener.Name of type string".
+var goTypeError = regexp.MustCompile(`cannot decode TOML (\w+) into .* of type (\S+)`)
+
+// typeMessage says what a type error means for the key, without Go's names.
+func typeMessage(msg string) string {
+	msg = strings.TrimPrefix(msg, "toml: ")
+	m := goTypeError.FindStringSubmatch(msg)
+	if m == nil {
+		return msg
+	}
+	want := map[string]string{
+		"string": "a string", "float64": "a number", "uint32": "a user id (an integer from 0)",
+		"[]string": "an array of strings", "[]uint32": "an array of user ids",
+	}[m[2]]
+	if want == "" {
+		want = "something else"
+	}
+	return fmt.Sprintf("want %s, got %s", want, m[1])
+}
+
+// entryKey numbers a key inside an array of tables ("listeners", "port")
+// by the entry that holds line: "listeners.1.port".
+func (kl keyLines) entryKey(key []string, line int) string {
+	if len(key) < 2 {
+		return strings.Join(key, ".")
+	}
+	idx := -1
+	for i := 0; ; i++ {
+		l, ok := kl[key[0]+"."+strconv.Itoa(i)]
+		if !ok || l > line {
+			break
+		}
+		idx = i
+	}
+	if idx < 0 {
+		return strings.Join(key, ".")
+	}
+	return key[0] + "." + strconv.Itoa(idx) + "." + strings.Join(key[1:], ".")
 }
 
 // keyLines maps dotted key paths to the line that sets them. Entries of an

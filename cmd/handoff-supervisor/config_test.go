@@ -97,7 +97,10 @@ func TestParseConfigErrors(t *testing.T) {
 		want []string // substrings of the error, in order
 	}{
 		{"unknown key", head + "drain_grace = 3\n", []string{"d.toml:4: key drain_grace: unknown key"}},
-		{"unknown key in listener", head + "[[listeners]]\nname = \"a\"\naddr = \":1\"\nport = 3\n", []string{"d.toml:7: key listeners.port: unknown key"}},
+		{"unknown key in listener", head + "[[listeners]]\nname = \"a\"\naddr = \":1\"\nport = 3\n", []string{"d.toml:7: key listeners[0].port: unknown key"}},
+		{"unknown key in second listener", head + "[[listeners]]\nname = \"a\"\naddr = \":1\"\n[[listeners]]\nname = \"b\"\naddr = \":2\"\nport = 3\n", []string{"d.toml:10: key listeners[1].port: unknown key"}},
+		{"listener name type", head + "[[listeners]]\nname = 5\naddr = \":1\"\n", []string{"d.toml:5: key listeners[0].name: want a string, got integer"}},
+		{"secs type", head + "deadline_secs = \"60\"\n", []string{"d.toml:4: key deadline_secs: want a number, got string"}},
 		{"two unknown keys", head + "a = 1\nb = 2\n", []string{"d.toml:4: key a: unknown key", "d.toml:5: key b: unknown key"}},
 		{"bad type", head + "deadline_secs = \"60\"\n", []string{"d.toml:4: key deadline_secs:", "string"}},
 		{"bad type in array", head + "allowed_uids = [1, \"x\"]\n", []string{"d.toml:4: key allowed_uids:"}},

@@ -5,8 +5,12 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"reflect"
+	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // runCmd runs the command line args in-process.
@@ -18,19 +22,55 @@ func runCmd(t *testing.T, args ...string) (stdout, stderr string, code int) {
 	return out.String(), errOut.String(), code
 }
 
+// TestHelpDocumentsEverything: every configuration key (read from the
+// toml tags) starts an indented line of the help, and every metric of the
+// supervisor's registry is named in it.
 func TestHelpDocumentsEverything(t *testing.T) {
 	out, _, code := runCmd(t, "--help")
 	if code != 0 {
 		t.Fatalf("exit %d", code)
 	}
+	documented := func(key string) bool {
+		return regexp.MustCompile(`(?m)^ +` + regexp.QuoteMeta(key) + `( |$)`).MatchString(out)
+	}
+	var keys func(typ reflect.Type)
+	keys = func(typ reflect.Type) {
+		for i := range typ.NumField() {
+			f := typ.Field(i)
+			tag, _, _ := strings.Cut(f.Tag.Get("toml"), ",")
+			if tag == "" || tag == "-" {
+				continue
+			}
+			key := tag
+			if f.Type.Kind() == reflect.Slice && f.Type.Elem().Kind() == reflect.Struct {
+				key = "[[" + tag + "]]"
+				keys(f.Type.Elem())
+			}
+			if !documented(key) {
+				t.Errorf("help has no line starting with the key %q", key)
+			}
+		}
+	}
+	keys(reflect.TypeFor[Config]())
+
+	m := newMetrics()
+	for _, c := range m.own() {
+		ch := make(chan *prometheus.Desc, 16)
+		c.Describe(ch)
+		close(ch)
+		for d := range ch {
+			name := regexp.MustCompile(`fqName: "([^"]+)"`).FindStringSubmatch(d.String())
+			if name == nil {
+				t.Fatalf("cannot read the name of %s", d)
+			}
+			if !regexp.MustCompile(`(?m)^ +` + regexp.QuoteMeta(name[1]) + `\b`).MatchString(out) {
+				t.Errorf("help does not list the metric %s", name[1])
+			}
+		}
+	}
 	for _, want := range []string{
-		// commands and flags
 		"run", "upgrade", "status", "version", "--config", "--binary", "--timeout", "--json",
-		// every key
-		"control_socket", "trigger_socket", "binary", "args", "env", "drain_grace_secs", "deadline_secs",
-		"journal", "allowed_binaries", "allowed_uids", "metrics_addr", "log_format", "[[listeners]]", "name", "addr",
-		// signals, systemd, metrics
-		"SIGHUP", "SIGTERM", "SIGUSR2", "Type=notify-reload", "handoff_handoffs_total", "handoff_daemon_restarts_total",
+		"SIGHUP", "SIGTERM", "SIGUSR2", "Type=notify-reload",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("help lacks %q", want)
@@ -75,7 +115,7 @@ func TestConfigErrorsNameKeyAndLine(t *testing.T) {
 	os.WriteFile(bad, []byte("control_socket = \"/run/c\"\ntrigger_socket = \"/run/t\"\nbinary = \"/bin/true\"\n\n[[listeners]]\nname = \"web\"\naddr = \"localhost\"\nport = 8080\n"), 0o644)
 	for _, args := range [][]string{{"--config", bad}, {"run", "--config", bad}, {"upgrade", "--config", bad}, {"status", "--config", bad}} {
 		_, stderr, code := runCmd(t, args...)
-		if code != 1 || !strings.Contains(stderr, bad+":8: key listeners.port: unknown key") {
+		if code != 1 || !strings.Contains(stderr, bad+":8: key listeners[0].port: unknown key") {
 			t.Errorf("%q: exit %d, stderr %q", args, code, stderr)
 		}
 	}
