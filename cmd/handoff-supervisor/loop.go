@@ -263,6 +263,7 @@ func (d *daemon) finishOp(r opResult) {
 		answer(handoffReply(o))
 	case opColdStart:
 		if r.err != nil {
+			d.metrics.startFails.Inc()
 			delay := d.backoff.next(0)
 			d.log.Error("the daemon did not start; retrying", "binary", r.binary, "err", r.err, "in", delay)
 			d.scheduleRestart(delay, "the last start failed: "+r.err.Error())

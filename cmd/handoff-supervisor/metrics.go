@@ -32,6 +32,7 @@ type metrics struct {
 	rollbacks    prometheus.Counter
 	sealFailures prometheus.Counter
 	restarts     prometheus.Counter
+	startFails   prometheus.Counter
 	inProgress   prometheus.Gauge
 	duration     *prometheus.HistogramVec
 	drain        prometheus.Histogram
@@ -66,6 +67,10 @@ func newMetrics() *metrics {
 			Namespace: metricsNamespace, Name: "daemon_restarts_total",
 			Help: "Cold starts of the known-good binary after the daemon exited outside a handoff.",
 		}),
+		startFails: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: metricsNamespace, Name: "daemon_start_failures_total",
+			Help: "Starts of the known-good binary (after the daemon exited) that failed; each is retried with backoff.",
+		}),
 		inProgress: prometheus.NewGauge(prometheus.GaugeOpts{
 			Namespace: metricsNamespace, Name: "in_progress",
 			Help: "1 while a handoff runs, else 0.",
@@ -91,8 +96,8 @@ func newMetrics() *metrics {
 			Help: "Time nobody accepted connections during a committed handoff (they waited in the kernel's queue).", Buckets: gapBuckets,
 		}),
 	}
-	m.reg.MustRegister(m.handoffs, m.rollbacks, m.sealFailures, m.restarts, m.inProgress,
-		m.duration, m.drain, m.seal, m.beginToReady, m.acceptGap,
+	m.reg.MustRegister(m.own()...)
+	m.reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
@@ -101,6 +106,12 @@ func newMetrics() *metrics {
 	m.handoffs.WithLabelValues(outcomeCommitted)
 	m.handoffs.WithLabelValues(outcomeRolledBack)
 	return m
+}
+
+// own returns the supervisor's own collectors (the handoff_ metrics).
+func (m *metrics) own() []prometheus.Collector {
+	return []prometheus.Collector{m.handoffs, m.rollbacks, m.sealFailures, m.restarts, m.startFails, m.inProgress,
+		m.duration, m.drain, m.seal, m.beginToReady, m.acceptGap}
 }
 
 // onEvent records handoffs from the Supervisor's events.

@@ -76,6 +76,7 @@ func TestMetricsScrape(t *testing.T) {
 		`handoff_rollbacks_total`:                       "0",
 		`handoff_seal_failures_total`:                   "0",
 		`handoff_daemon_restarts_total`:                 "0",
+		`handoff_daemon_start_failures_total`:           "0",
 		`handoff_in_progress`:                           "0",
 	})
 

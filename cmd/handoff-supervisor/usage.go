@@ -139,6 +139,7 @@ Metrics (metrics_addr, /metrics):
   handoff_begin_to_ready_seconds          the new daemon's start (histogram)
   handoff_accept_gap_seconds              time nobody accepted (histogram)
   handoff_daemon_restarts_total           restarts after the daemon exited
+  handoff_daemon_start_failures_total     restarts that failed (retried)
   handoff_in_progress                     1 while a handoff runs
   plus the Go runtime's and the process's standard metrics.
 
