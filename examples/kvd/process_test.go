@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -123,18 +124,20 @@ func (c *kvdCluster) stats() statsReply {
 	return st
 }
 
-// writers PUT unique keys, each request on a fresh connection, until
-// stopped.
+// writers PUT unique keys, each request on a fresh connection (so the
+// client never resends one), until stopped, and keep the revision each
+// acknowledged write was given.
 type writers struct {
 	stop  chan struct{}
 	wg    sync.WaitGroup
 	mu    sync.Mutex
 	acked map[string]string
+	revs  [][]uint64 // per writer, in the order its writes were acknowledged
 	fails []string
 }
 
 func startWriters(c *kvdCluster, n int) *writers {
-	w := &writers{stop: make(chan struct{}), acked: map[string]string{}}
+	w := &writers{stop: make(chan struct{}), acked: map[string]string{}, revs: make([][]uint64, n)}
 	for g := range n {
 		w.wg.Go(func() {
 			for i := 0; ; i++ {
@@ -145,17 +148,49 @@ func startWriters(c *kvdCluster, n int) *writers {
 				}
 				key, value := fmt.Sprintf("load-%d-%d", g, i), fmt.Sprintf("value-%d-%d", g, i)
 				code, body, err := c.do("PUT", "/kv/"+key, value)
+				var reply writeReply
+				if err == nil && code == http.StatusOK {
+					err = json.Unmarshal([]byte(body), &reply)
+				}
 				w.mu.Lock()
-				if err != nil || code != http.StatusOK {
+				if err != nil || code != http.StatusOK || reply.Key != key {
 					w.fails = append(w.fails, fmt.Sprintf("PUT %s: %d %q %v", key, code, body, err))
 				} else {
 					w.acked[key] = value
+					w.revs[g] = append(w.revs[g], reply.Revision)
 				}
 				w.mu.Unlock()
 			}
 		})
 	}
 	return w
+}
+
+// checkRevisions checks the revisions the writes were acknowledged with,
+// after the store was at revision base and only the writers wrote: each
+// writer's increase, and together they are exactly base+1 … base+N for N
+// acknowledged writes (none repeated, none skipped), provided no write
+// failed (a failed PUT may still have been applied).
+func (w *writers) checkRevisions(t *testing.T, base uint64) {
+	t.Helper()
+	var all []uint64
+	for g, revs := range w.revs {
+		for i := 1; i < len(revs); i++ {
+			if revs[i] <= revs[i-1] {
+				t.Errorf("writer %d: revision %d acknowledged after %d", g, revs[i], revs[i-1])
+			}
+		}
+		all = append(all, revs...)
+	}
+	slices.Sort(all)
+	for i, rev := range all {
+		if i > 0 && rev == all[i-1] {
+			t.Errorf("revision %d acknowledged twice", rev)
+		}
+		if len(w.fails) == 0 && rev != base+uint64(i)+1 {
+			t.Fatalf("acknowledged revisions are not %d…%d: number %d in order is %d", base+1, base+uint64(len(all)), i+1, rev)
+		}
+	}
 }
 
 func (w *writers) finish() {
@@ -206,6 +241,11 @@ func TestHandoffEndToEnd(t *testing.T) {
 	if len(w.fails) > 0 {
 		t.Errorf("%d of %d writes failed, first: %s", len(w.fails), len(w.fails)+len(w.acked), w.fails[0])
 	}
+	w.checkRevisions(t, first.Revision)
+	want := first.Revision + uint64(len(w.acked))
+	if got := c.stats().Revision; len(w.fails) == 0 && got != want {
+		t.Errorf("revision %d after %d acknowledged writes from %d, want %d", got, len(w.acked), first.Revision, want)
+	}
 	for k, v := range w.acked {
 		if code, body, err := c.do("GET", "/kv/"+k, ""); err != nil || code != http.StatusOK || body != v {
 			t.Fatalf("acknowledged %s=%s reads back as %d %q, %v", k, v, code, body, err)
@@ -232,6 +272,9 @@ func TestHandoffEndToEnd(t *testing.T) {
 	defer st.Close()
 	if rc := st.Recovery(); rc.Replayed != 0 || rc.TornTailBytes != 0 {
 		t.Errorf("after a graceful stop Open replayed %+v; want a clean snapshot", rc)
+	}
+	if got := st.Revision(); len(w.fails) == 0 && got != want {
+		t.Errorf("sealed store at revision %d, want %d", got, want)
 	}
 	for k, v := range w.acked {
 		if got, ok := st.Get(k); !ok || string(got) != v {
