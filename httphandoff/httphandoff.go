@@ -8,16 +8,30 @@
 // hooks; on resume the adapter serves again with a fresh http.Server from
 // Config, since an http.Server that stopped cannot be restarted.
 //
-// Drain does not use http.Server.Shutdown: once Shutdown has begun, a
-// server closes without an answer any connection whose request it reads
-// after that point, so a client that connected just before the drain
-// would see its request fail. Instead the adapter stops Serve and disables
+// # Why Drain does not use http.Server.Shutdown
+//
+// Shutdown first marks the server as shutting down, and from then on
+// net/http closes a connection that reads a request without answering it
+// (conn.serve checks for shutdown after each request it reads). A client
+// that connected just before the drain, whose request was still on the
+// wire, would get its connection closed instead of an answer: during a
+// handoff that is a failed request, the very thing handoff exists to
+// avoid. TestShutdownDropsRequestReadAfterItBegins shows it with a plain
+// http.Server.
+//
+// Instead Drain ends Accept (the socket stays open, see below), disables
 // keep-alives, which closes idle connections and makes busy ones close
-// after their response. As with any HTTP/1.1 server that closes an idle
-// keep-alive connection, a client may have just sent a request on it: Go's
-// http.Client retries such a request when it is idempotent (GET, HEAD, or
-// any method with an Idempotency-Key header). Requests on fresh
-// connections never see this.
+// after their response, and waits for the connections to close. A
+// connection accepted before the drain is answered when its request
+// arrives within the drain grace
+// (TestDrainServesAcceptedConnectionWithoutRequestYet).
+//
+// One race remains, as with any HTTP/1.1 server that closes an idle
+// keep-alive connection: a client may have just sent a request on it. Go's
+// http.Client resends such a request on a new connection when it is
+// idempotent (GET, HEAD, or any method with an Idempotency-Key header);
+// other clients have similar rules. Requests on fresh connections never
+// see this.
 //
 // # Listeners stay open
 //
