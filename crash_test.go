@@ -149,15 +149,24 @@ func daemonsOf(dir string) []int {
 // new supervisor process recovers with ResumeFromJournal: one daemon (the
 // old incumbent) serves and holds the lock, no successor is left, a client
 // dialling all along sees no refused or reset connection, no two daemons
-// ever wrote, and a following handoff commits.
+// ever wrote, and a following handoff commits. In the last case the test
+// kills the supervisor while a hung successor holds the lock: the orphan
+// must be killed before the incumbent can retake the lock and answer.
 func TestSupervisorCrashPoints(t *testing.T) {
-	for _, point := range []string{
-		"supervisor-after-successor-hello",
-		"supervisor-after-drained",
-		"supervisor-after-sealed",
-		"supervisor-before-commit",
-	} {
-		t.Run(point, func(t *testing.T) {
+	tests := []struct {
+		name     string
+		point    string   // HANDOFF_CRASH_AT of the supervisor
+		succEnv  []string // knobs of the successor
+		killHeld bool     // the test kills the supervisor once the successor holds the lock
+	}{
+		{"supervisor-after-successor-hello", "supervisor-after-successor-hello", nil, false},
+		{"supervisor-after-drained", "supervisor-after-drained", nil, false},
+		{"supervisor-after-sealed", "supervisor-after-sealed", nil, false},
+		{"supervisor-before-commit", "supervisor-before-commit", nil, false},
+		{"killed while a hung successor holds the lock", "", []string{"TD_HANG_AT=before-ready"}, true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
 			checkLeaks(t)
 			dir := shortDir(t)
 			data := filepath.Join(dir, "data")
@@ -167,7 +176,7 @@ func TestSupervisorCrashPoints(t *testing.T) {
 					syscall.Kill(pid, syscall.SIGKILL)
 				}
 			})
-			sup1 := startTestSupervisor(t, dir, "start", "HANDOFF_CRASH_AT="+point)
+			sup1 := startTestSupervisor(t, dir, "start", "HANDOFF_CRASH_AT="+tc.point)
 			f := sup1.answer("ready")
 			addr, incPID := f[1], atoi(t, f[2])
 			probe := startLockProber(t, data)
@@ -175,11 +184,18 @@ func TestSupervisorCrashPoints(t *testing.T) {
 			if _, _, err := request(addr, "w"); err != nil {
 				t.Fatal(err)
 			}
-			sup1.tell("handoff v2")
+			sup1.tell(strings.Join(append([]string{"handoff", "v2"}, tc.succEnv...), " "))
+			if tc.killHeld {
+				waitFor(t, "the successor to hold the lock", func() bool {
+					h := lockHolders(lockFileInode(t, data))
+					return len(h) == 1 && h[0] != incPID
+				})
+				sup1.cmd.Process.Kill()
+			}
 			err := sup1.cmd.Wait()
 			var ee *exec.ExitError
 			if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
-				t.Fatalf("the supervisor ended with %v, want SIGKILL at %s", err, point)
+				t.Fatalf("the supervisor ended with %v, want SIGKILL (%s)", err, tc.name)
 			}
 			rec, ok, err := readJournal(filepath.Join(dir, "journal"))
 			if err != nil || !ok || rec.SuccessorPID == 0 {

@@ -559,7 +559,8 @@ func drainUntilClosed(conn *wire.Conn) int {
 // "resumed <pid> <listener names>" or "error <text>". Then it takes
 // commands on stdin, one per line:
 //
-//	handoff <build id>   → "outcome <committed> <serving pid> <abort reason>"
+//	handoff <build id> [K=V ...]   → "outcome <committed> <serving pid> <abort reason>"
+//	                                 (K=V: knobs of the successor)
 //	stop                 → stops the daemon and exits
 //
 // The daemons' stdout goes to stderr, so stdout carries only answers.
@@ -578,12 +579,12 @@ func testSupervisor() int {
 		return 2
 	}
 	defer sup.Close()
-	spec := func(build string) SpawnSpec {
+	spec := func(build string, knobs ...string) SpawnSpec {
 		return SpawnSpec{
 			Binary: os.Args[0],
 			Args:   []string{"-test.run=^$"},
-			Env: []string{"HANDOFF_TEST_ROLE=daemon", "HANDOFF_CRASH_AT=", "TD_BUILD=" + build,
-				"TD_DATA=" + filepath.Join(dir, "data"), "TD_CONTROL=" + filepath.Join(dir, "ctl.sock")},
+			Env: append([]string{"HANDOFF_TEST_ROLE=daemon", "HANDOFF_CRASH_AT=", "TD_BUILD=" + build,
+				"TD_DATA=" + filepath.Join(dir, "data"), "TD_CONTROL=" + filepath.Join(dir, "ctl.sock")}, knobs...),
 			DrainGrace: 10 * time.Second,
 			Deadline:   30 * time.Second,
 		}
@@ -620,10 +621,17 @@ func testSupervisor() int {
 	}
 	in := bufio.NewScanner(os.Stdin)
 	for in.Scan() {
-		cmd, arg, _ := strings.Cut(in.Text(), " ")
-		switch cmd {
+		args := strings.Fields(in.Text())
+		if len(args) == 0 {
+			continue
+		}
+		switch args[0] {
 		case "handoff":
-			out, err := sup.PerformHandoff(ctx, spec(arg))
+			if len(args) < 2 {
+				say("error handoff needs a build id")
+				continue
+			}
+			out, err := sup.PerformHandoff(ctx, spec(args[1], args[2:]...))
 			if err != nil {
 				say("error %v", err)
 				continue
