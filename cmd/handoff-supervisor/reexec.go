@@ -85,7 +85,8 @@ func takeReexecState() (*inheritedState, error) {
 	}
 	var errs []error
 	adopt := func(what string, fd int) *os.File {
-		if fd < 0 {
+		if fd < 3 {
+			// None passed (-1), or a field an older image did not set (0).
 			return nil
 		}
 		if _, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err != nil {

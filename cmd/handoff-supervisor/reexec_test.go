@@ -50,10 +50,22 @@ func TestReexecStateRoundTrip(t *testing.T) {
 	}
 	tfd, _ := dupInheritable(trig)
 	mfd, _ := dupInheritable(metricsLn.(*net.TCPListener))
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pin, err := pinBinary(exe, os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pin.close()
+	pfd, _ := dupInheritable(pin.f)
+	cfgDoc := "control_socket = \"/run/c\"\ntrigger_socket = \"/run/t\"\nbinary = \"/bin/d\"\ndeadline_secs = 70\n"
 	state := reexecState{
-		ChildPID: 123, KnownGood: "/usr/bin/d", Started: time.Unix(1000, 0).UTC(),
+		ChildPID: 123, KnownGood: exe, Started: time.Unix(1000, 0).UTC(),
 		TriggerFD: tfd, TriggerPath: trigPath, TriggerIno: socketInode(trigPath),
 		MetricsFD: mfd, MetricsAddr: "127.0.0.1:9464",
+		PinFD: pfd, Backoff: 800 * time.Millisecond, ConfigPath: "/etc/h.toml", ConfigDoc: cfgDoc,
 	}
 	env, err := reexecEnv("web="+strconv.Itoa(lfd), state)
 	if err != nil {
@@ -74,10 +86,13 @@ func TestReexecStateRoundTrip(t *testing.T) {
 	if _, ok := os.LookupEnv(envReexecState); ok {
 		t.Error("the re-exec environment was not cleared")
 	}
-	if st.ChildPID != 123 || st.KnownGood != "/usr/bin/d" || !st.Started.Equal(state.Started) {
+	if st.ChildPID != 123 || st.KnownGood != exe || !st.Started.Equal(state.Started) || st.Backoff != 800*time.Millisecond {
 		t.Errorf("state %+v", st.reexecState)
 	}
-	for _, fd := range []int{lfd, tfd, mfd} {
+	if cfg, err := st.config(); err != nil || cfg.path != "/etc/h.toml" || cfg.DeadlineSecs != 70 {
+		t.Errorf("the passed configuration: %+v, %v", cfg, err)
+	}
+	for _, fd := range []int{lfd, tfd, mfd, pfd} {
 		if !cloexec(t, fd) {
 			t.Errorf("fd %d adopted without close-on-exec: a daemon would inherit it", fd)
 		}
@@ -98,6 +113,11 @@ func TestReexecStateRoundTrip(t *testing.T) {
 		t.Error("the passed trigger socket was not reused")
 	} else {
 		ul.Close()
+	}
+	if p := st.pinned(); p == nil || p.path != exe || p.ino != pin.ino || p.replaced() {
+		t.Errorf("the passed pin: %+v, want %s inode %d", p, exe, pin.ino)
+	} else {
+		p.close()
 	}
 	// Another metrics address in the new config: the old listener goes.
 	if ml := st.metricsListener("127.0.0.1:9465"); ml != nil {
