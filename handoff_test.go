@@ -283,3 +283,62 @@ func TestConcurrentHandoffIsRefused(t *testing.T) {
 	c.sup.cfg.OnEvent = nil
 	c.verify(l)
 }
+
+// Close during a handoff cancels it and returns only after the rollback,
+// so no listener descriptor is closed while a spawn may pass it on. The
+// incumbent serves with its lock; a new supervisor adopts it and hands off.
+func TestCloseDuringHandoffRollsBack(t *testing.T) {
+	checkLeaks(t)
+	draining := make(chan struct{})
+	var once sync.Once
+	c := newCluster(t, SupervisorConfig{OnEvent: func(e Event) {
+		if e.Kind == EventPhase && e.Phase == PhaseDraining {
+			once.Do(func() { close(draining) })
+		}
+	}}, "TD_SLOW_DRAIN=2s")
+	l := startLoad(t, c.addr)
+	before := c.servingPID()
+	done := make(chan HandoffOutcome, 1)
+	spec := c.spec()
+	go func() {
+		out, _ := c.sup.PerformHandoff(context.Background(), spec)
+		done <- out
+	}()
+	select {
+	case <-draining:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the handoff did not start draining")
+	}
+	must(t, c.sup.Close())
+	var out HandoffOutcome
+	select {
+	case out = <-done:
+	default:
+		t.Fatal("Close returned before the handoff ended")
+	}
+	if out.Committed || !strings.Contains(out.AbortReason, "cancelled") {
+		t.Fatalf("outcome %+v, want a cancelled handoff", out)
+	}
+	if pid := c.servingPID(); pid != before {
+		t.Fatalf("pid %d serves, want %d", pid, before)
+	}
+	if err := holdsLockPID(c.dir, before); err != nil {
+		t.Fatal(err)
+	}
+	sup2, err := NewSupervisor(SupervisorConfig{ControlSocket: c.sock, Logger: testLogger(t)})
+	must(t, err)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		sup2.Stop(ctx)
+		sup2.Close()
+	})
+	must(t, sup2.AddListener("tcp", c.ln))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	must(t, sup2.Adopt(ctx, before, c.spec()))
+	if out, err := sup2.PerformHandoff(ctx, c.spec()); err != nil || !out.Committed {
+		t.Fatalf("handoff by the new supervisor: %v %+v", err, out)
+	}
+	c.verify(l)
+}

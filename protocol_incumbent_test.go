@@ -1,0 +1,80 @@
+package handoff
+
+import (
+	"context"
+	"errors"
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+// newTestIncumbent binds an Incumbent on a fresh control socket with a
+// held lock.
+func newTestIncumbent(t *testing.T) (*Incumbent, string) {
+	t.Helper()
+	dir := shortDir(t)
+	lock, err := AcquireDataDirLock(dir)
+	must(t, err)
+	t.Cleanup(func() { lock.Release() })
+	path := filepath.Join(dir, "ctl.sock")
+	inc, err := newIncumbent(path, lock, "test")
+	must(t, err)
+	t.Cleanup(func() { inc.Close() })
+	return inc, path
+}
+
+// takePath binds another socket over path, as a successor would.
+func takePath(t *testing.T, path string) {
+	t.Helper()
+	ln, _, err := bindControlSocket(path)
+	must(t, err)
+	t.Cleanup(func() { ln.Close() })
+}
+
+func TestServeReturnsOnCancelledContext(t *testing.T) {
+	checkLeaks(t)
+	inc, _ := newTestIncumbent(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	done := make(chan error, 1)
+	go func() { done <- inc.Serve(ctx, nil) }()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("Serve: %v, want context.Canceled", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Serve ignored its cancelled context")
+	}
+}
+
+// A control socket taken back after the context was cancelled carries the
+// cancellation: accepting on it returns at once.
+func TestReclaimedControlSocketKeepsCancellation(t *testing.T) {
+	inc, path := newTestIncumbent(t)
+	takePath(t, path)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	must(t, inc.reclaimPath(ctx))
+	if !ownsPath(path, inc.ino) {
+		t.Fatal("the path was not taken back")
+	}
+	_, err := inc.ln.AcceptUnix()
+	var ne net.Error
+	if !errors.As(err, &ne) || !ne.Timeout() {
+		t.Fatalf("accept on the reclaimed socket: %v, want a timeout", err)
+	}
+}
+
+// After Close nothing binds the control socket path again.
+func TestReclaimAfterCloseBindsNothing(t *testing.T) {
+	inc, path := newTestIncumbent(t)
+	must(t, inc.Close())
+	must(t, os.Remove(path))
+	must(t, inc.reclaimPath(context.Background()))
+	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the path was bound again after Close: %v", err)
+	}
+}
