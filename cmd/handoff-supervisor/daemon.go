@@ -298,8 +298,12 @@ func (d *daemon) setKnownGood(path string, pid int) {
 }
 
 // killAfterStop bounds the wait for a handoff to return once its daemons
-// have been killed at the end of the stop bound.
-const killAfterStop = 10 * time.Second
+// have been killed at the end of the stop bound; stopSlack is what systemd
+// is told to allow beyond deadline_secs for that and for reaping.
+const (
+	killAfterStop = 10 * time.Second
+	stopSlack     = 20 * time.Second
+)
 
 // shutdown stops the daemon and releases everything, within one bound,
 // deadline_secs from the signal: a running handoff is cancelled (it rolls
@@ -312,7 +316,7 @@ func (d *daemon) shutdown(why string, sigs <-chan os.Signal) error {
 	ctx, cancel := context.WithTimeout(context.Background(), bound)
 	defer cancel()
 	d.log.Info("stopping", "reason", why, "bound", bound)
-	d.notify.stopping("stopping: "+why, bound)
+	d.notify.stopping("stopping: "+why, bound+stopSlack)
 	done := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(1)

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"strings"
@@ -140,7 +141,7 @@ func TestStopBound(t *testing.T) {
 			start := time.Now()
 			sup.signal(t, syscall.SIGTERM)
 			msg := f.await(t, "STOPPING=1")
-			if want := "EXTEND_TIMEOUT_USEC=" + strings.TrimSuffix(tc.deadline.String(), "s") + "000000"; !strings.Contains(msg, want) {
+			if want := fmt.Sprintf("EXTEND_TIMEOUT_USEC=%d\n", (tc.deadline + stopSlack).Microseconds()); !strings.Contains(msg, want) {
 				t.Errorf("STOPPING=1 message %q lacks %s", msg, want)
 			}
 			if tc.twice {

@@ -102,15 +102,22 @@ Example:
 
 Signals (run):
   SIGHUP           hand off to the configured binary (systemctl reload).
-  SIGTERM, SIGINT  stop the daemon gracefully (it drains; killed after
-                   deadline_secs or at a second signal), then exit 0.
+  SIGTERM, SIGINT  stop the daemon gracefully (it drains), then exit 0. The
+                   stop, a running handoff included (it is cancelled and rolls
+                   back), is bounded by deadline_secs from the signal: then,
+                   or at a second signal, every daemon is killed.
   SIGUSR2          re-execute the supervisor's own binary in place: same pid,
                    same listening sockets (never closed), same daemon. Deferred
-                   while a handoff runs.
+                   while a handoff runs. Refused, with the reason logged and in
+                   STATUS=, when the configuration file no longer loads, a
+                   binary is missing, or the file changes [[listeners]] or
+                   control_socket (those need a full restart).
 
 If the daemon exits outside a handoff, the supervisor starts the last
-known-good binary (the last one that committed) on the same sockets, so
-connections queued meanwhile are served. Restarts back off from 100ms,
+known-good binary (the file that last started or committed, held open) on
+the same sockets, so connections queued meanwhile are served. If the file at
+its path was replaced since, the held file is started (through
+/proc/<pid>/fd/<n>, also its argv[0]), never the untested one. Restarts back off from 100ms,
 doubling to 10s; a daemon that ran 30s resets the backoff.
 
 Trigger protocol (trigger_socket): send one line, read one line.
