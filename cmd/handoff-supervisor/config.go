@@ -139,25 +139,33 @@ func decodeErrors(path string, kl keyLines, err error) error {
 	return &ConfigError{File: path, Msg: "cannot decode", Err: err}
 }
 
-// goTypeError matches go-toml's "cannot decode TOML integer into struct
-// field main.Listener.Name of type string".
-var goTypeError = regexp.MustCompile(`cannot decode TOML (\w+) into .* of type (\S+)`)
+// go-toml's type errors name Go types: "cannot decode TOML integer into
+// struct field main.Listener.Name of type string", "negative integer
+// value -1 cannot be stored in uint32".
+var (
+	goTypeError  = regexp.MustCompile(`cannot decode TOML (\w+) into .* of type (\S+)`)
+	goRangeError = regexp.MustCompile(`integer value (-?\d+) cannot be stored in (\S+)`)
+)
 
 // typeMessage says what a type error means for the key, without Go's names.
 func typeMessage(msg string) string {
 	msg = strings.TrimPrefix(msg, "toml: ")
-	m := goTypeError.FindStringSubmatch(msg)
-	if m == nil {
-		return msg
+	want := func(goType string) string {
+		if w, ok := map[string]string{
+			"string": "a string", "float64": "a number", "uint32": "a user id (an integer from 0 to 4294967295)",
+			"[]string": "an array of strings", "[]uint32": "an array of user ids", "[]main.Listener": "[[listeners]] tables",
+		}[goType]; ok {
+			return w
+		}
+		return "another type"
 	}
-	want := map[string]string{
-		"string": "a string", "float64": "a number", "uint32": "a user id (an integer from 0)",
-		"[]string": "an array of strings", "[]uint32": "an array of user ids",
-	}[m[2]]
-	if want == "" {
-		want = "something else"
+	if m := goTypeError.FindStringSubmatch(msg); m != nil {
+		return fmt.Sprintf("want %s, got %s", want(m[2]), m[1])
 	}
-	return fmt.Sprintf("want %s, got %s", want, m[1])
+	if m := goRangeError.FindStringSubmatch(msg); m != nil {
+		return fmt.Sprintf("want %s, got %s", want(m[2]), m[1])
+	}
+	return msg
 }
 
 // entryKey numbers a key inside an array of tables ("listeners", "port")
