@@ -163,6 +163,9 @@ func TestRestartPinnedKnownGood(t *testing.T) {
 		return npid
 	}
 	kill("daemon-v2")
+	if st := f.status(t); st.KnownGood != f.v2 || st.KnownGoodReplaced {
+		t.Fatalf("status: known good %s (replaced %v), want %s as it is on disk", st.KnownGood, st.KnownGoodReplaced, f.v2)
+	}
 
 	broken := filepath.Join(filepath.Dir(f.v2), ".daemon-v2.new")
 	script := fmt.Sprintf("#!/bin/sh\necho \"start broken $$\" >> %s\nexit 3\n", f.daemonLog)
@@ -187,7 +190,7 @@ func TestRestartPinnedKnownGood(t *testing.T) {
 	if broke != 1 {
 		t.Fatalf("the broken file was started %d times, want once (the handoff)", broke)
 	}
-	if st := f.status(t); st.Incumbent == nil || st.Incumbent.PID != pid || st.Incumbent.BuildID != "daemon-v2" || st.KnownGood != f.v2 {
+	if st := f.status(t); st.Incumbent == nil || st.Incumbent.PID != pid || st.Incumbent.BuildID != "daemon-v2" || st.KnownGood != f.v2 || !st.KnownGoodReplaced {
 		t.Fatalf("status: %+v, want daemon-v2 pid %d", st, pid)
 	}
 }

@@ -159,7 +159,9 @@ func (d *daemon) handleRequest(req request) {
 }
 
 func (d *daemon) statusReport() statusReport {
-	return buildStatus(d.sup.Status(), loopStatus{pid: os.Getpid(), started: d.started, knownGood: d.knownGood, restart: d.restart}, time.Now())
+	ls := loopStatus{pid: os.Getpid(), started: d.started, knownGood: d.knownGood, restart: d.restart}
+	ls.replaced = d.pin != nil && d.pin.replaced()
+	return buildStatus(d.sup.Status(), ls, time.Now())
 }
 
 // startHandoff starts a handoff to binary (empty: the configured one).

@@ -13,16 +13,19 @@ import (
 // statusReport is what the trigger socket's status command returns (one
 // JSON object) and what `handoff-supervisor status` prints.
 type statusReport struct {
-	Supervisor   supervisorStatus `json:"supervisor"`
-	Phase        string           `json:"phase"`
-	HandoffID    string           `json:"handoff_id,omitempty"`
-	Incumbent    *processStatus   `json:"incumbent,omitempty"`
-	Successor    *processStatus   `json:"successor,omitempty"`
-	KnownGood    string           `json:"known_good_binary"`
-	Restart      *restartStatus   `json:"restart,omitempty"`
-	Listeners    []string         `json:"listeners"`
-	Handoffs     int              `json:"handoffs"`
-	LastOutcomes []outcomeReport  `json:"last_outcomes"`
+	Supervisor supervisorStatus `json:"supervisor"`
+	Phase      string           `json:"phase"`
+	HandoffID  string           `json:"handoff_id,omitempty"`
+	Incumbent  *processStatus   `json:"incumbent,omitempty"`
+	Successor  *processStatus   `json:"successor,omitempty"`
+	KnownGood  string           `json:"known_good_binary"`
+	// KnownGoodReplaced: the file at KnownGood is no longer the one that
+	// proved good; a restart starts the pinned file.
+	KnownGoodReplaced bool            `json:"known_good_replaced,omitempty"`
+	Restart           *restartStatus  `json:"restart,omitempty"`
+	Listeners         []string        `json:"listeners"`
+	Handoffs          int             `json:"handoffs"`
+	LastOutcomes      []outcomeReport `json:"last_outcomes"`
 }
 
 type supervisorStatus struct {
@@ -65,6 +68,7 @@ type loopStatus struct {
 	pid       int
 	started   time.Time
 	knownGood string
+	replaced  bool // the file at knownGood is not the pinned one
 	restart   *restartStatus
 }
 
@@ -73,13 +77,14 @@ func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 // buildStatus combines the library's Status with the loop's own state.
 func buildStatus(st handoff.Status, ls loopStatus, now time.Time) statusReport {
 	r := statusReport{
-		Supervisor: supervisorStatus{PID: ls.pid, Version: version(), Started: ls.started, UptimeSecs: now.Sub(ls.started).Seconds()},
-		Phase:      string(st.Phase),
-		HandoffID:  string(st.HandoffID),
-		KnownGood:  ls.knownGood,
-		Restart:    ls.restart,
-		Listeners:  st.Listeners,
-		Handoffs:   st.Handoffs,
+		Supervisor:        supervisorStatus{PID: ls.pid, Version: version(), Started: ls.started, UptimeSecs: now.Sub(ls.started).Seconds()},
+		Phase:             string(st.Phase),
+		HandoffID:         string(st.HandoffID),
+		KnownGood:         ls.knownGood,
+		KnownGoodReplaced: ls.replaced,
+		Restart:           ls.restart,
+		Listeners:         st.Listeners,
+		Handoffs:          st.Handoffs,
 	}
 	if r.Listeners == nil {
 		r.Listeners = []string{}
@@ -134,7 +139,11 @@ func writeStatus(w io.Writer, r statusReport) error {
 	if rs := r.Restart; rs != nil {
 		fmt.Fprintf(tw, "restart:\tat %s (%s)\n", rs.At.Format(time.RFC3339), rs.Reason)
 	}
-	fmt.Fprintf(tw, "known good:\t%s\n", orDash(r.KnownGood))
+	if r.KnownGoodReplaced {
+		fmt.Fprintf(tw, "known good:\t%s (replaced on disk since; a restart starts the file that proved good)\n", r.KnownGood)
+	} else {
+		fmt.Fprintf(tw, "known good:\t%s\n", orDash(r.KnownGood))
+	}
 	fmt.Fprintf(tw, "listeners:\t%s\n", orDash(strings.Join(r.Listeners, ", ")))
 	fmt.Fprintf(tw, "handoffs:\t%d since start\n", r.Handoffs)
 	if err := tw.Flush(); err != nil {
