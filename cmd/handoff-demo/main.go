@@ -13,7 +13,7 @@
 // one request succeeded and one acknowledged write was checked, nothing
 // failed and nothing was lost.
 //
-//	go run ./cmd/handoff-demo [-duration 15s] [-handoffs 12] [-rate 400] [-plot latency.svg] [-keep-dir]
+//	go run ./cmd/handoff-demo [-duration 12s] [-handoffs 12] [-rate 400] [-plot latency.svg] [-keep-dir]
 package main
 
 import (
@@ -54,7 +54,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	var o options
 	fs := flag.NewFlagSet("handoff-demo", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.DurationVar(&o.duration, "duration", 15*time.Second, "how long the load runs")
+	fs.DurationVar(&o.duration, "duration", 12*time.Second, "how long the load runs")
 	fs.IntVar(&o.handoffs, "handoffs", 12, "successful handoffs to perform (alternating v1 and v2), plus one to a broken binary that must roll back")
 	fs.IntVar(&o.rate, "rate", 400, "requests per second across all workers")
 	fs.IntVar(&o.workers, "workers", 8, "concurrent client workers (half on fresh connections, half keep-alive)")
