@@ -23,6 +23,7 @@ import (
 	"os"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -167,10 +168,12 @@ type Conn struct {
 	wmu     sync.Mutex
 	werr    error  // guarded by wmu: why the write side is out of step
 	rerr    error  // owned by the reading goroutine: why the read side is out of step
-	version uint16 // negotiated; 0 before HelloAck
+	version atomic.Uint32 // negotiated; 0 before HelloAck (a heartbeat goroutine may send meanwhile)
 
-	// pending descriptors received but not yet attached to a frame
-	fds []int
+	// fdmu guards fds: the reading goroutine collects descriptors while
+	// Close, from any goroutine, may close them.
+	fdmu sync.Mutex
+	fds  []int // received but not yet attached to a frame
 }
 
 // NewConn wraps c.
@@ -181,18 +184,29 @@ func (c *Conn) UnixConn() *net.UnixConn { return c.c }
 
 // SetVersion fixes the negotiated version: later frames are sent with it and
 // received frames must carry it.
-func (c *Conn) SetVersion(v uint16) { c.version = v }
+func (c *Conn) SetVersion(v uint16) { c.version.Store(uint32(v)) }
 
 // Version returns the negotiated version (0 before negotiation).
-func (c *Conn) Version() uint16 { return c.version }
+func (c *Conn) Version() uint16 { return uint16(c.version.Load()) }
 
 // Close closes the socket and any received descriptors not yet handed out.
+// It may be called from any goroutine, also while another one is in Recv:
+// the socket is closed first, so a Recv in progress fails and closes what
+// it collected itself.
 func (c *Conn) Close() error {
+	err := c.c.Close()
 	c.closePending()
-	return c.c.Close()
+	return err
 }
 
+// closePending closes the received descriptors not yet handed out.
 func (c *Conn) closePending() {
+	c.fdmu.Lock()
+	defer c.fdmu.Unlock()
+	c.closePendingLocked()
+}
+
+func (c *Conn) closePendingLocked() {
 	for _, fd := range c.fds {
 		unix.Close(fd)
 	}
@@ -217,7 +231,7 @@ func (c *Conn) Send(m Message, id string, timeout time.Duration, fds ...int) err
 	if err != nil {
 		return err
 	}
-	v := c.version
+	v := c.Version()
 	if v == 0 {
 		v = HandshakeVersion
 	}
@@ -283,8 +297,8 @@ func (c *Conn) Recv(timeout time.Duration) (Frame, error) {
 		return Frame{}, fmt.Errorf("handoff: set read deadline: %w", err)
 	}
 	lo, hi := MinVersion, MaxVersion
-	if c.version != 0 {
-		lo, hi = c.version, c.version
+	if v := c.Version(); v != 0 {
+		lo, hi = v, v
 	}
 	f, err := decodeFrame(c.readFull, lo, hi)
 	if err != nil {
@@ -294,7 +308,9 @@ func (c *Conn) Recv(timeout time.Duration) (Frame, error) {
 		}
 		return Frame{}, err
 	}
+	c.fdmu.Lock()
 	f.FDs, c.fds = c.fds, nil
+	c.fdmu.Unlock()
 	return f, nil
 }
 
@@ -336,6 +352,8 @@ func (c *Conn) readFull(b []byte, atBoundary bool) error {
 // more than MaxFDs descriptors for one frame is a protocol violation; the
 // descriptors that did arrive are closed.
 func (c *Conn) collectFDs(oob []byte, flags int) error {
+	c.fdmu.Lock()
+	defer c.fdmu.Unlock()
 	var errs []error
 	if flags&unix.MSG_CTRUNC != 0 {
 		errs = append(errs, errors.New("control data truncated (MSG_CTRUNC)"))
@@ -360,7 +378,7 @@ func (c *Conn) collectFDs(oob []byte, flags int) error {
 		errs = append(errs, fmt.Errorf("%d descriptors for one frame, maximum %d", len(c.fds), MaxFDs))
 	}
 	if len(errs) > 0 {
-		c.closePending()
+		c.closePendingLocked()
 		return fmt.Errorf("%w: %w", ErrBadControlData, errors.Join(errs...))
 	}
 	return nil
