@@ -166,8 +166,8 @@ func readErr(err error, atBoundary bool) error {
 type Conn struct {
 	c       *net.UnixConn
 	wmu     sync.Mutex
-	werr    error  // guarded by wmu: why the write side is out of step
-	rerr    error  // owned by the reading goroutine: why the read side is out of step
+	werr    error         // guarded by wmu: why the write side is out of step
+	rerr    error         // owned by the reading goroutine: why the read side is out of step
 	version atomic.Uint32 // negotiated; 0 before HelloAck (a heartbeat goroutine may send meanwhile)
 
 	// fdmu guards fds: the reading goroutine collects descriptors while
