@@ -172,7 +172,7 @@ func (r *report) print(w io.Writer) {
 	fmt.Fprintf(tw, "  handoffs\tcommitted %d, rolled back %d (planned %d and 1)\n", committed, rolled, r.planned)
 	fmt.Fprintf(tw, "  requests\tok %d, failed %d\n", r.ok, r.fail)
 	fmt.Fprintf(tw, "  during handoffs\t%d requests in flight, %d of them from the probe on fresh connections\n", len(r.during), r.probed)
-	fmt.Fprintf(tw, "  client retries\t%d requests resent by Go's HTTP client on a new connection (counted once, as ok or failed)\n", r.retried)
+	fmt.Fprintf(tw, "  client retries\t%d (requests Go's HTTP client resent on a new connection; each counted once)\n", r.retried)
 	fmt.Fprintf(tw, "  acknowledged writes\tchecked %d, lost %d (read back from the live daemon)\n", r.checked, len(r.lost))
 	switch {
 	case r.dumpErr != nil:
