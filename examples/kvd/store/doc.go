@@ -50,5 +50,6 @@
 //	CRC-32C of everything before it, uint32 LE
 //
 // Log records at or below the snapshot's revision (left by a crash between
-// the snapshot's rename and the log's truncation) are skipped on replay.
+// the snapshot's rename and the log's truncation) are skipped on replay, and
+// a log holding nothing else is emptied on open.
 package store
