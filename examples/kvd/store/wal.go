@@ -189,8 +189,8 @@ func replay(r io.ReaderAt, size int64, path string, floor uint64, apply func(off
 // A crash can tear only the batch being committed: batches are written
 // one at a time, each after the previous one's fsync returned, and a
 // write is acknowledged only after its batch's fsync. Everything before
-// that batch is durable, and nothing in it was acknowledged. The damage
-// at off is therefore a torn tail only if
+// that batch is durable, and nothing in it was acknowledged. So damage
+// at off is a torn tail when both hold, and corruption otherwise:
 //
 //   - the bytes from off to the end fit in one batch (maxBatchBytes), and
 //   - no intact record continuing the revisions follows the damage.
@@ -217,10 +217,11 @@ func damagedAt(r io.ReaderAt, off, size int64, last uint64, path string, why err
 }
 
 // continuation looks for an intact record starting after the first byte
-// of tail whose revision could follow last: tail starts with a damaged
-// record of revision last+1, and every record takes at least minRecordLen
-// bytes, so a record at p has a revision of at most last+1+p/minRecordLen.
-// Older revisions (stale file contents) do not count.
+// of tail (the damaged record) whose revision could follow last: the
+// first revision missing is last+1, and every record takes at least
+// minRecordLen bytes, so a record at p has a revision of at most
+// last+1+p/minRecordLen. Older revisions (stale file contents) do not
+// count.
 func continuation(tail []byte, last uint64) (p int, rev uint64, ok bool) {
 	for p = 1; p+minRecordLen <= len(tail); p++ {
 		n := int(binary.LittleEndian.Uint32(tail[p:]))
