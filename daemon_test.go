@@ -192,7 +192,8 @@ type testDrainable struct {
 
 func (d *testDrainable) open(il *InheritedListeners) error {
 	d.il = il
-	if err := markHolder(d.k.dir); err != nil {
+	if err := holdsLock(d.k.dir); err != nil {
+		recordViolation(d.k.dir, "pid %d opened its data without the lock: %v", os.Getpid(), err)
 		return err
 	}
 	f, err := os.OpenFile(filepath.Join(d.k.dir, "revisions"), os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o644)
@@ -333,9 +334,6 @@ func (d *testDrainable) Seal(ctx context.Context) (SealReport, error) {
 		d.log.Close()
 		d.log = nil
 	}
-	if err := unmarkHolder(d.k.dir); err != nil {
-		return SealReport{}, err
-	}
 	appendEvent(d.k.dir, "seal %d", os.Getpid())
 	return SealReport{LastRevisionPerShard: []uint64{rev}, DataDirFingerprint: strconv.FormatUint(rev, 10)}, nil
 }
@@ -360,27 +358,6 @@ func (d *testDrainable) ResumeAfterAbort(ctx context.Context) error {
 
 func (d *testDrainable) SnapshotState() StateSnapshot {
 	return StateSnapshot{ShardCount: 1, LastRevisionPerShard: []uint64{d.revision()}}
-}
-
-// markHolder records this process as the lock holder in <dir>/holder. Only
-// a lock holder calls it, so finding another live holder there means two
-// processes held the lock at once: that is written to <dir>/violations.
-func markHolder(dir string) error {
-	p := filepath.Join(dir, "holder")
-	if b, err := os.ReadFile(p); err == nil {
-		if pid, _ := strconv.Atoi(strings.TrimSpace(string(b))); pid > 0 && pid != os.Getpid() && pidAlive(pid) && !isZombie(pid) {
-			recordViolation(dir, "pid %d took the lock while pid %d held it", os.Getpid(), pid)
-		}
-	}
-	return writeFileAtomic(p, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644)
-}
-
-func unmarkHolder(dir string) error {
-	err := os.Remove(filepath.Join(dir, "holder"))
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	return err
 }
 
 func isZombie(pid int) bool {

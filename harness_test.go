@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -151,6 +152,7 @@ type load struct {
 	stop    chan struct{}
 	done    chan struct{}
 	checked bool
+	kills   int // daemons the test kills while they serve (see check)
 	ok      atomic.Int64
 	mu      sync.Mutex
 	fails   []error
@@ -212,9 +214,21 @@ func (l *load) check(t *testing.T) {
 		return
 	}
 	l.checked = true
-	if len(l.fails) > 0 {
-		t.Errorf("%d of %d requests failed; first: %v", len(l.fails), int(l.ok.Load())+len(l.fails), l.fails[0])
-		for _, err := range l.fails {
+	fails := l.fails
+	// A killed daemon resets the one connection it may have accepted (the
+	// load has one in flight at a time); nothing else may fail.
+	for i := 0; i < l.kills && len(fails) > 0; {
+		err := fails[0]
+		if !errors.Is(err, syscall.ECONNRESET) && !errors.Is(err, io.EOF) {
+			break
+		}
+		t.Logf("allowed: a connection accepted by a killed daemon: %v", err)
+		fails = fails[1:]
+		i++
+	}
+	if len(fails) > 0 {
+		t.Errorf("%d of %d requests failed; first: %v", len(fails), int(l.ok.Load())+len(l.fails), fails[0])
+		for _, err := range fails {
 			if errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) {
 				t.Errorf("refused or reset: %v", err)
 				break
