@@ -288,7 +288,9 @@ func (d *testDrainable) handle(c net.Conn) {
 
 func (d *testDrainable) Drain(ctx context.Context) (DrainReport, error) {
 	if d.k.slowDrain > 0 && fireOnce(d.k.dir, "slow-drain") {
-		time.Sleep(d.k.slowDrain) // simulated long drain that ignores ctx
+		// A long drain that ignores ctx and succeeds even after its grace.
+		time.Sleep(d.k.slowDrain)
+		ctx = context.WithoutCancel(ctx)
 	}
 	if d.k.drainFail && fireOnce(d.k.dir, "drain-fail") {
 		return DrainReport{}, errors.New("test knob: drain fails")
