@@ -362,15 +362,6 @@ func (d *testDrainable) SnapshotState() StateSnapshot {
 	return StateSnapshot{ShardCount: 1, LastRevisionPerShard: []uint64{d.revision()}}
 }
 
-func isZombie(pid int) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return true
-	}
-	i := strings.LastIndexByte(string(b), ')')
-	return i < 0 || i+2 >= len(b) || b[i+2] == 'Z'
-}
-
 // recordViolation appends a line to <dir>/violations, which the test checks.
 func recordViolation(dir, format string, args ...any) {
 	appendLine(filepath.Join(dir, "violations"), format, args...)
