@@ -139,10 +139,22 @@ func TestParseAnswer(t *testing.T) {
 }
 
 func TestFlagsRejectBadValues(t *testing.T) {
-	for _, args := range [][]string{{"-duration", "1ms"}, {"-handoffs", "0"}, {"-rate", "0"}, {"-workers", "1"}, {"extra"}} {
+	missing := filepath.Join(t.TempDir(), "no-such-dir", "p.svg")
+	for _, args := range [][]string{
+		{"-duration", "1ms"}, {"-handoffs", "0"}, {"-rate", "0"}, {"-workers", "1"}, {"extra"},
+		{"-plot", filepath.Join(t.TempDir(), "p.png")}, {"-plot", missing},
+	} {
 		if _, err := parseFlags(args, &bytes.Buffer{}); err == nil {
 			t.Errorf("%v accepted", args)
 		}
+	}
+	// A plot path that works is accepted and nothing is left behind.
+	dir := t.TempDir()
+	if _, err := parseFlags([]string{"-plot", filepath.Join(dir, "p.svg")}, &bytes.Buffer{}); err != nil {
+		t.Fatal(err)
+	}
+	if left, _ := os.ReadDir(dir); len(left) != 0 {
+		t.Errorf("checking the plot path left %v", left)
 	}
 }
 

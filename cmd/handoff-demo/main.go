@@ -78,6 +78,11 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	case o.workers < 2 || o.workers > 256:
 		return o, fmt.Errorf("-workers %d: must be between 2 and 256", o.workers)
 	}
+	if o.plot != "" {
+		if err := checkPlotPath(o.plot); err != nil {
+			return o, fmt.Errorf("-plot %s: %w", o.plot, err)
+		}
+	}
 	return o, nil
 }
 

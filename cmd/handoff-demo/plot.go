@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"html"
 	"io"
@@ -26,25 +27,55 @@ const (
 	colourRolled    = "#dc6400"
 )
 
+// checkPlotPath tells before the run whether a plot can be written to
+// path: a .svg name in a directory where a file can be created.
+func checkPlotPath(path string) error {
+	if ext := strings.ToLower(filepath.Ext(path)); ext != ".svg" {
+		return errors.New("the plot is SVG: use a .svg file name")
+	}
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		var pe *os.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err
+		}
+		return fmt.Errorf("cannot create a file in %s: %w", dir, err)
+	}
+	f.Close()
+	return os.Remove(f.Name())
+}
+
 // writePlot draws request latency over time as an SVG file, with a dashed
 // vertical line at each handoff's trigger (green: committed, orange:
 // rolled back). It is drawn by hand, without a plotting library, so that
-// go run ./cmd/handoff-demo compiles quickly.
+// go run ./cmd/handoff-demo compiles quickly. The file is written under a
+// temporary name and renamed into place, so a failed write leaves no
+// half-written plot.
 func writePlot(path string, r *report) error {
-	if ext := strings.ToLower(filepath.Ext(path)); ext != ".svg" {
-		return fmt.Errorf("%s: use a .svg file name", path)
+	if err := checkPlotPath(path); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
 	}
-	f, err := os.Create(path)
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
 	if err != nil {
 		return err
 	}
 	w := bufio.NewWriter(f)
 	drawPlot(w, r)
-	if err := w.Flush(); err != nil {
-		f.Close()
-		return err
+	err = w.Flush()
+	if cerr := f.Close(); err == nil {
+		err = cerr
 	}
-	return f.Close()
+	if err == nil {
+		err = os.Chmod(f.Name(), 0o644)
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), path)
+	}
+	if err != nil {
+		os.Remove(f.Name())
+	}
+	return err
 }
 
 func drawPlot(w io.Writer, r *report) {
