@@ -264,12 +264,17 @@ func (i *Incumbent) session(ctx context.Context, conn *wire.Conn, d Drainable) (
 			rep, took, derr := i.withHeartbeats(conn, id, beat, func() (any, error) {
 				dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), grace)
 				defer cancel()
+				start := time.Now()
 				rep, err := d.Drain(dctx)
-				if err == nil && dctx.Err() != nil {
-					// The supervisor stopped waiting when the grace
-					// passed and rolls back: the SealRequest queued
-					// behind must not seal.
-					err = fmt.Errorf("drain returned after its grace of %v had passed", grace)
+				// A drain may use its whole grace and report what is
+				// left open (DrainReport.OpenConnsRemaining): the
+				// supervisor waits grace+replySlack for the answer. A
+				// Drain that ignored its context and came back later
+				// than half that slack may find the supervisor gone
+				// and rolling back: it counts as failed, so the
+				// SealRequest queued behind does not seal.
+				if took := time.Since(start); err == nil && took > grace+replySlack/2 {
+					err = fmt.Errorf("drain took %v, past its grace of %v: the supervisor may have stopped waiting", took.Round(time.Millisecond), grace)
 				}
 				return rep, err
 			})
