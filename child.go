@@ -74,7 +74,11 @@ func (c *child) watch(onExit func(*child)) {
 		st, err := c.proc.Wait()
 		if err != nil && errors.Is(err, syscall.ECHILD) {
 			// Not our child (adopted after a supervisor restart): watch it
-			// through a pidfd instead.
+			// through a pidfd instead. The failed Wait left the Process
+			// its own pidfd; release it now rather than at garbage
+			// collection (an adopted child's Process never leaves the
+			// supervisor, and nothing uses it after this).
+			c.proc.Release()
 			waitPidfd(c.pid, c.stop)
 		}
 		c.state = st
