@@ -66,7 +66,10 @@ type SupervisorConfig struct {
 
 	// OnEvent, if set, is called for every Event, from the goroutine that
 	// caused it, never while the supervisor holds its own lock (so it may
-	// call Status). It must return quickly.
+	// call Status). It must return quickly, and it must not call Close:
+	// events of a handoff, cold start or resume are emitted before that
+	// operation has ended, and Close waits for it to end, so a handler
+	// calling Close deadlocks. Call Close from another goroutine.
 	OnEvent func(Event)
 }
 

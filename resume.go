@@ -51,10 +51,18 @@ func (s *Supervisor) ResumeFromJournal(ctx context.Context) error {
 	}
 	conn, h, dialErr := s.findDaemon(ctx, rec)
 	if dialErr != nil {
+		if err := ctx.Err(); err != nil {
+			// Cancelled (Close): nothing is known, the journal stays.
+			return fmt.Errorf("handoff: resume interrupted: %w", err)
+		}
 		writeJournal(s.cfg.Journal, journalRecord{Phase: PhaseIdle})
 		return fmt.Errorf("%w: nothing answers on %s: %w", ErrNoIncumbent, s.cfg.ControlSocket, dialErr)
 	}
 	defer conn.Close()
+	// Cancellation cuts the session short (the waits below are bounded by
+	// the liveness and deadline, not by ctx).
+	stopCancel := context.AfterFunc(ctx, func() { conn.UnixConn().Close() })
+	defer stopCancel()
 	live := h.PID
 	committed := rec.Phase == PhaseCommitting && live == rec.SuccessorPID
 	switch {
@@ -79,19 +87,29 @@ func (s *Supervisor) ResumeFromJournal(ctx context.Context) error {
 		spec.Binary = "unknown"
 	}
 	id := newHandoffID()
-	if err := s.ackHello(conn, h, id, time.Time{}); err != nil {
+	// An error while ctx is cancelled is the cancellation's doing.
+	interrupted := func(err error) error {
+		if cerr := ctx.Err(); cerr != nil {
+			return fmt.Errorf("handoff: resume interrupted (%v): %w", err, cerr)
+		}
 		return err
+	}
+	if err := s.ackHello(conn, h, id, time.Time{}); err != nil {
+		return interrupted(err)
 	}
 	if rec.Phase != PhaseIdle && !committed {
 		if err := conn.Send(wire.ResumeAfterAbort{Reason: "the supervisor restarted during a handoff"}, string(id), writeTimeout); err != nil {
-			return err
+			return interrupted(err)
 		}
 		if err := awaitType(conn, wire.TypeResumed, s.cfg.Liveness+DefaultDeadline); err != nil {
-			return err
+			return interrupted(err)
 		}
 	}
 	if err := s.takeListeners(conn, id); err != nil {
-		return err
+		return interrupted(err)
+	}
+	if !stopCancel() {
+		return fmt.Errorf("handoff: resume interrupted: %w", ctx.Err())
 	}
 	conn.Close()
 	return s.Adopt(ctx, live, spec)
@@ -136,15 +154,19 @@ func (s *Supervisor) findDaemon(ctx context.Context, rec journalRecord) (*wire.C
 
 // killOrphanAndWait kills pid (not our child) and waits, bounded, until it
 // is gone or a zombie: its descriptors, the lock among them, are closed.
+// A cancelled ctx ends the wait with an error wrapping ctx.Err().
 func killOrphanAndWait(ctx context.Context, pid int, start uint64) error {
 	killOrphan(pid)
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
+	limit := time.NewTimer(10 * time.Second)
+	defer limit.Stop()
 	backoff := time.Millisecond
 	for sameProcess(pid, start) {
 		t := time.NewTimer(backoff)
 		select {
 		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("handoff: waiting for the killed pid %d to be gone: %w", pid, ctx.Err())
+		case <-limit.C:
 			t.Stop()
 			return fmt.Errorf("%w: pid %d still runs after SIGKILL", ErrTimeout, pid)
 		case <-t.C:

@@ -283,6 +283,25 @@ func (s *Supervisor) ColdStart(ctx context.Context, spec SpawnSpec) (*os.Process
 	defer cancel()
 	h, err := s.awaitDaemon(hctx, c)
 	if err != nil {
+		s.mu.Lock()
+		closed := s.closed
+		if closed && !c.exited() {
+			// Close during the start-up: the daemon keeps running, as
+			// every child does, and is recorded as the incumbent (in the
+			// journal too, so a new supervisor's ResumeFromJournal finds
+			// and adopts it).
+			s.inc = c
+		}
+		s.mu.Unlock()
+		if closed {
+			if !c.exited() {
+				if jerr := writeJournal(s.cfg.Journal, s.idleRecord()); jerr != nil {
+					s.log.Error("handoff: journal write failed", "err", jerr)
+				}
+				s.log.Warn("handoff: closed during a cold start; the daemon keeps running unsupervised", "pid", c.pid, "binary", spec.Binary)
+			}
+			return nil, fmt.Errorf("%w: cold start of %s (pid %d) interrupted before it answered Hello (%v)", ErrClosed, spec.Binary, c.pid, err)
+		}
 		c.killAndReap(0)
 		return nil, fmt.Errorf("handoff: cold start of %s: %w", spec.Binary, err)
 	}
@@ -347,11 +366,21 @@ func (s *Supervisor) dialIncumbentWithin(ctx context.Context, helloWait time.Dur
 		return nil, wire.Hello{}, err
 	}
 	conn := wire.NewConn(uc)
+	// ctx ending (Close cancels it) cuts the wait for Hello short: the
+	// socket is closed under the read. Recv sets its own read deadline,
+	// so a deadline set here could be overwritten; a close cannot.
+	stop := context.AfterFunc(ctx, func() { uc.Close() })
 	f, err := conn.Recv(helloWait)
+	if !stop() {
+		conn.Close()
+		closeFDs(f.FDs)
+		return nil, wire.Hello{}, fmt.Errorf("handoff: incumbent hello: %w", context.Cause(ctx))
+	}
 	if err != nil {
 		conn.Close()
 		return nil, wire.Hello{}, fmt.Errorf("handoff: incumbent hello: %w", err)
 	}
+	closeFDs(f.FDs)
 	h, ok := f.Msg.(wire.Hello)
 	if !ok || h.Role != wire.RoleIncumbent || h.PID != peerPID {
 		conn.Close()
@@ -451,8 +480,15 @@ func (s *Supervisor) Stop(ctx context.Context) error {
 
 // Close releases the supervisor's descriptors. Children keep running (the
 // daemon outlives its supervisor). A running handoff, cold start or resume
-// is cancelled first (a handoff rolls back) and Close waits for it, so no
-// descriptor is closed while a spawn may be passing it on.
+// is cancelled first and Close waits for it, so no descriptor is closed
+// while a spawn may be passing it on: a handoff rolls back (its successor
+// is killed and reaped, the incumbent resumes and keeps running); a cold
+// start returns an error matching ErrClosed and its daemon, started but
+// not yet confirmed, keeps running and is recorded in the journal as the
+// incumbent (unless it had already exited); a resume returns an error
+// wrapping context.Canceled and leaves the processes it found as they are.
+//
+// Close must not be called from SupervisorConfig.OnEvent (see there).
 func (s *Supervisor) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
