@@ -392,10 +392,12 @@ func (r *run) drive(incChild *child) error {
 	return nil
 }
 
-// successorHello reads p's Hello on the driver's goroutine: no reader may
+// successorHello reads p's Hello on a goroutine of its own: no reader may
 // run before ackHello has set the connection's version. The read is
-// bounded by HelloTimeout and the deadline; the child's exit or ctx cut it
-// short (the socket is closed, and the reading goroutine joined).
+// bounded by HelloTimeout and the deadline; the child's exit, ctx, or the
+// incumbent failing (its exit, its session ending, anything but a
+// heartbeat from it) cut it short (the socket is closed, and the reading
+// goroutine joined).
 func (r *run) successorHello(p *peer) (wire.Hello, error) {
 	bound := min(r.s.cfg.HelloTimeout, max(time.Until(r.deadline), time.Millisecond))
 	ch := make(chan recvResult, 1)
@@ -403,19 +405,38 @@ func (r *run) successorHello(p *peer) (wire.Hello, error) {
 		f, err := p.conn.Recv(bound)
 		ch <- recvResult{f, err}
 	}()
+	cut := func(err error) (wire.Hello, error) {
+		p.conn.UnixConn().Close()
+		closeFDs((<-ch).f.FDs)
+		p.dead = ErrSessionLost
+		return wire.Hello{}, err
+	}
+	inc := r.inc
 	var res recvResult
-	select {
-	case res = <-ch:
-	case <-p.child.done:
-		p.conn.UnixConn().Close()
-		closeFDs((<-ch).f.FDs)
-		p.dead = ErrSessionLost
-		return wire.Hello{}, r.exited(p)
-	case <-r.ctx.Done():
-		p.conn.UnixConn().Close()
-		closeFDs((<-ch).f.FDs)
-		p.dead = ErrSessionLost
-		return wire.Hello{}, &abortError{reason: "the handoff was cancelled: " + r.ctx.Err().Error(), err: r.ctx.Err()}
+wait:
+	for {
+		select {
+		case res = <-ch:
+			break wait
+		case <-p.child.done:
+			return cut(r.exited(p))
+		case <-r.ctx.Done():
+			return cut(&abortError{reason: "the handoff was cancelled: " + r.ctx.Err().Error(), err: r.ctx.Err()})
+		case <-inc.child.done:
+			return cut(r.exited(inc))
+		case ir := <-inc.frames:
+			if ir.err != nil {
+				inc.dead = ir.err
+				return cut(r.peerFailed(inc, ir.err))
+			}
+			closeFDs(ir.f.FDs)
+			if ir.f.ID != string(r.id) {
+				return cut(r.violation(inc, "%s for handoff %q during handoff %q", ir.f.Msg.Type(), ir.f.ID, r.id))
+			}
+			if ir.f.Msg.Type() != wire.TypeHeartbeat {
+				return cut(r.violation(inc, "unexpected %s while waiting for the successor's hello", ir.f.Msg.Type()))
+			}
+		}
 	}
 	if res.err != nil {
 		p.dead = res.err
@@ -621,15 +642,17 @@ func (r *run) rollback(ae *abortError) error {
 	if c == nil || c.exited() {
 		return nil // end() reports the exit; the known-good binary is cold-started by the caller
 	}
+	var broken *brokenSession
 	if inc != nil && inc.dead == nil {
 		if err := r.send(inc, wire.ResumeAfterAbort{Reason: ae.reason}); err == nil {
-			if err := r.awaitResumed(inc); err == nil || !errors.Is(err, ErrSessionLost) {
+			if err := r.awaitResumed(inc); err == nil || !errors.As(err, &broken) {
 				return err
 			}
 		}
 	}
-	// The session is gone (the incumbent resumes by itself when it sees
-	// that); confirm on a fresh one. ResumeAfterAbort is idempotent.
+	// The session is gone or unusable (ended, reset, a protocol break; the
+	// incumbent resumes by itself when its session ends): confirm on a
+	// fresh one. ResumeAfterAbort is idempotent.
 	if inc != nil {
 		inc.hangUp()
 	}
@@ -648,15 +671,28 @@ func (r *run) rollback(ae *abortError) error {
 		p := &peer{name: "incumbent", conn: conn, child: c}
 		if err := s.ackHello(conn, h, r.id, time.Time{}); err == nil {
 			if err := conn.Send(wire.ResumeAfterAbort{Reason: ae.reason}, string(r.id), writeTimeout); err == nil {
-				r.startReader(p)
-				return r.awaitResumed(p) // close closes conn
-
+				r.startReader(p) // close closes conn
+				err := r.awaitResumed(p)
+				if err == nil || !errors.As(err, &broken) {
+					return err
+				}
+				last = err
+				p.hangUp()
+				continue
 			}
 		}
 		conn.Close()
 	}
 	return fmt.Errorf("handoff: could not confirm that the incumbent resumed: %w", last)
 }
+
+// brokenSession is an error of the session itself (it ended, or the peer
+// broke the protocol) while waiting for Resumed: worth asking again on a
+// fresh session.
+type brokenSession struct{ err error }
+
+func (e *brokenSession) Error() string { return e.err.Error() }
+func (e *brokenSession) Unwrap() error { return e.err }
 
 // awaitResumed waits for Resumed, skipping replies to earlier requests.
 func (r *run) awaitResumed(p *peer) error {
@@ -667,7 +703,7 @@ func (r *run) awaitResumed(p *peer) error {
 		case res := <-p.frames:
 			if res.err != nil {
 				p.dead = res.err
-				return fmt.Errorf("handoff: waiting for the incumbent to resume: %w", res.err)
+				return &brokenSession{fmt.Errorf("handoff: waiting for the incumbent to resume: %w", res.err)}
 			}
 			closeFDs(res.f.FDs)
 			switch m := res.f.Msg.(type) {
@@ -679,7 +715,8 @@ func (r *run) awaitResumed(p *peer) error {
 			case wire.Heartbeat, wire.Drained, wire.DrainFailed, wire.SealComplete, wire.SealFailed:
 				continue
 			default:
-				return fmt.Errorf("%w: %s from the incumbent while it resumed", ErrProtocol, res.f.Msg.Type())
+				p.dead = ErrProtocol
+				return &brokenSession{fmt.Errorf("%w: %s from the incumbent while it resumed", ErrProtocol, res.f.Msg.Type())}
 			}
 		case <-p.child.done:
 			return nil // its exit is reported by IncumbentExits
