@@ -241,15 +241,18 @@ func startDaemon(ctx context.Context, cfg *Config, inherited *inheritedState, lo
 		// pid is the service's): the loop starts the daemon, with backoff.
 		d.scheduleRestart(0, "no daemon was running at the re-exec")
 	case !serving:
+		pin, pinErr := openPin(d.knownGood)
 		p, err := d.sup.ColdStart(ctx, cfg.spawnSpec(d.knownGood))
 		if err != nil {
+			pin.close()
 			return nil, fmt.Errorf("start the daemon: %w", err)
 		}
 		log.Info("daemon started", "pid", p.Pid, "binary", d.knownGood)
-		d.setKnownGood(d.knownGood, p.Pid)
+		d.setKnownGood(d.knownGood, pin, pinErr)
 	}
 	if d.pin == nil && serving {
-		d.setKnownGood(d.knownGood, d.sup.Status().IncumbentPID)
+		pin, pinErr := pinRunning(d.knownGood, d.sup.Status().IncumbentPID)
+		d.setKnownGood(d.knownGood, pin, pinErr)
 	}
 
 	d.trigger.start()
@@ -283,18 +286,17 @@ func (d *daemon) resume(ctx context.Context) bool {
 	}
 }
 
-// setKnownGood makes path the known-good binary and pins the file that pid
-// (the daemon that proved it good) runs.
-func (d *daemon) setKnownGood(path string, pid int) {
+// setKnownGood makes path the known-good binary, held open by p (see
+// openPin and pinRunning); err is why p could not be opened.
+func (d *daemon) setKnownGood(path string, p *pinnedBinary, err error) {
 	d.knownGood = path
-	p, err := pinBinary(path, pid)
 	d.pin.close()
 	d.pin = p
 	if err != nil {
 		d.log.Error("cannot hold the known-good binary open: a restart will start whatever file is at its path then", "binary", path, "err", err)
 		return
 	}
-	d.log.Info("known-good binary", "binary", path, "pid", pid, "inode", p.ino)
+	d.log.Info("known-good binary", "binary", path, "inode", p.ino)
 }
 
 // killAfterStop bounds the wait for a handoff to return once its daemons

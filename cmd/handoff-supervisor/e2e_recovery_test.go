@@ -194,3 +194,70 @@ func TestRestartPinnedKnownGood(t *testing.T) {
 		t.Fatalf("status: %+v, want daemon-v2 pid %d", st, pid)
 	}
 }
+
+// TestRestartWrapperScript: a configured binary that is a #!/bin/sh
+// wrapper exec'ing the daemon is what is known good, not the program it
+// execs: status does not call it replaced, and a killed daemon restarts
+// through the wrapper. Once another script is renamed over the wrapper's
+// path, a killed daemon restarts through the pinned wrapper (its
+// /proc/<supervisor>/fd/<n> path handed to the interpreter), and status
+// says the path was replaced.
+func TestRestartWrapperScript(t *testing.T) {
+	f := newFixture(t)
+	wrapper := filepath.Join(filepath.Dir(f.v1), "daemon-wrapper")
+	script := fmt.Sprintf("#!/bin/sh\necho \"wrap sh $$\" >> %s\nexec %s \"$@\"\n", f.daemonLog, f.v1)
+	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	f.editConfig(t, fmt.Sprintf("binary           = %q", f.v1), fmt.Sprintf("binary           = %q", wrapper))
+	f.startSupervisor(t, nil)
+	wrapped := func(pid int) {
+		t.Helper()
+		evs := f.daemonEvents(t, "wrap")
+		if len(evs) == 0 || evs[len(evs)-1].pid != pid {
+			t.Fatalf("the wrapper ran as %v, want last as pid %d", evs, pid)
+		}
+	}
+	build, pid := f.hello(t)
+	if build != "daemon-v1" {
+		t.Fatalf("serving %s, want daemon-v1 through the wrapper", build)
+	}
+	wrapped(pid)
+	if st := f.status(t); st.KnownGood != wrapper || st.KnownGoodReplaced {
+		t.Fatalf("status: known good %s (replaced %v), want %s as it is on disk", st.KnownGood, st.KnownGoodReplaced, wrapper)
+	}
+	restart := func() int {
+		t.Helper()
+		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		f.await(t, "READY=1", "restarted")
+		build, npid := f.hello(t)
+		if build != "daemon-v1" || npid == pid {
+			t.Fatalf("after killing pid %d: %s pid %d serves, want daemon-v1 anew", pid, build, npid)
+		}
+		wrapped(npid)
+		return npid
+	}
+	pid = restart()
+	if st := f.status(t); st.Incumbent == nil || st.Incumbent.PID != pid || st.KnownGood != wrapper || st.KnownGoodReplaced {
+		t.Fatalf("status after the restart: %+v, want pid %d, %s not replaced", st, pid, wrapper)
+	}
+
+	broken := filepath.Join(filepath.Dir(wrapper), ".daemon-wrapper.new")
+	if err := os.WriteFile(broken, []byte(fmt.Sprintf("#!/bin/sh\necho \"start broken $$\" >> %s\nexit 3\n", f.daemonLog)), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(broken, wrapper); err != nil {
+		t.Fatal(err)
+	}
+	pid = restart()
+	for _, s := range f.spawned(t) {
+		if s.build == "broken" {
+			t.Fatalf("the script renamed over the known-good path was started (pid %d)", s.pid)
+		}
+	}
+	if st := f.status(t); st.Incumbent == nil || st.Incumbent.PID != pid || !st.KnownGoodReplaced {
+		t.Fatalf("status after the replacement: %+v, want pid %d, the path replaced", st, pid)
+	}
+}

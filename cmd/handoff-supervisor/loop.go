@@ -78,6 +78,10 @@ type opResult struct {
 	outcome handoff.HandoffOutcome
 	pid     int
 	err     error
+	// pin is binary opened right before the spawn, for the loop to keep
+	// if the daemon proves good (or close); pinErr is why it is nil.
+	pin    *pinnedBinary
+	pinErr error
 }
 
 // loop owns every decision until a stop signal or ctx ends it.
@@ -186,6 +190,7 @@ func (d *daemon) startHandoff(binary string, reply chan string, why string) stri
 	spec := d.cfg.spawnSpec(path)
 	d.notify.reloading(fmt.Sprintf("handoff to %s (%s)", path, why), d.notify.extend)
 	d.startOp(opHandoff, path, why, reply, func(ctx context.Context, r *opResult) {
+		r.pin, r.pinErr = openPin(path)
 		r.outcome, r.err = d.sup.PerformHandoff(ctx, spec)
 	})
 	return ""
@@ -204,8 +209,12 @@ func (d *daemon) startColdStart(why string) {
 			"binary", d.knownGood, "exe", exe, "inode", d.pin.ino)
 	}
 	spec := d.cfg.spawnSpec(exe)
+	pinned := d.pin != nil
 	d.log.Info("starting the daemon", "binary", d.knownGood, "exe", exe, "why", why)
 	d.startOp(opColdStart, d.knownGood, why, nil, func(ctx context.Context, r *opResult) {
+		if !pinned {
+			r.pin, r.pinErr = openPin(spec.Binary)
+		}
 		p, err := d.sup.ColdStart(ctx, spec)
 		if p != nil {
 			r.pid = p.Pid
@@ -232,6 +241,7 @@ func (d *daemon) startOp(kind opKind, binary, why string, reply chan string, fn 
 func (d *daemon) finishOp(r opResult) {
 	d.op.cancel()
 	d.op = nil
+	defer func() { r.pin.close() }() // unless kept
 	answer := func(line string) {
 		if r.reply != nil {
 			r.reply <- line
@@ -251,11 +261,8 @@ func (d *daemon) finishOp(r opResult) {
 			d.log.Error("handoff rolled back, and the incumbent failed to resume; it will be restarted", "id", o.ID, "err", r.err)
 		}
 		if o.Committed {
-			pid := 0
-			if o.Child != nil {
-				pid = o.Child.Pid
-			}
-			d.setKnownGood(r.binary, pid)
+			d.setKnownGood(r.binary, r.pin, r.pinErr)
+			r.pin = nil
 			d.log.Info("handoff committed", "id", o.ID, "binary", r.binary, "build_id", o.BuildID, "from", r.why,
 				"total", o.Phases.Total, "accept_gap", o.Phases.AcceptGap)
 		} else {
@@ -272,8 +279,9 @@ func (d *daemon) finishOp(r opResult) {
 			return
 		}
 		d.metrics.restarts.Inc()
-		if d.pin == nil {
-			d.setKnownGood(d.knownGood, r.pid)
+		if r.pin != nil || r.pinErr != nil { // nothing was pinned before the start
+			d.setKnownGood(d.knownGood, r.pin, r.pinErr)
+			r.pin = nil
 		}
 		st := d.sup.Status()
 		d.log.Info("daemon restarted", "pid", r.pid, "binary", r.binary, "build_id", st.IncumbentBuildID)

@@ -13,26 +13,30 @@ import (
 // the supervisor restarts after a crash. The path stays what logs, status
 // and argv[0] show while it still names the pinned file; once it names
 // another file, the pinned one is started through /proc/<our pid>/fd/<n>
-// (argv[0] is then that path too). A binary rewritten in place, under the
-// same inode, is not protected: the descriptor sees the new content.
+// (argv[0] is then that path too). That works for a #! script as well:
+// the kernel hands the interpreter that path, which the daemon (our uid)
+// can open while we hold the descriptor. A binary rewritten in place,
+// under the same inode, is not protected: the descriptor sees the new
+// content.
+//
+// What is pinned is the file at the configured path, opened right before
+// the spawn that proves it good, never /proc/<pid>/exe of the daemon:
+// for a script that is its interpreter, for a wrapper that execs another
+// program that program, and either would then be started with the
+// daemon's arguments.
 type pinnedBinary struct {
 	path     string // canonical path it was known-good under
 	f        *os.File
 	dev, ino uint64
 }
 
-// pinBinary opens what pid executes (its /proc/<pid>/exe, exactly the
-// file that proved good) or, when that is gone, the file at path.
-func pinBinary(path string, pid int) (*pinnedBinary, error) {
-	var f *os.File
-	if pid > 0 {
-		f, _ = os.Open("/proc/" + strconv.Itoa(pid) + "/exe") // nil when pid is gone
-	}
-	if f == nil {
-		var err error
-		if f, err = os.Open(path); err != nil {
-			return nil, fmt.Errorf("pin the known-good binary %s: %w", path, err)
-		}
+// openPin opens the file at path (read-only, close-on-exec, so no daemon
+// inherits it). Called right before a spawn of path, it holds the file
+// that spawn executes; the caller keeps it once the daemon proves good.
+func openPin(path string) (*pinnedBinary, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("pin the known-good binary %s: %w", path, err)
 	}
 	p, err := newPinned(path, f)
 	if err != nil {
@@ -40,6 +44,33 @@ func pinBinary(path string, pid int) (*pinnedBinary, error) {
 		return nil, err
 	}
 	return p, nil
+}
+
+// pinRunning pins the file a daemon this image did not start (resumed
+// from the journal, or adopted after a re-exec that passed no pin) was
+// started from: its /proc/<pid>/exe when that is the file at path (a
+// binary started directly and not replaced since), else the file at path,
+// as /proc/<pid>/exe of a script or wrapper is some other program.
+func pinRunning(path string, pid int) (*pinnedBinary, error) {
+	byPath, err := openPin(path)
+	if err != nil || pid <= 0 {
+		return byPath, err
+	}
+	f, err := os.Open("/proc/" + strconv.Itoa(pid) + "/exe")
+	if err != nil {
+		return byPath, nil // gone, or not ours to look at
+	}
+	exe, err := newPinned(path, f)
+	if err != nil {
+		f.Close()
+		return byPath, nil
+	}
+	if exe.dev != byPath.dev || exe.ino != byPath.ino {
+		exe.close()
+		return byPath, nil
+	}
+	byPath.close()
+	return exe, nil
 }
 
 // newPinned takes f, an open executable known good under path.

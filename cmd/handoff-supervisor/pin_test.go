@@ -15,7 +15,7 @@ func TestPinnedBinary(t *testing.T) {
 	if err := os.WriteFile(path, []byte("good"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	p, err := pinBinary(path, 0) // no process: pins the file at path
+	p, err := openPin(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -44,23 +44,49 @@ func TestPinnedBinary(t *testing.T) {
 	}
 }
 
-// TestPinBinaryFromProcess pins what a process runs, not the path.
-func TestPinBinaryFromProcess(t *testing.T) {
+// TestPinRunning pins what a running process executes when that is the
+// file at the path, and the file at the path otherwise: for a script (or
+// a wrapper that execs another program) the process runs some other file,
+// which must not be what a restart starts.
+func TestPinRunning(t *testing.T) {
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := pinBinary("/nonexistent", os.Getpid())
-	if err != nil {
+	if exe, err = filepath.EvalSymlinks(exe); err != nil {
 		t.Fatal(err)
 	}
-	defer p.close()
-	want, err := pinBinary(exe, 0)
-	if err != nil {
+	script := filepath.Join(t.TempDir(), "wrapper")
+	if err := os.WriteFile(script, []byte("#!/bin/sh\nexec "+exe+" \"$@\"\n"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	defer want.close()
-	if p.ino != want.ino || p.dev != want.dev {
-		t.Fatalf("pinned inode %d, want the test binary's %d", p.ino, want.ino)
+	for _, tc := range []struct {
+		name, path string
+		pid        int
+	}{
+		{"the process's own binary", exe, os.Getpid()},
+		{"a script the process does not run", script, os.Getpid()},
+		{"no process", script, 0},
+		{"a process that is gone", script, 1 << 30},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p, err := pinRunning(tc.path, tc.pid)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer p.close()
+			want, err := openPin(tc.path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer want.close()
+			if p.ino != want.ino || p.dev != want.dev || p.path != tc.path || p.replaced() {
+				t.Fatalf("pinned inode %d of %s (replaced %v), want inode %d of %s", p.ino, p.path, p.replaced(), want.ino, tc.path)
+			}
+		})
+	}
+	if p, err := pinRunning(filepath.Join(t.TempDir(), "gone"), os.Getpid()); err == nil {
+		p.close()
+		t.Fatal("a path that names no file pinned the process's binary")
 	}
 }

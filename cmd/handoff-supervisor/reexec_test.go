@@ -54,7 +54,7 @@ func TestReexecStateRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pin, err := pinBinary(exe, os.Getpid())
+	pin, err := openPin(exe)
 	if err != nil {
 		t.Fatal(err)
 	}

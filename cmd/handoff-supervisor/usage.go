@@ -114,8 +114,8 @@ Signals (run):
                    control_socket (those need a full restart).
 
 If the daemon exits outside a handoff, the supervisor starts the last
-known-good binary (the file that last started or committed, held open) on
-the same sockets, so connections queued meanwhile are served. If the file at
+known-good binary (the file that last started or committed, held open from
+just before its start; for a #! script, the script) on the same sockets, so connections queued meanwhile are served. If the file at
 its path was replaced since, the held file is started (through
 /proc/<pid>/fd/<n>, also its argv[0]), never the untested one. Restarts back off from 100ms,
 doubling to 10s; a daemon that ran 30s resets the backoff.
