@@ -25,6 +25,11 @@ const (
 // whose recorded holder is dead (its descriptors may still be closing).
 const staleWait = 2 * time.Second
 
+// breakStaleRetry, if set (by tests only), is called each time
+// AcquireDataDirLockOrBreakStale is about to wait for a lock whose
+// recorded holder is dead.
+var breakStaleRetry func()
+
 // DataDirLock is an exclusive flock on <dir>/.handoff.lock. At most one
 // process holds it; the holder's pid is recorded in <dir>/.handoff.pid for
 // people and error messages, but the flock alone decides who holds it. The
@@ -65,6 +70,9 @@ func AcquireDataDirLockOrBreakStale(dir string) (*DataDirLock, error) {
 		if wait <= 0 {
 			held.StaleHolder = held.HolderPID > 0
 			return nil, fmt.Errorf("%w: waiting %v for the lock: %w", ErrTimeout, staleWait, err)
+		}
+		if breakStaleRetry != nil {
+			breakStaleRetry()
 		}
 		time.Sleep(min(backoff, wait))
 		backoff = min(backoff*2, 50*time.Millisecond)
