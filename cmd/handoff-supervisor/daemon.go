@@ -255,6 +255,12 @@ func startDaemon(ctx context.Context, cfg *Config, inherited *inheritedState, lo
 		d.setKnownGood(d.knownGood, pin, pinErr)
 	}
 
+	if inherited != nil {
+		if inherited.metrics != nil {
+			log.Info("re-exec: metrics_addr is no longer set; closing the metrics listener", "addr", inherited.MetricsAddr)
+		}
+		inherited.close() // whatever was passed and not taken
+	}
 	d.trigger.start()
 	if d.metricsSrv != nil {
 		d.metricsSrv.start()

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -260,4 +261,25 @@ func TestRestartWrapperScript(t *testing.T) {
 	if st := f.status(t); st.Incumbent == nil || st.Incumbent.PID != pid || !st.KnownGoodReplaced {
 		t.Fatalf("status after the replacement: %+v, want pid %d, the path replaced", st, pid)
 	}
+}
+
+// TestReexecDropsMetrics: a re-exec with metrics_addr removed from the
+// file closes the metrics listener it was passed, so the port is free
+// again rather than bound with nobody accepting.
+func TestReexecDropsMetrics(t *testing.T) {
+	f := newFixture(t)
+	sup := f.startSupervisor(t, nil)
+	if ln, err := net.Listen("tcp", f.metrics); err == nil {
+		ln.Close()
+		t.Fatal("the metrics port is free while the supervisor serves metrics")
+	}
+	f.editConfig(t, fmt.Sprintf("metrics_addr     = %q", f.metrics), "")
+	sup.signal(t, syscall.SIGUSR2)
+	f.await(t, "RELOADING=1", "re-executing")
+	f.await(t, "READY=1")
+	ln, err := net.Listen("tcp", f.metrics)
+	if err != nil {
+		t.Fatalf("the metrics port after a re-exec without metrics_addr: %v", err)
+	}
+	ln.Close()
 }
