@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/handoff-go/handoff/internal/wire"
 )
 
 // newTestIncumbent binds an Incumbent on a fresh control socket with a
@@ -33,20 +35,43 @@ func takePath(t *testing.T, path string) {
 	t.Cleanup(func() { ln.Close() })
 }
 
-func TestServeReturnsOnCancelledContext(t *testing.T) {
+// Serve, waiting for the next supervisor (one session done, back in
+// accept), returns when its context is cancelled. The context is cancelled
+// only once Serve has answered a session, so the cancellation must reach a
+// blocked accept: an already-cancelled context would not test that.
+func TestServeReturnsWhenCancelledWhileWaiting(t *testing.T) {
 	checkLeaks(t)
-	inc, _ := newTestIncumbent(t)
+	inc, path := newTestIncumbent(t)
 	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
+	defer cancel()
 	done := make(chan error, 1)
 	go func() { done <- inc.Serve(ctx, nil) }()
+	// A probe: read the incumbent's Hello and hang up, as a supervisor
+	// checking who answers does.
+	nc, err := net.DialTimeout("unix", path, 10*time.Second)
+	must(t, err)
+	conn := wire.NewConn(nc.(*net.UnixConn))
+	f, err := conn.Recv(10 * time.Second)
+	conn.Close()
+	if err != nil {
+		t.Fatalf("hello from Serve: %v", err)
+	}
+	if h, ok := f.Msg.(wire.Hello); !ok || h.Role != wire.RoleIncumbent {
+		t.Fatalf("got %#v, want the incumbent's hello", f.Msg)
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("Serve returned after a probe: %v", err)
+	default:
+	}
+	cancel()
 	select {
 	case err := <-done:
 		if !errors.Is(err, context.Canceled) {
 			t.Fatalf("Serve: %v, want context.Canceled", err)
 		}
 	case <-time.After(10 * time.Second):
-		t.Fatal("Serve ignored its cancelled context")
+		t.Fatal("Serve ignored the cancellation of its context")
 	}
 }
 
