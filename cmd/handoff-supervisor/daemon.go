@@ -54,6 +54,17 @@ type daemon struct {
 	reexecPending bool
 }
 
+// hooks are seams for this package's tests, which set them in TestMain
+// for a supervisor run as a process of its own; the binary leaves them
+// nil.
+var hooks struct {
+	// adopt stands in for Supervisor.Adopt after a re-exec.
+	adopt func(ctx context.Context, pid int, spec handoff.SpawnSpec) error
+	// beforeReady runs once start-up is done, before READY=1; reexec
+	// tells whether this image was started by a re-exec.
+	beforeReady func(reexec bool)
+}
+
 // runDaemon is the run command.
 func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("run")
@@ -214,11 +225,24 @@ func startDaemon(ctx context.Context, cfg *Config, inherited *inheritedState, lo
 	if inherited != nil {
 		d.knownGood = inherited.KnownGood
 		d.pin = inherited.pinned()
-		if inherited.ChildPID != 0 {
-			if err := d.sup.Adopt(ctx, inherited.ChildPID, cfg.spawnSpec(d.knownGood)); err != nil {
-				log.Error("re-exec: could not adopt the daemon; starting it anew", "pid", inherited.ChildPID, "err", err)
-			} else {
+		if pid := inherited.ChildPID; pid != 0 {
+			adopt := d.sup.Adopt
+			if hooks.adopt != nil {
+				adopt = hooks.adopt
+			}
+			err := adopt(ctx, pid, cfg.spawnSpec(d.knownGood))
+			switch {
+			case err == nil:
 				serving = true
+			case d.sup.Status().IncumbentPID == pid:
+				// Adopted and watched; only its journal record failed.
+				log.Error("re-exec: adopted the daemon, but could not record it", "pid", pid, "err", err)
+				serving = true
+			default:
+				// Unwatched, it would keep its lock (a new daemon could not
+				// start) and stay a zombie once it exits.
+				log.Error("re-exec: could not adopt the daemon; killing it to start it anew", "pid", pid, "err", err)
+				killAndReap(pid, killAfterStop, log)
 			}
 		}
 	} else if cfg.Journal != "" {
@@ -265,6 +289,9 @@ func startDaemon(ctx context.Context, cfg *Config, inherited *inheritedState, lo
 	if d.metricsSrv != nil {
 		d.metricsSrv.start()
 		log.Info("serving metrics", "addr", d.metricsSrv.ln.Addr().String())
+	}
+	if hooks.beforeReady != nil {
+		hooks.beforeReady(inherited != nil)
 	}
 	st := d.sup.Status()
 	d.notify.ready(fmt.Sprintf("serving: pid %d, build %s", st.IncumbentPID, st.IncumbentBuildID))

@@ -283,3 +283,28 @@ func TestReexecDropsMetrics(t *testing.T) {
 	}
 	ln.Close()
 }
+
+// TestReexecAdoptFails: when the re-executed supervisor cannot adopt the
+// daemon, it kills and reaps it (it would otherwise keep the data
+// directory's lock and stay a zombie) before starting a new one.
+func TestReexecAdoptFails(t *testing.T) {
+	f := newFixture(t)
+	sup := f.startSupervisor(t, []string{envTestFailAdopt + "=1"})
+	_, pid := f.hello(t)
+	sup.signal(t, syscall.SIGUSR2)
+	f.await(t, "RELOADING=1", "re-executing")
+	f.await(t, "READY=1", "restarted")
+	build, npid := f.hello(t)
+	if build != "daemon-v1" || npid == pid {
+		t.Fatalf("serving %s pid %d, want daemon-v1 anew (pid %d was not adopted)", build, npid, pid)
+	}
+	if s := procState(pid); s != "" {
+		t.Fatalf("the daemon that was not adopted, pid %d, is still there (state %s)", pid, s)
+	}
+	if s := f.spawned(t); len(s) != 2 {
+		t.Fatalf("daemons started: %v, want the first and one after the re-exec", s)
+	}
+	if st := f.status(t); st.Supervisor.PID != sup.cmd.Process.Pid || st.Incumbent == nil || st.Incumbent.PID != npid {
+		t.Fatalf("status: %+v, want daemon pid %d", st, npid)
+	}
+}

@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/handoff-go/handoff"
 	"github.com/rogpeppe/go-internal/testscript"
 )
 
@@ -32,6 +33,14 @@ const envTestListenPID = "HS_TEST_LISTEN_PID"
 // spoils (appends an unknown key to) before main reads it: a file changed
 // between the old image's check and the new image's load.
 const envTestBreakOnReexec = "HS_TEST_BREAK_ON_REEXEC"
+
+// envTestFailAdopt makes a re-executed supervisor fail to adopt the
+// daemon it was passed, which is left running.
+const envTestFailAdopt = "HS_TEST_FAIL_ADOPT"
+
+// envTestReexecGate names a FIFO at which a re-executed supervisor waits,
+// once it has taken over and before READY=1, for one byte (or EOF).
+const envTestReexecGate = "HS_TEST_REEXEC_GATE"
 
 func TestMain(m *testing.M) {
 	// The daemon check comes first: daemons inherit the supervisor's
@@ -48,6 +57,18 @@ func TestMain(m *testing.M) {
 			if f, err := os.OpenFile(p, os.O_WRONLY|os.O_APPEND, 0); err == nil {
 				f.WriteString("\nbogus_key = 1\n")
 				f.Close()
+			}
+		}
+		if os.Getenv(envTestFailAdopt) != "" {
+			hooks.adopt = func(context.Context, int, handoff.SpawnSpec) error {
+				return errors.New("adoption refused by the test")
+			}
+		}
+		if p := os.Getenv(envTestReexecGate); p != "" {
+			hooks.beforeReady = func(reexec bool) {
+				if reexec {
+					passGate(p)
+				}
 			}
 		}
 		main()

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -53,25 +54,47 @@ func reapLeftovers(keep int, log *slog.Logger) {
 		return
 	}
 	for _, pid := range pids {
-		if pid == keep {
-			continue
+		if pid != keep {
+			log.Info("re-exec: will reap a child left by the previous image", "pid", pid)
+			reap(pid, log)
 		}
-		log.Info("re-exec: will reap a child left by the previous image", "pid", pid)
-		go func() {
-			var ws unix.WaitStatus
-			for {
-				_, err := unix.Wait4(pid, &ws, 0, nil)
-				if err == unix.EINTR {
-					continue
-				}
-				if err != nil {
-					log.Warn("re-exec: could not reap a child left by the previous image", "pid", pid, "err", err)
-					return
-				}
-				log.Info("reaped a child left by the previous image", "pid", pid, "status", waitDescription(ws))
+	}
+}
+
+// reap waits for the child pid on a goroutine of its own and returns a
+// channel closed once it is gone.
+func reap(pid int, log *slog.Logger) <-chan struct{} {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		var ws unix.WaitStatus
+		for {
+			_, err := unix.Wait4(pid, &ws, 0, nil)
+			if err == unix.EINTR {
+				continue
+			}
+			if err != nil {
+				log.Warn("re-exec: could not reap a child left by the previous image", "pid", pid, "err", err)
 				return
 			}
-		}()
+			log.Info("reaped a child left by the previous image", "pid", pid, "status", waitDescription(ws))
+			return
+		}
+	}()
+	return done
+}
+
+// killAndReap kills the child pid with its process group and waits, at
+// most within, until it is reaped.
+func killAndReap(pid int, within time.Duration, log *slog.Logger) {
+	unix.Kill(-pid, unix.SIGKILL)
+	unix.Kill(pid, unix.SIGKILL)
+	t := time.NewTimer(within)
+	defer t.Stop()
+	select {
+	case <-reap(pid, log):
+	case <-t.C:
+		log.Error("a killed child was not reaped in time; carrying on", "pid", pid, "within", within)
 	}
 }
 
