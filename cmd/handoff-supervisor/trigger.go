@@ -212,11 +212,15 @@ func triggerACL(uids []uint32) []byte {
 // setTriggerACL gives allowed (allowed_uids) access to the socket file at
 // file, which will be at path: the 0600 mode alone would refuse them
 // before the supervisor's SO_PEERCRED check. Without allowed it removes
-// any ACL, leaving the mode alone in force.
+// any ACL and sets the mode back to 0600: the group bits held the ACL's
+// mask (rw), and without the ACL they would grant the group.
 func setTriggerACL(file, path string, allowed []uint32) error {
 	if len(allowed) == 0 {
 		if err := unix.Removexattr(file, aclXattr); err != nil && !errors.Is(err, unix.ENODATA) && !errors.Is(err, unix.EOPNOTSUPP) {
 			return fmt.Errorf("trigger socket %s: remove its ACL: %w", path, err)
+		}
+		if err := os.Chmod(file, 0o600); err != nil {
+			return fmt.Errorf("trigger socket %s: %w", path, err)
 		}
 		return nil
 	}

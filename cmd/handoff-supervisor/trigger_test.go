@@ -455,4 +455,16 @@ func TestTriggerACL(t *testing.T) {
 	if err != nil || fi.Mode().Perm() != 0o660 { // group bits show the mask
 		t.Fatalf("mode %v (%v), want 0660 (owner rw, mask rw)", fi.Mode(), err)
 	}
+
+	// Without allowed_uids (a re-exec that dropped them) the ACL goes and
+	// the mode is 0600 again, not the 0660 the mask left.
+	if err := setTriggerACL(path, path, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := unix.Getxattr(path, aclXattr, buf); !errors.Is(err, unix.ENODATA) {
+		t.Fatalf("the ACL after its removal: %v, want ENODATA", err)
+	}
+	if fi, err := os.Stat(path); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("mode after the ACL's removal %v (%v), want 0600", fi.Mode(), err)
+	}
 }

@@ -65,10 +65,10 @@ key and the line):
   allowed_binaries  absolute paths that upgrade --binary may name, besides
                     binary. Compared after resolving symlinks. Default: none.
   allowed_uids      user ids, besides the supervisor's own and root's, that may
-                    use the trigger socket: the socket file stays mode 0600
-                    and gets a POSIX access ACL granting exactly these users
-                    read and write (they also need search permission on its
-                    directory). The supervisor refuses to start if the
+                    use the trigger socket: the socket file is mode 0600
+                    plus a POSIX access ACL granting exactly these users
+                    read and write (ls shows the ACL mask as group rw; they
+                    also need search permission on its directory). The supervisor refuses to start if the
                     filesystem of trigger_socket does not take ACLs.
                     Default: none.
   metrics_addr      host:port for Prometheus metrics at /metrics.
