@@ -83,13 +83,23 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return err
 	}
 	cfg, cfgErr := loadConfigFlag(*config)
-	if cfgErr != nil && inherited != nil {
-		// The previous image checked the file before the exec; it changed
-		// since. Dying now would orphan the daemon: carry on as before.
-		var err error
-		if cfg, err = inherited.config(); err != nil {
+	changed := ""
+	if inherited != nil {
+		// The previous image checked the file before the exec. If it
+		// changed since to one that does not load, or that changes what
+		// lives on across the exec, dying or binding anew would orphan
+		// the daemon: carry on as before.
+		prev, err := inherited.config()
+		switch {
+		case cfgErr != nil && err != nil:
 			inherited.close()
 			return errors.Join(cfgErr, err)
+		case cfgErr != nil:
+			cfg = prev
+		case err == nil:
+			if changed = prev.reexecChange(cfg); changed != "" {
+				cfg = prev
+			}
 		}
 	} else if cfgErr != nil {
 		return cfgErr
@@ -102,6 +112,9 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	log := newLogger(cfg.LogFormat, stderr)
 	if cfgErr != nil {
 		log.Error("re-exec: the configuration no longer loads; carrying on with the one the previous image ran with", "config", cfg.path, "err", cfgErr)
+	}
+	if changed != "" {
+		log.Error("re-exec: the configuration changed since the previous image checked it; carrying on with the one it ran with", "config", cfg.path, "why", changed)
 	}
 	d, err := startDaemon(ctx, cfg, inherited, log, stdout, stderr)
 	if err != nil {

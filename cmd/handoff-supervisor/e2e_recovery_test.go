@@ -308,3 +308,32 @@ func TestReexecAdoptFails(t *testing.T) {
 		t.Fatalf("status: %+v, want daemon pid %d", st, npid)
 	}
 }
+
+// TestReexecConfigChanged: when the file changes after the old image
+// checked it to one that loads but changes [[listeners]] (which live on
+// across the exec), the new image carries on with the configuration it
+// was passed: it binds no new listener and keeps the daemon.
+func TestReexecConfigChanged(t *testing.T) {
+	f := newFixture(t)
+	extra := filepath.Join(f.dir, "extra.sock")
+	sup := f.startSupervisor(t, []string{
+		envTestBreakOnReexec + "=" + f.cfg,
+		envTestBreakWith + "=" + fmt.Sprintf("[[listeners]]\nname = \"extra\"\naddr = \"unix:%s\"", extra),
+	})
+	_, pid := f.hello(t)
+	sup.signal(t, syscall.SIGUSR2)
+	f.await(t, "RELOADING=1", "re-executing")
+	f.await(t, "READY=1")
+	if raw, _ := os.ReadFile(f.cfg); !bytes.Contains(raw, []byte("extra.sock")) {
+		t.Fatal("the config was not changed: the test did not test the fallback")
+	}
+	if _, err := os.Stat(extra); !os.IsNotExist(err) {
+		t.Fatalf("the listener added after the check was bound: %v", err)
+	}
+	if st := f.status(t); st.Supervisor.PID != sup.cmd.Process.Pid || st.Incumbent == nil || st.Incumbent.PID != pid {
+		t.Fatalf("after the re-exec with a changed config: %+v, want daemon pid %d", st, pid)
+	}
+	if build, p := f.hello(t); build != "daemon-v1" || p != pid {
+		t.Fatalf("serving %s pid %d, want daemon-v1 pid %d", build, p, pid)
+	}
+}

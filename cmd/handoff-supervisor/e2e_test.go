@@ -30,9 +30,13 @@ const envTestSupervisor = "HS_TEST_SUPERVISOR"
 const envTestListenPID = "HS_TEST_LISTEN_PID"
 
 // envTestBreakOnReexec names a config file that a re-executed supervisor
-// spoils (appends an unknown key to) before main reads it: a file changed
-// between the old image's check and the new image's load.
-const envTestBreakOnReexec = "HS_TEST_BREAK_ON_REEXEC"
+// spoils (appends an unknown key to, or what envTestBreakWith holds)
+// before main reads it: a file changed between the old image's check and
+// the new image's load.
+const (
+	envTestBreakOnReexec = "HS_TEST_BREAK_ON_REEXEC"
+	envTestBreakWith     = "HS_TEST_BREAK_WITH"
+)
 
 // envTestFailAdopt makes a re-executed supervisor fail to adopt the
 // daemon it was passed, which is left running.
@@ -55,7 +59,11 @@ func TestMain(m *testing.M) {
 		}
 		if p := os.Getenv(envTestBreakOnReexec); p != "" && os.Getenv(envReexecState) != "" {
 			if f, err := os.OpenFile(p, os.O_WRONLY|os.O_APPEND, 0); err == nil {
-				f.WriteString("\nbogus_key = 1\n")
+				text, ok := os.LookupEnv(envTestBreakWith)
+				if !ok {
+					text = "bogus_key = 1"
+				}
+				f.WriteString("\n" + text + "\n")
 				f.Close()
 			}
 		}
