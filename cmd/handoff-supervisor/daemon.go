@@ -415,7 +415,19 @@ func (d *daemon) shutdown(why string, sigs <-chan os.Signal) error {
 		scancel()
 	}
 	d.pin.close()
-	return d.sup.Close()
+	// Close waits for a running operation; one that did not return after
+	// its daemons were killed must not keep the supervisor from exiting.
+	closed := make(chan error, 1)
+	go func() { closed <- d.sup.Close() }()
+	t := time.NewTimer(killAfterStop)
+	defer t.Stop()
+	select {
+	case err := <-closed:
+		return err
+	case <-t.C:
+		d.log.Error("closing the supervisor waits for an operation that does not return; exiting without it", "waited", killAfterStop)
+		return errors.New("stop: an operation did not return; exited without it")
+	}
 }
 
 // killAll kills the serving daemon and a successor, with their process
