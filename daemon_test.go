@@ -53,6 +53,13 @@ type knobs struct {
 	slowDrain, slowSeal time.Duration
 	slowOpen            time.Duration
 	raw                 string // a successor that speaks raw frames (rawSuccessor)
+	// drainHold: a path; Drain ignores its context and waits until the
+	// test creates that file (the test does so once the supervisor has
+	// given up on the drain or broken off the handoff), then succeeds.
+	drainHold string
+	// drainToGrace: Drain uses its whole grace (it returns when its
+	// context expires) and succeeds with a connection left open.
+	drainToGrace bool
 }
 
 func readKnobs() knobs {
@@ -63,7 +70,7 @@ func readKnobs() knobs {
 		unhealthy: os.Getenv("TD_UNHEALTHY") != "", stale: os.Getenv("TD_STALE") != "",
 		sealFail: os.Getenv("TD_SEAL_FAIL") != "", drainFail: os.Getenv("TD_DRAIN_FAIL") != "",
 		slowDrain: d("TD_SLOW_DRAIN"), slowSeal: d("TD_SLOW_SEAL"), slowOpen: d("TD_SLOW_OPEN"),
-		raw: os.Getenv("TD_RAW"),
+		raw: os.Getenv("TD_RAW"), drainHold: os.Getenv("TD_DRAIN_HOLD"), drainToGrace: os.Getenv("TD_DRAIN_TO_GRACE") != "",
 	}
 }
 
@@ -292,6 +299,18 @@ func (d *testDrainable) Drain(ctx context.Context) (DrainReport, error) {
 		time.Sleep(d.k.slowDrain)
 		ctx = context.WithoutCancel(ctx)
 	}
+	if d.k.drainHold != "" {
+		// Ordered by the test, not by time: bounded only in case the
+		// test never releases it.
+		tick := time.NewTicker(5 * time.Millisecond)
+		for limit := time.Now().Add(time.Minute); time.Now().Before(limit); <-tick.C {
+			if _, err := os.Stat(d.k.drainHold); err == nil {
+				break
+			}
+		}
+		tick.Stop()
+		ctx = context.WithoutCancel(ctx)
+	}
 	if d.k.drainFail && fireOnce(d.k.dir, "drain-fail") {
 		return DrainReport{}, errors.New("test knob: drain fails")
 	}
@@ -309,6 +328,11 @@ func (d *testDrainable) Drain(ctx context.Context) (DrainReport, error) {
 	case <-ctx.Done():
 		return DrainReport{}, fmt.Errorf("drain: %w", ctx.Err())
 	}
+	left := 0
+	if d.k.drainToGrace && fireOnce(d.k.dir, "drain-to-grace") {
+		<-ctx.Done()
+		left = 1
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.log != nil {
@@ -316,7 +340,7 @@ func (d *testDrainable) Drain(ctx context.Context) (DrainReport, error) {
 			return DrainReport{}, err
 		}
 	}
-	return DrainReport{AcceptClosed: true}, nil
+	return DrainReport{AcceptClosed: true, OpenConnsRemaining: left}, nil
 }
 
 func (d *testDrainable) Seal(ctx context.Context) (SealReport, error) {

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -67,12 +68,14 @@ func TestStatusDuringHandoffs(t *testing.T) {
 	polled := make(chan int)
 	go func() {
 		n := 0
+		tick := time.NewTicker(time.Millisecond) // not a busy loop: the box has 2 cores
+		defer tick.Stop()
 		for {
 			select {
 			case <-stop:
 				polled <- n
 				return
-			default:
+			case <-tick.C:
 			}
 			st := c.sup.Status()
 			_ = st.IncumbentBuildID + st.SuccessorBuildID
@@ -106,7 +109,9 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 }
 
 func TestHandoffAbortsRollBack(t *testing.T) {
-	short := SupervisorConfig{Liveness: time.Second}
+	// Liveness 3s: the daemons beat every 750ms, so a stall of up to
+	// 2.25s on a busy machine cannot change the abort reason.
+	short := SupervisorConfig{Liveness: 3 * time.Second}
 	tests := []struct {
 		name       string
 		coldEnv    []string // knobs of the incumbent (the failures fire once)
@@ -124,8 +129,9 @@ func TestHandoffAbortsRollBack(t *testing.T) {
 		{"successor hangs silently after begin", nil, []string{"TD_HANG_AT=after-begin"}, short, 0, "(liveness timeout) while the supervisor waited for [ready]", ErrTimeout},
 		// A successor that holds the lock and heartbeats but never sends
 		// Ready: the overall deadline aborts; it is killed and the
-		// incumbent retakes the lock.
-		{"successor heartbeats but never sends ready", nil, []string{"TD_HANG_AT=before-ready"}, short, 4 * time.Second, "did not send [ready]: the handoff deadline passed", ErrTimeout},
+		// incumbent retakes the lock. The deadline leaves seconds for
+		// everything before Ready.
+		{"successor heartbeats but never sends ready", nil, []string{"TD_HANG_AT=before-ready"}, short, 10 * time.Second, "did not send [ready]: the handoff deadline passed", ErrTimeout},
 		{"ready unhealthy", nil, []string{"TD_UNHEALTHY=1"}, SupervisorConfig{}, 0, "unhealthy", ErrReadyRejected},
 		{"ready with stale revisions", nil, []string{"TD_STALE=1"}, SupervisorConfig{}, 0, "stale", ErrReadyRejected},
 		{"seal fails", []string{"TD_SEAL_FAIL=1"}, nil, SupervisorConfig{}, 0, "seal failed: test knob", ErrSealFailed},
@@ -189,10 +195,13 @@ func holdsLockPID(dir string, pid int) error {
 
 // A Drainable that ignores its context and returns success after the
 // grace: the supervisor has given up and rolls back, so the incumbent must
-// not seal (nor release the lock) for the SealRequest queued behind.
+// not seal (nor release the lock) for the SealRequest queued behind. The
+// drain returns only once the rollback has begun (TD_DRAIN_HOLD), so past
+// the supervisor's wait of grace plus slack whatever the machine's load.
 func TestDrainTimesOut(t *testing.T) {
 	checkLeaks(t)
-	c := newCluster(t, SupervisorConfig{}, "TD_SLOW_DRAIN=3s")
+	hold := filepath.Join(t.TempDir(), "release-drain")
+	c := newCluster(t, SupervisorConfig{OnEvent: releaseAtRollback(hold)}, "TD_DRAIN_HOLD="+hold)
 	l := startLoad(t, c.addr)
 	before := c.servingPID()
 	spec := c.spec()
@@ -223,10 +232,11 @@ func TestDrainTimesOut(t *testing.T) {
 // liveness timeout; heartbeats, at the interval the liveness in HelloAck
 // asks for, keep the handoff alive and it commits.
 func TestLongDrainAndSealCommitWithHeartbeats(t *testing.T) {
+	// Liveness 2s: beats every 500ms leave 1.5s of slack per gap.
 	checkLeaks(t)
 	var mu sync.Mutex
 	beats := 0
-	const liveness, work = time.Second, 2500 * time.Millisecond
+	const liveness, work = 2 * time.Second, 5 * time.Second
 	cfg := SupervisorConfig{Liveness: liveness, OnEvent: func(e Event) {
 		if e.Kind == EventHeartbeat {
 			mu.Lock()
@@ -243,7 +253,7 @@ func TestLongDrainAndSealCommitWithHeartbeats(t *testing.T) {
 	if out.Phases.Drain < work || out.Phases.Seal < work || out.Phases.BeginToReady < work {
 		t.Fatalf("phases shorter than the daemon's work: %+v", out.Phases)
 	}
-	// At liveness/4 = 250ms, 7.5s of work gives about 30 beats.
+	// At liveness/4 = 500ms, 15s of work gives about 30 beats.
 	mu.Lock()
 	if beats < 20 {
 		t.Errorf("saw %d heartbeats, want at least 20", beats)
@@ -291,9 +301,13 @@ func TestCloseDuringHandoffRollsBack(t *testing.T) {
 	checkLeaks(t)
 	draining := make(chan struct{})
 	var once sync.Once
+	var finished atomic.Bool // EventHandoffFinished comes before Close may return
 	c := newCluster(t, SupervisorConfig{OnEvent: func(e Event) {
-		if e.Kind == EventPhase && e.Phase == PhaseDraining {
+		switch {
+		case e.Kind == EventPhase && e.Phase == PhaseDraining:
 			once.Do(func() { close(draining) })
+		case e.Kind == EventHandoffFinished:
+			finished.Store(true)
 		}
 	}}, "TD_SLOW_DRAIN=2s")
 	l := startLoad(t, c.addr)
@@ -310,11 +324,15 @@ func TestCloseDuringHandoffRollsBack(t *testing.T) {
 		t.Fatal("the handoff did not start draining")
 	}
 	must(t, c.sup.Close())
+	if !finished.Load() {
+		t.Fatal("Close returned before the handoff ended")
+	}
+	// PerformHandoff returns right after; only its send is left.
 	var out HandoffOutcome
 	select {
 	case out = <-done:
-	default:
-		t.Fatal("Close returned before the handoff ended")
+	case <-time.After(30 * time.Second):
+		t.Fatal("PerformHandoff did not return after Close")
 	}
 	if out.Committed || !strings.Contains(out.AbortReason, "cancelled") {
 		t.Fatalf("outcome %+v, want a cancelled handoff", out)
@@ -339,6 +357,40 @@ func TestCloseDuringHandoffRollsBack(t *testing.T) {
 	must(t, sup2.Adopt(ctx, before, c.spec()))
 	if out, err := sup2.PerformHandoff(ctx, c.spec()); err != nil || !out.Committed {
 		t.Fatalf("handoff by the new supervisor: %v %+v", err, out)
+	}
+	c.verify(l)
+}
+
+// releaseAtRollback returns an OnEvent handler that creates the file
+// hold (a test daemon's TD_DRAIN_HOLD) when a handoff starts rolling back.
+func releaseAtRollback(hold string) func(Event) {
+	return func(e Event) {
+		if e.Kind == EventPhase && e.Phase == PhaseRollingBack {
+			if err := os.WriteFile(hold, nil, 0o644); err != nil {
+				panic(err)
+			}
+		}
+	}
+}
+
+// A Drain that uses its whole grace and then succeeds, with a connection
+// still open, is a drain like any other: the handoff commits.
+func TestDrainUsingItsWholeGraceCommits(t *testing.T) {
+	checkLeaks(t)
+	c := newCluster(t, SupervisorConfig{}, "TD_DRAIN_TO_GRACE=1")
+	l := startLoad(t, c.addr)
+	before := c.servingPID()
+	spec := c.spec()
+	spec.DrainGrace = 2 * time.Second
+	out, err := c.sup.PerformHandoff(context.Background(), spec)
+	if err != nil || !out.Committed {
+		t.Fatalf("outcome %+v, err %v; want a commit", out, err)
+	}
+	if out.Phases.Drain < spec.DrainGrace {
+		t.Fatalf("drain took %v, want the whole grace of %v", out.Phases.Drain, spec.DrainGrace)
+	}
+	if pid := c.servingPID(); pid == before || pid != out.Child.Pid {
+		t.Fatalf("pid %d serves, want the successor %d", pid, out.Child.Pid)
 	}
 	c.verify(l)
 }

@@ -2,6 +2,7 @@ package handoff
 
 import (
 	"errors"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -9,8 +10,9 @@ import (
 // A successor that breaks the protocol aborts the handoff with
 // ErrProtocol and a reason in words; the incumbent keeps serving with its
 // lock, and the next handoff commits. The successor speaks raw frames
-// (rawSuccessor); the incumbent drains slowly (once), so a bad frame sent
-// right after HelloAck arrives while the supervisor waits for Drained. The
+// (rawSuccessor); the incumbent's drain holds until the handoff rolls back
+// (TD_DRAIN_HOLD), so a bad frame sent right after HelloAck arrives while
+// the supervisor waits for Drained, whatever the machine's load. The
 // "ready" case is also the regression test for the supervisor reading the
 // successor's connection before the negotiated version was set: run it
 // with -race.
@@ -28,7 +30,8 @@ func TestSuccessorProtocolViolations(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.mode, func(t *testing.T) {
 			checkLeaks(t)
-			c := newCluster(t, SupervisorConfig{}, "TD_SLOW_DRAIN=1s")
+			hold := filepath.Join(t.TempDir(), "release-drain")
+			c := newCluster(t, SupervisorConfig{OnEvent: releaseAtRollback(hold)}, "TD_DRAIN_HOLD="+hold)
 			l := startLoad(t, c.addr)
 			before := c.servingPID()
 			out := c.handoff("TD_RAW=" + tc.mode)
