@@ -54,7 +54,8 @@ func (f *fixture) setBounds(t *testing.T, drain, deadline string) {
 
 // TestLongDrain: while the old daemon drains (held by the test), systemd's
 // timeout is extended on every heartbeat, and a SIGUSR2 is deferred until
-// the handoff has ended: the re-exec comes after the handoff's READY=1.
+// the handoff has ended (status shows it pending, and a trigger is refused
+// meanwhile): the re-exec comes after the handoff's READY=1.
 func TestLongDrain(t *testing.T) {
 	f := newFixture(t)
 	gate := fifo(t, f.drainGate)
@@ -72,6 +73,9 @@ func TestLongDrain(t *testing.T) {
 	}
 
 	sup.signal(t, syscall.SIGUSR2)
+	// The loop takes the signal and a trigger request in either order:
+	// the upgrade below is refused only once the re-exec is pending.
+	f.awaitStatus(t, "a pending re-exec", func(st statusReport) bool { return st.ReexecPending })
 	out, _, code := f.cli(t, "upgrade", "--config", f.cfg)
 	if code != 1 || !strings.Contains(out, "re-executing") {
 		t.Fatalf("upgrade while a re-exec waits: exit %d, %q", code, out)

@@ -742,10 +742,14 @@ func TestEndToEnd(t *testing.T) {
 // here) in place: same pid, the daemon adopted rather than restarted, the
 // listeners kept (a client dialling in a loop sees no failure, and a
 // handoff afterwards passes them on), then SIGTERM stops everything with
-// exit status 0.
+// exit status 0. The new image is held before READY=1 until a client
+// that dialled after RELOADING=1 was served, so one surely was while the
+// supervisor re-executed.
 func TestReexec(t *testing.T) {
 	f := newFixture(t)
-	sup := f.startSupervisor(t, nil)
+	gatePath := filepath.Join(f.dir, "reexec-gate")
+	gate := fifo(t, gatePath)
+	sup := f.startSupervisor(t, []string{envTestReexecGate + "=" + gatePath})
 	supPID := sup.cmd.Process.Pid
 	_, daemonPID := f.hello(t)
 	listener := listeningInode(t, f.web)
@@ -760,6 +764,7 @@ func TestReexec(t *testing.T) {
 		errs []error
 	}
 	dials := make(chan dialResult, 1)
+	served := make(chan dial, 1) // the latest success, when there is room
 	go func() {
 		var r dialResult
 		defer func() { dials <- r }()
@@ -779,7 +784,12 @@ func TestReexec(t *testing.T) {
 			if _, err := bufio.NewReader(c).ReadString('\n'); err != nil {
 				r.errs = append(r.errs, err)
 			} else {
-				r.ok = append(r.ok, dial{start, time.Now()})
+				d := dial{start, time.Now()}
+				r.ok = append(r.ok, d)
+				select {
+				case served <- d:
+				default:
+				}
 			}
 			c.Close()
 		}
@@ -788,6 +798,19 @@ func TestReexec(t *testing.T) {
 	sup.signal(t, syscall.SIGUSR2)
 	f.await(t, "RELOADING=1", "re-executing")
 	execStart := time.Now()
+	timeout := time.NewTimer(pollTimeout)
+	defer timeout.Stop()
+	for waiting := true; waiting; {
+		select {
+		case d := <-served:
+			waiting = d.start.Before(execStart)
+		case <-timeout.C:
+			t.Fatalf("no client served within %v while the new image was held before READY=1", pollTimeout)
+		}
+	}
+	if _, err := gate.Write([]byte{1}); err != nil {
+		t.Fatal(err)
+	}
 	f.await(t, "READY=1")
 	execEnd := time.Now()
 	st := f.status(t)

@@ -163,7 +163,7 @@ func (d *daemon) handleRequest(req request) {
 }
 
 func (d *daemon) statusReport() statusReport {
-	ls := loopStatus{pid: os.Getpid(), started: d.started, knownGood: d.knownGood, restart: d.restart}
+	ls := loopStatus{pid: os.Getpid(), started: d.started, knownGood: d.knownGood, restart: d.restart, reexec: d.reexecPending}
 	ls.replaced = d.pin != nil && d.pin.replaced()
 	return buildStatus(d.sup.Status(), ls, time.Now())
 }

@@ -21,11 +21,13 @@ type statusReport struct {
 	KnownGood  string           `json:"known_good_binary"`
 	// KnownGoodReplaced: the file at KnownGood is no longer the one that
 	// proved good; a restart starts the pinned file.
-	KnownGoodReplaced bool            `json:"known_good_replaced,omitempty"`
-	Restart           *restartStatus  `json:"restart,omitempty"`
-	Listeners         []string        `json:"listeners"`
-	Handoffs          int             `json:"handoffs"`
-	LastOutcomes      []outcomeReport `json:"last_outcomes"`
+	KnownGoodReplaced bool           `json:"known_good_replaced,omitempty"`
+	Restart           *restartStatus `json:"restart,omitempty"`
+	// ReexecPending: a SIGUSR2 waits for the running operation to end.
+	ReexecPending bool            `json:"reexec_pending,omitempty"`
+	Listeners     []string        `json:"listeners"`
+	Handoffs      int             `json:"handoffs"`
+	LastOutcomes  []outcomeReport `json:"last_outcomes"`
 }
 
 type supervisorStatus struct {
@@ -70,6 +72,7 @@ type loopStatus struct {
 	knownGood string
 	replaced  bool // the file at knownGood is not the pinned one
 	restart   *restartStatus
+	reexec    bool // a re-exec waits for the running operation
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
@@ -83,6 +86,7 @@ func buildStatus(st handoff.Status, ls loopStatus, now time.Time) statusReport {
 		KnownGood:         ls.knownGood,
 		KnownGoodReplaced: ls.replaced,
 		Restart:           ls.restart,
+		ReexecPending:     ls.reexec,
 		Listeners:         st.Listeners,
 		Handoffs:          st.Handoffs,
 	}
@@ -138,6 +142,9 @@ func writeStatus(w io.Writer, r statusReport) error {
 	}
 	if rs := r.Restart; rs != nil {
 		fmt.Fprintf(tw, "restart:\tat %s (%s)\n", rs.At.Format(time.RFC3339), rs.Reason)
+	}
+	if r.ReexecPending {
+		fmt.Fprintln(tw, "re-exec:\tpending, once the running handoff or start ends")
 	}
 	if r.KnownGoodReplaced {
 		fmt.Fprintf(tw, "known good:\t%s (replaced on disk since; a restart starts the file that proved good)\n", r.KnownGood)

@@ -55,13 +55,14 @@ func TestStatusReport(t *testing.T) {
 
 func TestStatusReportNoDaemon(t *testing.T) {
 	now := time.Now()
-	r := buildStatus(handoff.Status{Phase: handoff.PhaseIdle}, loopStatus{started: now, restart: &restartStatus{At: now, Reason: "daemon pid 3 exited"}}, now)
-	if r.Incumbent != nil || r.Listeners == nil || r.LastOutcomes == nil {
+	r := buildStatus(handoff.Status{Phase: handoff.PhaseIdle}, loopStatus{started: now, restart: &restartStatus{At: now, Reason: "daemon pid 3 exited"}, reexec: true}, now)
+	if r.Incumbent != nil || r.Listeners == nil || r.LastOutcomes == nil || !r.ReexecPending {
 		t.Fatalf("report %+v", r)
 	}
 	var buf bytes.Buffer
 	writeStatus(&buf, r)
-	if !strings.Contains(strings.Join(strings.Fields(buf.String()), " "), "incumbent: none") || !strings.Contains(buf.String(), "daemon pid 3 exited") {
+	if !strings.Contains(strings.Join(strings.Fields(buf.String()), " "), "incumbent: none") || !strings.Contains(buf.String(), "daemon pid 3 exited") ||
+		!strings.Contains(strings.Join(strings.Fields(buf.String()), " "), "re-exec: pending") {
 		t.Errorf("output:\n%s", buf.String())
 	}
 }
