@@ -864,17 +864,26 @@ func TestReexec(t *testing.T) {
 	}
 }
 
+// needSetpriv skips the test unless it can run commands as another user
+// (nobody) with setpriv, and returns setpriv's path. CI runs these tests
+// as root, with util-linux installed.
+func needSetpriv(t *testing.T) string {
+	t.Helper()
+	if os.Getuid() != 0 {
+		t.Skipf("needs root (running as uid %d) to run the client as user nobody with setpriv", os.Getuid())
+	}
+	setpriv, err := exec.LookPath("setpriv")
+	if err != nil {
+		t.Skipf("needs setpriv (util-linux) to run the client as user nobody: %v", err)
+	}
+	return setpriv
+}
+
 // TestSecondUserCannotTrigger runs upgrade as another user (nobody, via
 // setpriv): the 0600 trigger socket keeps it out, and with the file mode
 // opened up the SO_PEERCRED check still does; nothing is spawned.
 func TestSecondUserCannotTrigger(t *testing.T) {
-	if os.Getuid() != 0 {
-		t.Skip("running a command as another user needs root")
-	}
-	setpriv, err := exec.LookPath("setpriv")
-	if err != nil {
-		t.Skip("setpriv not found: cannot run a command as another user")
-	}
+	setpriv := needSetpriv(t)
 	f := newFixture(t)
 	if err := os.Chmod(f.dir, 0o755); err != nil {
 		t.Fatal(err)
@@ -979,13 +988,7 @@ func TestSocketActivation(t *testing.T) {
 // it) and the SO_PEERCRED check: status and upgrade succeed. Other users
 // stay out (TestSecondUserCannotTrigger).
 func TestAllowedUIDsMayTrigger(t *testing.T) {
-	if os.Getuid() != 0 {
-		t.Skip("running a command as another user needs root")
-	}
-	setpriv, err := exec.LookPath("setpriv")
-	if err != nil {
-		t.Skip("setpriv not found: cannot run a command as another user")
-	}
+	setpriv := needSetpriv(t)
 	f := newFixture(t)
 	if err := os.Chmod(f.dir, 0o755); err != nil {
 		t.Fatal(err)
