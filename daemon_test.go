@@ -114,6 +114,9 @@ func testDaemon() int {
 		if k.failAt == "before-hello" {
 			return 3
 		}
+		if k.hangAt == "before-hello" {
+			select {}
+		}
 		h, err := r.Handshake(k.build)
 		if err != nil {
 			dlog("handshake: %v", err)

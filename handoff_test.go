@@ -394,3 +394,37 @@ func TestDrainUsingItsWholeGraceCommits(t *testing.T) {
 	}
 	c.verify(l)
 }
+
+// The incumbent dying while the successor starts ends the handoff at once,
+// not when the successor's Hello wait runs out: the successor never says
+// Hello and HelloTimeout is a minute, so only the incumbent's exit can
+// give this abort reason.
+func TestIncumbentDeathDuringSuccessorStartAborts(t *testing.T) {
+	checkLeaks(t)
+	var incPID atomic.Int64
+	c := newCluster(t, SupervisorConfig{HelloTimeout: time.Minute, OnEvent: func(e Event) {
+		if e.Kind == EventPhase && e.Phase == PhaseSpawning {
+			syscall.Kill(int(incPID.Load()), syscall.SIGKILL)
+		}
+	}})
+	before := c.servingPID()
+	incPID.Store(int64(before))
+	out := c.handoff("TD_HANG_AT=before-hello")
+	if out.Committed {
+		t.Fatal("committed, want a rollback")
+	}
+	if !errors.Is(out.Err, ErrIncumbentFailed) || !strings.Contains(out.AbortReason, "incumbent (pid "+strconv.Itoa(before)+")") {
+		t.Fatalf("abort %q (%v), want the incumbent pid %d failing", out.AbortReason, out.Err, before)
+	}
+	select {
+	case ex := <-c.sup.IncumbentExits():
+		if ex.PID != before {
+			t.Fatalf("exit of pid %d reported, want %d", ex.PID, before)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the incumbent's exit was not reported")
+	}
+	if st := c.sup.Status(); st.SuccessorPID != 0 || st.IncumbentPID != 0 {
+		t.Fatalf("status after the incumbent died: %+v", st)
+	}
+}
