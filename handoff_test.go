@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -426,5 +428,81 @@ func TestIncumbentDeathDuringSuccessorStartAborts(t *testing.T) {
 	}
 	if st := c.sup.Status(); st.SuccessorPID != 0 || st.IncumbentPID != 0 {
 		t.Fatalf("status after the incumbent died: %+v", st)
+	}
+}
+
+// Close during a cold start (the daemon started but has not answered
+// Hello yet) returns ErrClosed from ColdStart; the daemon keeps running and
+// the journal names it as the incumbent.
+func TestCloseDuringColdStartLeavesTheDaemonRunning(t *testing.T) {
+	checkLeaks(t)
+	dir := shortDir(t)
+	marker, journal := filepath.Join(dir, "started"), filepath.Join(dir, "journal")
+	sup, err := NewSupervisor(SupervisorConfig{ControlSocket: filepath.Join(dir, "ctl"), Journal: journal, Logger: testLogger(t)})
+	must(t, err)
+	done := make(chan error, 1)
+	go func() {
+		// A daemon that never answers on the control socket.
+		_, err := sup.ColdStart(context.Background(), SpawnSpec{Binary: "/bin/sh", Args: []string{"-c", `echo $$ > "$0.tmp" && mv "$0.tmp" "$0" && exec sleep 60`, marker}})
+		done <- err
+	}()
+	var pid int
+	waitFor(t, "the daemon's start marker", func() bool {
+		b, err := os.ReadFile(marker)
+		pid, _ = strconv.Atoi(strings.TrimSpace(string(b)))
+		return err == nil && pid > 0
+	})
+	t.Cleanup(func() { syscall.Kill(pid, syscall.SIGKILL) }) // the supervisor's waiter reaps it
+	must(t, sup.Close())
+	select {
+	case err = <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("ColdStart did not return after Close")
+	}
+	if !errors.Is(err, ErrClosed) || errors.Is(err, ErrTimeout) {
+		t.Fatalf("ColdStart: %v, want ErrClosed (and not ErrTimeout)", err)
+	}
+	if !pidAlive(pid) {
+		t.Fatalf("the daemon (pid %d) was stopped by Close", pid)
+	}
+	if rec, ok, err := readJournal(journal); err != nil || !ok || rec.IncumbentPID != pid || rec.Phase != PhaseIdle {
+		t.Fatalf("journal %+v (%v, %v), want idle with incumbent pid %d", rec, ok, err, pid)
+	}
+}
+
+// Close during ResumeFromJournal, while it waits for a daemon's Hello,
+// ends the resume at once with context.Canceled and leaves the journal as
+// it was. The "daemon" accepts on the control socket and never answers.
+func TestCloseDuringResumeFromJournal(t *testing.T) {
+	checkLeaks(t)
+	dir := shortDir(t)
+	sock, journal := filepath.Join(dir, "ctl"), filepath.Join(dir, "journal")
+	ln, err := net.Listen("unix", sock)
+	must(t, err)
+	defer ln.Close()
+	inc := exec.Command("sleep", "60") // the journal's live incumbent
+	must(t, inc.Start())
+	t.Cleanup(func() { inc.Process.Kill(); inc.Wait() })
+	rec := journalRecord{Phase: PhaseDraining, HandoffID: "h-test", IncumbentPID: inc.Process.Pid, IncumbentStart: procStart(inc.Process.Pid),
+		DeadlineUnixMS: time.Now().Add(time.Minute).UnixMilli()}
+	must(t, writeJournal(journal, rec))
+	sup, err := NewSupervisor(SupervisorConfig{ControlSocket: sock, Journal: journal, Logger: testLogger(t)})
+	must(t, err)
+	done := make(chan error, 1)
+	go func() { done <- sup.ResumeFromJournal(context.Background()) }()
+	conn, err := ln.Accept() // the supervisor is connected and waits for Hello
+	must(t, err)
+	defer conn.Close()
+	must(t, sup.Close())
+	select {
+	case err = <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("ResumeFromJournal did not return after Close")
+	}
+	if !errors.Is(err, context.Canceled) || errors.Is(err, ErrNoIncumbent) {
+		t.Fatalf("ResumeFromJournal: %v, want context.Canceled", err)
+	}
+	if got, ok, err := readJournal(journal); err != nil || !ok || got.Phase != PhaseDraining || got.IncumbentPID != rec.IncumbentPID {
+		t.Fatalf("journal after Close %+v (%v, %v), want it unchanged", got, ok, err)
 	}
 }
