@@ -234,6 +234,9 @@ func (r *run) drive(incChild *child) error {
 	dctx, cancel := context.WithDeadline(r.ctx, r.deadline)
 	conn, h, err := s.dialIncumbent(dctx)
 	cancel()
+	if err != nil && r.ctx.Err() != nil {
+		return &abortError{reason: "the handoff was cancelled: " + r.ctx.Err().Error(), err: r.ctx.Err()}
+	}
 	if err != nil {
 		return r.abortAs(ErrIncumbentFailed, "the incumbent (pid %d) did not answer on its control socket: %v", incChild.pid, err)
 	}
