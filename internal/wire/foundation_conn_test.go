@@ -101,15 +101,7 @@ func openFDs(t *testing.T) int {
 
 func TestRecvRejectsTruncatedControlData(t *testing.T) {
 	a, b := pair(t)
-	r, w, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	defer w.Close()
-	var wfd int
-	rc, _ := w.SyscallConn()
-	rc.Control(func(fd uintptr) { wfd = int(fd) })
+	_, wfd := pipeWriteFD(t)
 	fds := make([]int, MaxFDs+1) // one more than the receiver makes room for
 	for i := range fds {
 		fds[i] = wfd
@@ -120,7 +112,7 @@ func TestRecvRejectsTruncatedControlData(t *testing.T) {
 	if _, _, err := a.UnixConn().WriteMsgUnix(frame, unix.UnixRights(fds...), nil); err != nil {
 		t.Fatal(err)
 	}
-	_, err = b.Recv(time.Second)
+	_, err := b.Recv(time.Second)
 	checkDistinct(t, err, ErrBadControlData)
 	if !strings.Contains(err.Error(), "MSG_CTRUNC") {
 		t.Errorf("error %q does not say the control data was truncated", err)

@@ -210,15 +210,7 @@ func pair(t *testing.T) (*Conn, *Conn) {
 
 func TestConnCarriesDescriptors(t *testing.T) {
 	a, b := pair(t)
-	r, w, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	defer w.Close()
-	var wfd int
-	rc, _ := w.SyscallConn()
-	rc.Control(func(fd uintptr) { wfd = int(fd) })
+	r, wfd := pipeWriteFD(t)
 	if err := a.Send(Listeners{Names: []string{"pipe"}}, "id", time.Second, wfd); err != nil {
 		t.Fatal(err)
 	}
@@ -309,4 +301,22 @@ func FuzzDecode(f *testing.F) {
 			t.Fatalf("re-encoding changed %#v into %#v (%v)", fr.Msg, m2, err)
 		}
 	})
+}
+
+// pipeWriteFD returns a pipe's read end and the descriptor of its write
+// end, both open until the test ends.
+func pipeWriteFD(t *testing.T) (*os.File, int) {
+	t.Helper()
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close(); w.Close() })
+	var wfd int
+	rc, err := w.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc.Control(func(fd uintptr) { wfd = int(fd) })
+	return r, wfd
 }
