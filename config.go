@@ -169,8 +169,8 @@ func newHandoffID() HandoffID {
 type PhaseTimings struct {
 	Spawn          time.Duration // spawn to the successor's Hello
 	IncumbentHello time.Duration // connect to the incumbent's Hello
-	Drain          time.Duration // PrepareHandoff sent to Drained received
-	Seal           time.Duration // SealRequest sent to SealComplete received
+	Drain          time.Duration // PrepareHandoff sent to Drained (or DrainFailed) received
+	Seal           time.Duration // Drained to SealComplete (or SealFailed) received
 	BeginToReady   time.Duration // Begin sent to Ready received
 	Total          time.Duration // PerformHandoff call to its return
 	// AcceptGap: from PrepareHandoff (the incumbent stops accepting) to the

@@ -314,6 +314,7 @@ func (r *run) drive(incChild *child) error {
 		return err
 	}
 	if m, ok := fr.Msg.(wire.DrainFailed); ok {
+		r.out.Phases.Drain = time.Since(gapStart)
 		return r.abortAs(ErrDrainFailed, "the incumbent's drain failed: %s", m.Reason)
 	}
 	drained := fr.Msg.(wire.Drained)
@@ -332,6 +333,7 @@ func (r *run) drive(incChild *child) error {
 		return err
 	}
 	if m, ok := fr.Msg.(wire.SealFailed); ok {
+		r.out.Phases.Seal = time.Since(t3)
 		return r.abortAs(ErrSealFailed, "the incumbent's seal failed: %s", m.Reason)
 	}
 	sc := fr.Msg.(wire.SealComplete)

@@ -165,6 +165,11 @@ func TestHandoffAbortsRollBack(t *testing.T) {
 			if !errors.Is(out.Err, ErrAborted) || !errors.Is(out.Err, tc.wantErr) {
 				t.Fatalf("outcome error %v does not match ErrAborted and %v", out.Err, tc.wantErr)
 			}
+			// The phase that failed is timed too (metrics observe it).
+			if errors.Is(out.Err, ErrDrainFailed) && out.Phases.Drain <= 0 ||
+				errors.Is(out.Err, ErrSealFailed) && (out.Phases.Drain <= 0 || out.Phases.Seal <= 0) {
+				t.Fatalf("phases of a failed drain or seal not timed: %+v", out.Phases)
+			}
 			if pid := c.servingPID(); pid != before {
 				t.Fatalf("pid %d serves after the rollback, want the incumbent %d", pid, before)
 			}
