@@ -486,6 +486,10 @@ func checkReady(m wire.Ready, sc wire.SealComplete) error {
 
 func (r *run) send(p *peer, m wire.Message) error {
 	if err := p.conn.Send(m, string(r.id), writeTimeout); err != nil {
+		if errors.Is(err, ErrSessionLost) {
+			// The peer closed its end: most often it is exiting.
+			return r.peerFailed(p, err)
+		}
 		ae := r.abortAs(r.kindOf(p), "could not send %s to the %s: %v", m.Type(), p.name, err)
 		ae.incumbentGone = p == r.inc
 		return ae
@@ -592,12 +596,20 @@ func closeFDs(fds []int) {
 	}
 }
 
+// exitWait bounds how long a peer that closed its control channel is given
+// to be seen exiting, so that the abort reason says it exited (with its
+// status) rather than that it hung up. A busy machine can take a while
+// between a process closing its descriptors and its parent reaping it.
+const exitWait = 2 * time.Second
+
 func (r *run) peerFailed(p *peer, err error) error {
 	// A closed channel usually means the process died; say so if it did.
+	t := time.NewTimer(min(exitWait, max(time.Until(r.deadline), 0)))
+	defer t.Stop()
 	select {
 	case <-p.child.done:
 		return r.exited(p)
-	case <-time.After(100 * time.Millisecond):
+	case <-t.C:
 	}
 	ae := r.abortAs(r.kindOf(p), "the %s (pid %d) closed its control channel: %v", p.name, p.child.pid, err)
 	ae.err = err
