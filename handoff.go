@@ -101,8 +101,24 @@ func (e *abortError) Unwrap() []error {
 	return out
 }
 
+// abort builds the abort error. Errors among args are its cause as well as
+// part of the reason, so that out.Err matches them with errors.Is.
 func (r *run) abort(format string, args ...any) *abortError {
-	return &abortError{reason: fmt.Sprintf(format, args...)}
+	var causes []error
+	for _, a := range args {
+		if err, ok := a.(error); ok && err != nil {
+			causes = append(causes, err)
+		}
+	}
+	ae := &abortError{reason: fmt.Sprintf(format, args...)}
+	switch len(causes) {
+	case 0:
+	case 1:
+		ae.err = causes[0]
+	default:
+		ae.err = errors.Join(causes...)
+	}
+	return ae
 }
 
 func (r *run) abortAs(kind error, format string, args ...any) *abortError {
@@ -661,7 +677,9 @@ func (r *run) rollback(ae *abortError) error {
 	}
 	var broken *brokenSession
 	if inc != nil && inc.dead == nil {
-		if err := r.send(inc, wire.ResumeAfterAbort{Reason: ae.reason}); err == nil {
+		// Sent directly, not through r.send: a failure here only means
+		// asking again on a fresh session, at once.
+		if err := inc.conn.Send(wire.ResumeAfterAbort{Reason: ae.reason}, string(r.id), writeTimeout); err == nil {
 			if err := r.awaitResumed(inc); err == nil || !errors.As(err, &broken) {
 				return err
 			}

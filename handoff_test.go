@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"os"
 	"os/exec"
@@ -516,5 +517,29 @@ func TestCloseDuringResumeFromJournal(t *testing.T) {
 	}
 	if got, ok, err := readJournal(journal); err != nil || !ok || got.Phase != PhaseDraining || got.IncumbentPID != rec.IncumbentPID {
 		t.Fatalf("journal after Close %+v (%v, %v), want it unchanged", got, ok, err)
+	}
+}
+
+// The abort error carries its cause: a successor binary that does not
+// exist rolls back with an error matching ErrSuccessorFailed and
+// fs.ErrNotExist, and the incumbent serves on.
+func TestAbortErrorCarriesItsCause(t *testing.T) {
+	checkLeaks(t)
+	c := newCluster(t, SupervisorConfig{})
+	before := c.servingPID()
+	spec := c.spec()
+	spec.Binary = filepath.Join(t.TempDir(), "no-such-daemon")
+	out, err := c.sup.PerformHandoff(context.Background(), spec)
+	if err != nil {
+		t.Fatalf("PerformHandoff: %v", err)
+	}
+	if out.Committed || !errors.Is(out.Err, ErrSuccessorFailed) || !errors.Is(out.Err, fs.ErrNotExist) {
+		t.Fatalf("outcome %+v (err %v), want a rollback matching ErrSuccessorFailed and fs.ErrNotExist", out, out.Err)
+	}
+	if !strings.Contains(out.AbortReason, "no-such-daemon") {
+		t.Fatalf("abort reason %q does not name the binary", out.AbortReason)
+	}
+	if pid := c.servingPID(); pid != before {
+		t.Fatalf("pid %d serves, want %d", pid, before)
 	}
 }
