@@ -217,7 +217,7 @@ func (d *demo) startSupervisor(ctx context.Context) error {
 		}
 		return nil
 	case err := <-d.supDone:
-		return fmt.Errorf("the supervisor exited during start-up: %v (log: %s)", err, logPath)
+		return fmt.Errorf("the supervisor exited during start-up: %w (log: %s)", err, logPath)
 	case <-ctx.Done():
 		return ctx.Err()
 	}
