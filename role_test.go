@@ -348,11 +348,7 @@ func readChildReport(t *testing.T, c *child, out string) {
 func TestSpawnPassesNamedListeners(t *testing.T) {
 	checkLeaks(t)
 	dir := shortDir(t)
-	tcp, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tcp.Close()
+	tcp := listenTCP(t)
 	ux, err := net.Listen("unix", filepath.Join(dir, "u.sock"))
 	if err != nil {
 		t.Fatal(err)
@@ -458,19 +454,13 @@ func TestSpawnPassesNamedListeners(t *testing.T) {
 	conn.Close()
 	<-dialed
 	sup.Close()
-	if got := countFDs(t); got != fdsBefore {
-		t.Errorf("parent fds: %d before, %d after: %s", fdsBefore, got, listFDs())
-	}
+	expectFDs(t, fdsBefore)
 }
 
 func TestSpawnSuccessorGetsControlSocket(t *testing.T) {
 	checkLeaks(t)
 	dir := shortDir(t)
-	tcp, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tcp.Close()
+	tcp := listenTCP(t)
 	// The daemon's output goes to a non-blocking pipe that must stay so.
 	outR, outW, err := os.Pipe()
 	if err != nil {
@@ -519,19 +509,13 @@ func TestSpawnSuccessorGetsControlSocket(t *testing.T) {
 	assertNonblocking(t, outW)
 	conn.Close()
 	sup.Close()
-	if got := countFDs(t); got != fdsBefore {
-		t.Errorf("parent fds: %d before, %d after: %s", fdsBefore, got, listFDs())
-	}
+	expectFDs(t, fdsBefore)
 }
 
 func TestDetectRoleRejectsSocketAmongListeners(t *testing.T) {
 	checkLeaks(t)
 	dir := shortDir(t)
-	tcp, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tcp.Close()
+	tcp := listenTCP(t)
 	fd, err := fdutil.Dup(tcp.(*net.TCPListener))
 	if err != nil {
 		t.Fatal(err)
@@ -816,5 +800,25 @@ func TestSpawnEnvOverridesAndStrips(t *testing.T) {
 	}
 	if count["HANDOFF_TEST_KEEP"] != 1 || count[EnvListenFDs] != 1 {
 		t.Errorf("duplicate keys: %v", count)
+	}
+}
+
+// listenTCP returns a loopback TCP listener closed when the test ends.
+func listenTCP(t *testing.T) net.Listener {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	return ln
+}
+
+// expectFDs fails the test unless the process has as many descriptors
+// open as before.
+func expectFDs(t *testing.T, before int) {
+	t.Helper()
+	if got := countFDs(t); got != before {
+		t.Errorf("parent fds: %d before, %d after: %s", before, got, listFDs())
 	}
 }
