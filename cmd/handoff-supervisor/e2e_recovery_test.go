@@ -86,13 +86,23 @@ func TestReexecConfigFallback(t *testing.T) {
 // procState returns the state letter of pid ("Z" for a zombie), or "" when
 // no such process exists.
 func procState(pid int) string {
-	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return ""
-	}
-	var state string
-	fmt.Sscan(string(raw[bytes.LastIndexByte(raw, ')')+1:]), &state)
+	state, _, _ := procStat(fmt.Sprintf("/proc/%d/stat", pid))
 	return state
+}
+
+// procStat reads the state letter and parent pid from a /proc/<pid>/stat
+// file; ok is false when the process is gone or the file is unreadable.
+func procStat(path string) (state string, ppid int, ok bool) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return "", 0, false
+	}
+	// pid (comm) state ppid ...; comm may hold spaces and parentheses.
+	rest := string(raw[bytes.LastIndexByte(raw, ')')+1:])
+	if _, err := fmt.Sscan(rest, &state, &ppid); err != nil {
+		return "", 0, false
+	}
+	return state, ppid, true
 }
 
 // TestReexecReapsOldIncumbent: an old incumbent still finishing after a

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -431,16 +430,8 @@ func childrenOf(t *testing.T, pid int) map[int]bool {
 	}
 	out := map[int]bool{}
 	for _, p := range stats {
-		raw, err := os.ReadFile(p)
-		if err != nil {
-			continue // gone meanwhile
-		}
-		// pid (comm) state ppid ...; comm may hold spaces and parentheses.
-		rest := string(raw[bytes.LastIndexByte(raw, ')')+1:])
-		var state string
-		var ppid int
-		if _, err := fmt.Sscan(rest, &state, &ppid); err != nil || ppid != pid {
-			continue
+		if _, ppid, ok := procStat(p); !ok || ppid != pid {
+			continue // gone meanwhile, or another's child
 		}
 		if child, err := strconv.Atoi(filepath.Base(filepath.Dir(p))); err == nil {
 			out[child] = true
@@ -554,6 +545,20 @@ func (f *fixture) startSupervisor(t *testing.T, env []string, files ...*os.File)
 	})
 	f.await(t, "READY=1")
 	return s
+}
+
+// stopAndCheck sends SIGTERM to the supervisor, waits for STOPPING=1 and
+// its clean exit, and checks that the daemon pid is gone with it.
+func (f *fixture) stopAndCheck(t *testing.T, sup *supervisor, daemon int) {
+	t.Helper()
+	sup.signal(t, syscall.SIGTERM)
+	f.await(t, "STOPPING=1")
+	if err := sup.wait(t, "after SIGTERM"); err != nil {
+		t.Fatalf("supervisor exit after SIGTERM: %v", err)
+	}
+	if err := syscall.Kill(daemon, 0); err != syscall.ESRCH {
+		t.Errorf("daemon pid %d still there after the supervisor stopped: %v", daemon, err)
+	}
 }
 
 // TestEndToEnd drives a supervisor process and real daemon processes the
@@ -719,14 +724,7 @@ func TestEndToEnd(t *testing.T) {
 
 	// SIGTERM stops the daemon (it drains and logs its stop) and the
 	// supervisor exits 0, having reaped it.
-	sup.signal(t, syscall.SIGTERM)
-	f.await(t, "STOPPING=1")
-	if err := sup.wait(t, "after SIGTERM"); err != nil {
-		t.Fatalf("supervisor exit after SIGTERM: %v", err)
-	}
-	if err := syscall.Kill(pid4, 0); err != syscall.ESRCH {
-		t.Errorf("daemon pid %d still there after the supervisor stopped: %v", pid4, err)
-	}
+	f.stopAndCheck(t, sup, pid4)
 	if stopped := f.daemonEvents(t, "stopped"); len(stopped) != 1 || stopped[0].pid != pid4 {
 		t.Errorf("daemons stopped by SIGTERM: %v, want only pid %d", stopped, pid4)
 	}
@@ -848,14 +846,7 @@ func TestReexec(t *testing.T) {
 		t.Fatalf("after the upgrade: %s", build)
 	}
 
-	sup.signal(t, syscall.SIGTERM)
-	f.await(t, "STOPPING=1")
-	if err := sup.wait(t, "after SIGTERM"); err != nil {
-		t.Errorf("supervisor exit: %v", err)
-	}
-	if err := syscall.Kill(pid2, 0); err != syscall.ESRCH {
-		t.Errorf("daemon pid %d still there after the supervisor stopped: %v", pid2, err)
-	}
+	f.stopAndCheck(t, sup, pid2)
 	if _, err := os.Stat(filepath.Join(f.dir, "trigger.sock")); !os.IsNotExist(err) {
 		t.Errorf("trigger socket left behind: %v", err)
 	}
