@@ -83,27 +83,6 @@ func ownsPath(path string, ino uint64) bool {
 	return unix.Stat(path, &st) == nil && st.Ino == ino
 }
 
-// checkPeer allows peers running as root or as our own uid and returns the
-// peer's pid.
-func checkPeer(c *net.UnixConn) (int, error) {
-	var cred *unix.Ucred
-	var credErr error
-	rc, err := c.SyscallConn()
-	if err != nil {
-		return 0, fmt.Errorf("handoff: peer credentials: %w", err)
-	}
-	if err := rc.Control(func(fd uintptr) { cred, credErr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED) }); err != nil {
-		return 0, fmt.Errorf("handoff: peer credentials: %w", err)
-	}
-	if credErr != nil {
-		return 0, fmt.Errorf("handoff: peer credentials: %w", credErr)
-	}
-	if cred.Uid != 0 && int(cred.Uid) != os.Getuid() {
-		return int(cred.Pid), fmt.Errorf("handoff: control peer pid %d runs as uid %d, not %d or root: refused", cred.Pid, cred.Uid, os.Getuid())
-	}
-	return int(cred.Pid), nil
-}
-
 // heartbeater sends Heartbeat frames on conn every interval until stopped.
 type heartbeater struct {
 	stop chan struct{}
@@ -122,7 +101,7 @@ func startHeartbeats(conn *wire.Conn, id string, interval time.Duration) *heartb
 			case <-h.stop:
 				return
 			case <-t.C:
-				if err := conn.Send(wire.Heartbeat{}, id, writeTimeout); err != nil {
+				if err := conn.Send(wire.Heartbeat{}, id, wire.WriteTimeout); err != nil {
 					return
 				}
 			}
@@ -142,8 +121,4 @@ func (h *heartbeater) Stop() {
 
 func hello(role, buildID string) wire.Hello {
 	return wire.Hello{Role: role, PID: os.Getpid(), BuildID: buildID, MinVersion: wire.MinVersion, MaxVersion: wire.MaxVersion}
-}
-
-func violation(format string, args ...any) error {
-	return fmt.Errorf("%w: "+format, append([]any{ErrProtocol}, args...)...)
 }

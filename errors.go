@@ -14,12 +14,9 @@ var (
 	// The error also matches *LockHeldError, which names the holder.
 	ErrLockHeld = errors.New("handoff: data-directory lock is held")
 
-	// ErrHandoffInProgress: a handoff is already running; only one runs at a time.
-	ErrHandoffInProgress = errors.New("handoff: handoff in progress")
-
 	// ErrAborted: the handoff was aborted. A successor that gets it from
-	// WaitForBegin or AnnounceAndBind must exit without serving.
-	ErrAborted = errors.New("handoff: handoff aborted")
+	// WaitForBegin or AnnounceAndBind (or Run) must exit without serving.
+	ErrAborted = wire.ErrAborted
 
 	// ErrTimeout: a peer did not answer within its bound (liveness, Hello, deadline).
 	ErrTimeout = wire.ErrTimeout
@@ -38,24 +35,7 @@ var (
 	ErrNotInherited = errors.New("handoff: not inherited")
 
 	// ErrClosed: the object was closed.
-	ErrClosed = errors.New("handoff: closed")
-
-	// ErrNoIncumbent: the supervisor has no running incumbent to hand off from.
-	ErrNoIncumbent = errors.New("handoff: no incumbent")
-
-	// Kinds of failed handoffs, matched by HandoffOutcome.Err:
-	// ErrSuccessorFailed: the successor exited, stalled, broke the protocol
-	// or could not be started.
-	ErrSuccessorFailed = errors.New("handoff: the successor failed")
-	// ErrIncumbentFailed: the incumbent exited, stalled, broke the protocol
-	// or could not be reached.
-	ErrIncumbentFailed = errors.New("handoff: the incumbent failed")
-	// ErrDrainFailed: the incumbent's Drain returned an error.
-	ErrDrainFailed = errors.New("handoff: drain failed")
-	// ErrSealFailed: the incumbent's Seal returned an error (it kept the lock).
-	ErrSealFailed = errors.New("handoff: seal failed")
-	// ErrReadyRejected: the successor's Ready was unhealthy or stale.
-	ErrReadyRejected = errors.New("handoff: ready rejected")
+	ErrClosed = wire.ErrClosed
 
 	// ErrSessionLost: the peer closed the control channel (EOF or reset).
 	ErrSessionLost = wire.ErrPeerClosed

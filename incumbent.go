@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/handoff-go/handoff/internal/crash"
+	"github.com/handoff-go/handoff/internal/peercred"
 	"github.com/handoff-go/handoff/internal/wire"
 )
 
@@ -137,7 +138,7 @@ func (i *Incumbent) Serve(ctx context.Context, d Drainable) error {
 			}
 			return fmt.Errorf("handoff: control socket accept: %w", err)
 		}
-		if _, err := checkPeer(c); err != nil {
+		if _, err := peercred.CheckSameUser(c); err != nil {
 			i.log().Warn("handoff: control peer refused", "err", err)
 			c.Close()
 			continue
@@ -182,10 +183,10 @@ func (i *Incumbent) session(ctx context.Context, conn *wire.Conn, d Drainable) (
 	i.mu.Lock()
 	buildID := i.buildID
 	i.mu.Unlock()
-	if err := conn.Send(hello(wire.RoleIncumbent, buildID), "", writeTimeout); err != nil {
+	if err := conn.Send(hello(wire.RoleIncumbent, buildID), "", wire.WriteTimeout); err != nil {
 		return err
 	}
-	f, err := conn.Recv(DefaultHelloTimeout)
+	f, err := conn.Recv(wire.DefaultHelloTimeout)
 	if errors.Is(err, ErrSessionLost) {
 		return nil // a probe: the supervisor only wanted our Hello
 	}
@@ -194,25 +195,25 @@ func (i *Incumbent) session(ctx context.Context, conn *wire.Conn, d Drainable) (
 	}
 	ack, ok := f.Msg.(wire.HelloAck)
 	if !ok || f.ID == "" {
-		conn.Send(wire.Error{Reason: "expected hello_ack with a handoff id"}, f.ID, writeTimeout)
-		return violation("expected hello_ack with a handoff id, got %s", f.Msg.Type())
+		conn.Send(wire.Error{Reason: "expected hello_ack with a handoff id"}, f.ID, wire.WriteTimeout)
+		return wire.Violation("expected hello_ack with a handoff id, got %s", f.Msg.Type())
 	}
 	if _, err := wire.Negotiate(wire.MinVersion, wire.MaxVersion, ack.Version, ack.Version); err != nil {
-		conn.Send(wire.Error{Reason: err.Error()}, f.ID, writeTimeout)
+		conn.Send(wire.Error{Reason: err.Error()}, f.ID, wire.WriteTimeout)
 		return err
 	}
 	conn.SetVersion(ack.Version)
 	id := f.ID
-	liveness := DefaultLiveness
+	liveness := wire.DefaultLiveness
 	if ack.LivenessMS > 0 {
 		liveness = time.Duration(ack.LivenessMS) * time.Millisecond
 	}
-	beat := heartbeatInterval(liveness)
+	beat := wire.HeartbeatInterval(liveness)
 	// Before PrepareHandoff the supervisor may still be starting the
 	// successor: wait for the handoff's deadline, not just the liveness.
 	idleWait := liveness
 	if ack.DeadlineMS > 0 {
-		idleWait = max(idleWait, time.Duration(ack.DeadlineMS)*time.Millisecond+replySlack)
+		idleWait = max(idleWait, time.Duration(ack.DeadlineMS)*time.Millisecond+wire.ReplySlack)
 	}
 
 	state := stIdle
@@ -229,7 +230,7 @@ func (i *Incumbent) session(ctx context.Context, conn *wire.Conn, d Drainable) (
 	for {
 		wait := idleWait
 		if state != stIdle {
-			wait = max(time.Until(deadline)+replySlack, liveness)
+			wait = max(time.Until(deadline)+wire.ReplySlack, liveness)
 		}
 		f, err := conn.Recv(wait)
 		if err != nil {
@@ -239,8 +240,8 @@ func (i *Incumbent) session(ctx context.Context, conn *wire.Conn, d Drainable) (
 			return fmt.Errorf("handoff: supervisor session lost: %w", err)
 		}
 		if f.ID != id {
-			conn.Send(wire.Error{Reason: "wrong handoff id"}, id, writeTimeout)
-			return violation("frame for handoff %q in session %q", f.ID, id)
+			conn.Send(wire.Error{Reason: "wrong handoff id"}, id, wire.WriteTimeout)
+			return wire.Violation("frame for handoff %q in session %q", f.ID, id)
 		}
 		switch m := f.Msg.(type) {
 		case wire.Heartbeat:
@@ -250,14 +251,14 @@ func (i *Incumbent) session(ctx context.Context, conn *wire.Conn, d Drainable) (
 			}
 		case wire.PrepareHandoff:
 			if state != stIdle {
-				conn.Send(wire.Error{Reason: "prepare_handoff during a handoff"}, id, writeTimeout)
-				return violation("prepare_handoff during a handoff")
+				conn.Send(wire.Error{Reason: "prepare_handoff during a handoff"}, id, wire.WriteTimeout)
+				return wire.Violation("prepare_handoff during a handoff")
 			}
 			deadline = time.Now().Add(time.Duration(m.DeadlineMS) * time.Millisecond)
 			grace := time.Duration(m.DrainGraceMS) * time.Millisecond
 			if m.DeadlineMS <= 0 || grace <= 0 {
-				conn.Send(wire.Error{Reason: "prepare_handoff needs a positive deadline and drain grace"}, id, writeTimeout)
-				return violation("prepare_handoff with deadline %dms, drain grace %dms", m.DeadlineMS, m.DrainGraceMS)
+				conn.Send(wire.Error{Reason: "prepare_handoff needs a positive deadline and drain grace"}, id, wire.WriteTimeout)
+				return wire.Violation("prepare_handoff with deadline %dms, drain grace %dms", m.DeadlineMS, m.DrainGraceMS)
 			}
 			state = stDrainFailed // until Drain succeeds: resume on any exit
 			crash.Point("incumbent-before-drain")
@@ -268,39 +269,39 @@ func (i *Incumbent) session(ctx context.Context, conn *wire.Conn, d Drainable) (
 				rep, err := d.Drain(dctx)
 				// A drain may use its whole grace and report what is
 				// left open (DrainReport.OpenConnsRemaining): the
-				// supervisor waits grace+replySlack for the answer. A
+				// supervisor waits grace+wire.ReplySlack for the answer. A
 				// Drain that ignored its context and came back later
 				// than half that slack may find the supervisor gone
 				// and rolling back: it counts as failed, so the
 				// SealRequest queued behind does not seal.
-				if took := time.Since(start); err == nil && took > grace+replySlack/2 {
+				if took := time.Since(start); err == nil && took > grace+wire.ReplySlack/2 {
 					err = fmt.Errorf("drain took %v, past its grace of %v: the supervisor may have stopped waiting", took.Round(time.Millisecond), grace)
 				}
 				return rep, err
 			})
 			crash.Point("incumbent-after-drain")
 			if derr != nil {
-				if err := conn.Send(wire.DrainFailed{Reason: derr.Error()}, id, writeTimeout); err != nil {
+				if err := conn.Send(wire.DrainFailed{Reason: derr.Error()}, id, wire.WriteTimeout); err != nil {
 					return err
 				}
 				continue
 			}
 			dr := rep.(DrainReport)
 			state = stDrained
-			if err := conn.Send(wire.Drained{OpenConnsRemaining: dr.OpenConnsRemaining, AcceptClosed: dr.AcceptClosed, TookNS: int64(took)}, id, writeTimeout); err != nil {
+			if err := conn.Send(wire.Drained{OpenConnsRemaining: dr.OpenConnsRemaining, AcceptClosed: dr.AcceptClosed, TookNS: int64(took)}, id, wire.WriteTimeout); err != nil {
 				return err
 			}
 		case wire.SealRequest:
 			if state == stDrainFailed {
 				// Pipelined behind a drain that failed: nothing is sealed.
-				if err := conn.Send(wire.SealFailed{Reason: "not sealed: the drain failed"}, id, writeTimeout); err != nil {
+				if err := conn.Send(wire.SealFailed{Reason: "not sealed: the drain failed"}, id, wire.WriteTimeout); err != nil {
 					return err
 				}
 				continue
 			}
 			if state != stDrained {
-				conn.Send(wire.Error{Reason: "seal_request before drained"}, id, writeTimeout)
-				return violation("seal_request in state %d", state)
+				conn.Send(wire.Error{Reason: "seal_request before drained"}, id, wire.WriteTimeout)
+				return wire.Violation("seal_request in state %d", state)
 			}
 			crash.Point("incumbent-before-seal")
 			rep, took, serr := i.withHeartbeats(conn, id, beat, func() (any, error) {
@@ -310,7 +311,7 @@ func (i *Incumbent) session(ctx context.Context, conn *wire.Conn, d Drainable) (
 			})
 			if serr != nil {
 				state = stSealFailed
-				if err := conn.Send(wire.SealFailed{Reason: serr.Error()}, id, writeTimeout); err != nil {
+				if err := conn.Send(wire.SealFailed{Reason: serr.Error()}, id, wire.WriteTimeout); err != nil {
 					return err
 				}
 				continue
@@ -321,7 +322,7 @@ func (i *Incumbent) session(ctx context.Context, conn *wire.Conn, d Drainable) (
 			if err := i.lock.release(false); err != nil {
 				i.log().Error("handoff: releasing the lock after seal", "err", err)
 				state = stSealFailed
-				if err := conn.Send(wire.SealFailed{Reason: "releasing the data-directory lock failed: " + err.Error()}, id, writeTimeout); err != nil {
+				if err := conn.Send(wire.SealFailed{Reason: "releasing the data-directory lock failed: " + err.Error()}, id, wire.WriteTimeout); err != nil {
 					return err
 				}
 				continue
@@ -329,20 +330,20 @@ func (i *Incumbent) session(ctx context.Context, conn *wire.Conn, d Drainable) (
 			state = stSealed
 			crash.Point("incumbent-after-seal")
 			sr := rep.(SealReport)
-			if err := conn.Send(wire.SealComplete{LastRevisionPerShard: sr.LastRevisionPerShard, DataDirFingerprint: sr.DataDirFingerprint, TookNS: int64(took)}, id, writeTimeout); err != nil {
+			if err := conn.Send(wire.SealComplete{LastRevisionPerShard: sr.LastRevisionPerShard, DataDirFingerprint: sr.DataDirFingerprint, TookNS: int64(took)}, id, wire.WriteTimeout); err != nil {
 				return err
 			}
 		case wire.Commit:
 			if state != stSealed {
-				conn.Send(wire.Error{Reason: "commit before seal_complete"}, id, writeTimeout)
-				return violation("commit before seal_complete")
+				conn.Send(wire.Error{Reason: "commit before seal_complete"}, id, wire.WriteTimeout)
+				return wire.Violation("commit before seal_complete")
 			}
 			crash.Point("incumbent-on-commit")
 			return errCommitted
 		case wire.ResumeAfterAbort:
 			if state == stIdle {
 				// Idempotent: already serving. Make sure of it anyway.
-				if err := conn.Send(wire.Resumed{}, id, writeTimeout); err != nil {
+				if err := conn.Send(wire.Resumed{}, id, wire.WriteTimeout); err != nil {
 					return err
 				}
 				continue
@@ -353,15 +354,15 @@ func (i *Incumbent) session(ctx context.Context, conn *wire.Conn, d Drainable) (
 			if rerr != nil {
 				msg.Error = rerr.Error()
 			}
-			if err := conn.Send(msg, id, writeTimeout); err != nil && rerr == nil {
+			if err := conn.Send(msg, id, wire.WriteTimeout); err != nil && rerr == nil {
 				return err
 			}
 			if rerr != nil {
 				return rerr
 			}
 		default:
-			conn.Send(wire.Error{Reason: fmt.Sprintf("unexpected %s", f.Msg.Type())}, id, writeTimeout)
-			return violation("unexpected %s from the supervisor", f.Msg.Type())
+			conn.Send(wire.Error{Reason: fmt.Sprintf("unexpected %s", f.Msg.Type())}, id, wire.WriteTimeout)
+			return wire.Violation("unexpected %s from the supervisor", f.Msg.Type())
 		}
 	}
 }
@@ -379,7 +380,7 @@ func (i *Incumbent) withHeartbeats(conn *wire.Conn, id string, interval time.Dur
 // resume retakes the lock (waiting for a successor that is going away),
 // reopens the daemon's state and makes sure the control socket path is ours.
 func (i *Incumbent) resume(ctx context.Context, d Drainable, deadline time.Time) error {
-	wait := max(time.Until(deadline)+replySlack, DefaultLiveness)
+	wait := max(time.Until(deadline)+wire.ReplySlack, wire.DefaultLiveness)
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), wait)
 	defer cancel()
 	if err := i.lock.reacquire(rctx); err != nil {
@@ -429,7 +430,7 @@ func (i *Incumbent) sendListeners(conn *wire.Conn, id string) error {
 	if il != nil {
 		var err error
 		if names, fds, err = il.dupFDs(); err != nil {
-			conn.Send(wire.Error{Reason: err.Error()}, id, writeTimeout)
+			conn.Send(wire.Error{Reason: err.Error()}, id, wire.WriteTimeout)
 			return err
 		}
 	}
@@ -438,5 +439,5 @@ func (i *Incumbent) sendListeners(conn *wire.Conn, id string) error {
 			closeFD(fd)
 		}
 	}()
-	return conn.Send(wire.Listeners{Names: names}, id, writeTimeout, fds...)
+	return conn.Send(wire.Listeners{Names: names}, id, wire.WriteTimeout, fds...)
 }

@@ -12,13 +12,10 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/handoff-go/handoff/internal/atomicfile"
+	"github.com/handoff-go/handoff/internal/proc"
+	"github.com/handoff-go/handoff/internal/wire"
 	"golang.org/x/sys/unix"
-)
-
-// Names of the lock and pid files inside a data directory.
-const (
-	LockFileName = ".handoff.lock"
-	PIDFileName  = ".handoff.pid"
 )
 
 // staleWait bounds how long AcquireDataDirLockOrBreakStale retries a lock
@@ -63,7 +60,7 @@ func AcquireDataDirLockOrBreakStale(dir string) (*DataDirLock, error) {
 	for {
 		l, err := acquire(dir)
 		var held *LockHeldError
-		if err == nil || !errors.As(err, &held) || (held.HolderPID > 0 && pidAlive(held.HolderPID)) {
+		if err == nil || !errors.As(err, &held) || (held.HolderPID > 0 && proc.Alive(held.HolderPID)) {
 			return l, err
 		}
 		wait := time.Until(deadline)
@@ -104,7 +101,7 @@ func acquire(dir string) (*DataDirLock, error) {
 	if dir == "" {
 		return nil, errors.New("handoff: data directory path is empty")
 	}
-	path := filepath.Join(dir, LockFileName)
+	path := filepath.Join(dir, wire.LockFileName)
 	for attempt := 0; ; attempt++ {
 		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|syscall.O_CLOEXEC, 0o600)
 		if err != nil {
@@ -179,7 +176,7 @@ func (l *DataDirLock) release(removePID bool) error {
 	}
 	var err error
 	if removePID && readPID(l.dir) == os.Getpid() {
-		if rmErr := os.Remove(filepath.Join(l.dir, PIDFileName)); rmErr != nil && !errors.Is(rmErr, os.ErrNotExist) {
+		if rmErr := os.Remove(filepath.Join(l.dir, wire.PIDFileName)); rmErr != nil && !errors.Is(rmErr, os.ErrNotExist) {
 			err = fmt.Errorf("handoff: remove pid file: %w", rmErr)
 		}
 	}
@@ -215,7 +212,7 @@ func (l *DataDirLock) reacquire(ctx context.Context) error {
 }
 
 func readPID(dir string) int {
-	b, err := os.ReadFile(filepath.Join(dir, PIDFileName))
+	b, err := os.ReadFile(filepath.Join(dir, wire.PIDFileName))
 	if err != nil {
 		return 0
 	}
@@ -226,58 +223,6 @@ func readPID(dir string) int {
 	return pid
 }
 
-func pidAlive(pid int) bool {
-	err := unix.Kill(pid, 0)
-	return err == nil || errors.Is(err, unix.EPERM)
-}
-
 func writePIDFile(dir string, pid int) error {
-	return writeFileAtomic(filepath.Join(dir, PIDFileName), []byte(strconv.Itoa(pid)+"\n"), 0o644)
-}
-
-// writeFileAtomic writes data to path through a temporary file: write,
-// fsync, rename, fsync the directory. On failure the old file is untouched.
-func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("handoff: write %s: %w", path, err)
-	}
-	tmpName := tmp.Name()
-	ok := false
-	defer func() {
-		if !ok {
-			tmp.Close()
-			os.Remove(tmpName)
-		}
-	}()
-	if err := tmp.Chmod(perm); err != nil {
-		return fmt.Errorf("handoff: write %s: %w", path, err)
-	}
-	if _, err := tmp.Write(data); err != nil {
-		return fmt.Errorf("handoff: write %s: %w", path, err)
-	}
-	if err := tmp.Sync(); err != nil {
-		return fmt.Errorf("handoff: fsync %s: %w", tmpName, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("handoff: write %s: %w", path, err)
-	}
-	if err := os.Rename(tmpName, path); err != nil {
-		return fmt.Errorf("handoff: rename into %s: %w", path, err)
-	}
-	ok = true
-	return syncDir(dir)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("handoff: open directory %s: %w", dir, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("handoff: fsync directory %s: %w", dir, err)
-	}
-	return nil
+	return atomicfile.WriteFile(filepath.Join(dir, wire.PIDFileName), []byte(strconv.Itoa(pid)+"\n"), 0o644)
 }

@@ -14,22 +14,6 @@ import (
 	"github.com/handoff-go/handoff/internal/wire"
 )
 
-// Environment of a spawned daemon. Listeners sit at fd 3, 4, ... in the
-// order of LISTEN_FDNAMES (the systemd socket-activation convention). A
-// successor also gets HANDOFF_ROLE=successor and HANDOFF_SOCK_FD, its end of
-// the control socketpair. DetectRole clears all of them.
-const (
-	EnvListenFDs     = "LISTEN_FDS"
-	EnvListenFDNames = "LISTEN_FDNAMES"
-	EnvListenPID     = "LISTEN_PID"
-	EnvRole          = "HANDOFF_ROLE"
-	EnvSockFD        = "HANDOFF_SOCK_FD"
-	// RoleSuccessorValue is the value of HANDOFF_ROLE for a successor.
-	RoleSuccessorValue = "successor"
-	// firstListenFD is the descriptor of the first inherited listener.
-	firstListenFD = 3
-)
-
 // Role is the result of DetectRole: *ColdStart or *Successor.
 type Role interface{ isRole() }
 
@@ -74,7 +58,7 @@ func adoptedListeners() *InheritedListeners {
 // cold start with nothing inherited.
 func DetectRole() (Role, error) {
 	env := map[string]string{}
-	for _, k := range []string{EnvListenFDs, EnvListenFDNames, EnvListenPID, EnvRole, EnvSockFD} {
+	for _, k := range []string{wire.EnvListenFDs, wire.EnvListenFDNames, wire.EnvListenPID, wire.EnvRole, wire.EnvSockFD} {
 		env[k] = os.Getenv(k)
 		os.Unsetenv(k)
 	}
@@ -83,27 +67,27 @@ func DetectRole() (Role, error) {
 		return nil, err
 	}
 	setAdopted(il)
-	role, sockFD := env[EnvRole], env[EnvSockFD]
+	role, sockFD := env[wire.EnvRole], env[wire.EnvSockFD]
 	switch role {
 	case "":
 		if sockFD != "" {
 			il.Close()
-			return nil, fmt.Errorf("handoff: %s is set but %s is not", EnvSockFD, EnvRole)
+			return nil, fmt.Errorf("handoff: %s is set but %s is not", wire.EnvSockFD, wire.EnvRole)
 		}
 		return &ColdStart{Inherited: il}, nil
-	case RoleSuccessorValue:
+	case wire.RoleSuccessorEnv:
 		n := len(il.Names())
 		fd, err := strconv.Atoi(sockFD)
 		switch {
 		case err != nil || fd < 0:
 			il.Close()
-			return nil, fmt.Errorf("handoff: %s=%q is not a descriptor number", EnvSockFD, sockFD)
-		case fd < firstListenFD:
+			return nil, fmt.Errorf("handoff: %s=%q is not a descriptor number", wire.EnvSockFD, sockFD)
+		case fd < wire.FirstListenFD:
 			il.Close()
-			return nil, fmt.Errorf("handoff: %s=%d is a standard stream (0, 1 or 2)", EnvSockFD, fd)
-		case fd < firstListenFD+n:
+			return nil, fmt.Errorf("handoff: %s=%d is a standard stream (0, 1 or 2)", wire.EnvSockFD, fd)
+		case fd < wire.FirstListenFD+n:
 			il.Close()
-			return nil, fmt.Errorf("handoff: %s=%d is one of the %d inherited listeners (fds %d..%d)", EnvSockFD, fd, n, firstListenFD, firstListenFD+n-1)
+			return nil, fmt.Errorf("handoff: %s=%d is one of the %d inherited listeners (fds %d..%d)", wire.EnvSockFD, fd, n, wire.FirstListenFD, wire.FirstListenFD+n-1)
 		}
 		unix.CloseOnExec(fd)
 		f := os.NewFile(uintptr(fd), "handoff-control")
@@ -111,18 +95,18 @@ func DetectRole() (Role, error) {
 		f.Close()
 		if err != nil {
 			il.Close()
-			return nil, fmt.Errorf("handoff: %s=%d: %w", EnvSockFD, fd, err)
+			return nil, fmt.Errorf("handoff: %s=%d: %w", wire.EnvSockFD, fd, err)
 		}
 		uc, ok := c.(*net.UnixConn)
 		if !ok {
 			c.Close()
 			il.Close()
-			return nil, fmt.Errorf("handoff: %s=%d is not a unix socket", EnvSockFD, fd)
+			return nil, fmt.Errorf("handoff: %s=%d is not a unix socket", wire.EnvSockFD, fd)
 		}
 		return &Successor{inherited: il, conn: wire.NewConn(uc)}, nil
 	default:
 		il.Close()
-		return nil, fmt.Errorf("handoff: %s=%q: the only known role is %q", EnvRole, role, RoleSuccessorValue)
+		return nil, fmt.Errorf("handoff: %s=%q: the only known role is %q", wire.EnvRole, role, wire.RoleSuccessorEnv)
 	}
 }
 
@@ -130,28 +114,28 @@ func DetectRole() (Role, error) {
 // read by DetectRole) describes.
 func adoptListeners(env map[string]string) (*InheritedListeners, error) {
 	il := newInheritedListeners()
-	nstr := env[EnvListenFDs]
+	nstr := env[wire.EnvListenFDs]
 	if nstr == "" {
 		return il, nil
 	}
-	if pid := env[EnvListenPID]; pid != "" && pid != strconv.Itoa(os.Getpid()) {
+	if pid := env[wire.EnvListenPID]; pid != "" && pid != strconv.Itoa(os.Getpid()) {
 		// Meant for another process (systemd semantics): not ours.
 		return il, nil
 	}
 	n, err := strconv.Atoi(nstr)
 	if err != nil || n < 0 || n > 1024 {
-		return nil, fmt.Errorf("handoff: %s=%q is not a count of descriptors", EnvListenFDs, nstr)
+		return nil, fmt.Errorf("handoff: %s=%q is not a count of descriptors", wire.EnvListenFDs, nstr)
 	}
 	var names []string
-	if s := env[EnvListenFDNames]; s != "" {
+	if s := env[wire.EnvListenFDNames]; s != "" {
 		names = strings.Split(s, ":")
 	}
 	if len(names) != 0 && len(names) != n {
-		return nil, fmt.Errorf("handoff: %s has %d names for %s=%d", EnvListenFDNames, len(names), EnvListenFDs, n)
+		return nil, fmt.Errorf("handoff: %s has %d names for %s=%d", wire.EnvListenFDNames, len(names), wire.EnvListenFDs, n)
 	}
 	var errs []error
 	for i := range n {
-		fd := firstListenFD + i
+		fd := wire.FirstListenFD + i
 		name := "fd" + strconv.Itoa(fd)
 		if len(names) > 0 {
 			name = names[i]

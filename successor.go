@@ -56,18 +56,18 @@ func (g *HeartbeatGuard) Stop() {
 var errConsumed = errors.New("handoff: this step was already taken (typestate values are single-use)")
 
 // Handshake sends Hello with buildID and waits for HelloAck (bounded by
-// DefaultHelloTimeout). It consumes s.
+// wire.DefaultHelloTimeout). It consumes s.
 func (s *Successor) Handshake(buildID string) (*HandshookSuccessor, error) {
 	if s == nil || s.conn == nil {
 		return nil, errConsumed
 	}
 	conn := s.conn
 	s.conn = nil
-	if err := conn.Send(hello(wire.RoleSuccessor, buildID), "", writeTimeout); err != nil {
+	if err := conn.Send(hello(wire.RoleSuccessor, buildID), "", wire.WriteTimeout); err != nil {
 		conn.Close()
 		return nil, fmt.Errorf("handoff: successor hello: %w", err)
 	}
-	f, err := conn.Recv(DefaultHelloTimeout)
+	f, err := conn.Recv(wire.DefaultHelloTimeout)
 	if err != nil {
 		conn.Close()
 		return nil, fmt.Errorf("handoff: waiting for HelloAck: %w", err)
@@ -80,14 +80,14 @@ func (s *Successor) Handshake(buildID string) (*HandshookSuccessor, error) {
 		}
 		if f.ID == "" {
 			conn.Close()
-			return nil, violation("HelloAck without a handoff id")
+			return nil, wire.Violation("HelloAck without a handoff id")
 		}
 		conn.SetVersion(m.Version)
-		deadline := time.Now().Add(DefaultDeadline)
+		deadline := time.Now().Add(wire.DefaultDeadline)
 		if m.DeadlineMS > 0 {
 			deadline = time.Now().Add(time.Duration(m.DeadlineMS) * time.Millisecond)
 		}
-		beat := heartbeatInterval(time.Duration(m.LivenessMS) * time.Millisecond)
+		beat := wire.HeartbeatInterval(time.Duration(m.LivenessMS) * time.Millisecond)
 		return &HandshookSuccessor{inherited: s.inherited, conn: conn, id: f.ID, buildID: buildID, deadline: deadline, beat: beat}, nil
 	case wire.Abort:
 		conn.Close()
@@ -97,12 +97,12 @@ func (s *Successor) Handshake(buildID string) (*HandshookSuccessor, error) {
 		return nil, fmt.Errorf("%w: supervisor refused the handshake: %s", ErrAborted, m.Reason)
 	default:
 		conn.Close()
-		return nil, violation("expected hello_ack, got %s", f.Msg.Type())
+		return nil, wire.Violation("expected hello_ack, got %s", f.Msg.Type())
 	}
 }
 
 // HandoffID returns the id the supervisor gave this handoff.
-func (s *HandshookSuccessor) HandoffID() HandoffID { return HandoffID(s.id) }
+func (s *HandshookSuccessor) HandoffID() string { return s.id }
 
 // WaitForBegin blocks until the supervisor sends Begin, which it does only
 // after the incumbent has sealed and released the lock. It returns an error
@@ -117,7 +117,7 @@ func (s *HandshookSuccessor) WaitForBegin(ctx context.Context) (*BegunSuccessor,
 	stop := context.AfterFunc(ctx, func() { conn.UnixConn().SetReadDeadline(time.Now()) })
 	defer stop()
 	for {
-		wait := time.Until(s.deadline) + replySlack
+		wait := time.Until(s.deadline) + wire.ReplySlack
 		f, err := conn.Recv(max(wait, time.Millisecond))
 		if err != nil {
 			conn.Close()
@@ -131,7 +131,7 @@ func (s *HandshookSuccessor) WaitForBegin(ctx context.Context) (*BegunSuccessor,
 		}
 		if f.ID != s.id {
 			conn.Close()
-			return nil, violation("frame for handoff %q during handoff %q", f.ID, s.id)
+			return nil, wire.Violation("frame for handoff %q during handoff %q", f.ID, s.id)
 		}
 		switch m := f.Msg.(type) {
 		case wire.Heartbeat:
@@ -143,7 +143,7 @@ func (s *HandshookSuccessor) WaitForBegin(ctx context.Context) (*BegunSuccessor,
 			return nil, fmt.Errorf("%w: %s", ErrAborted, m.Reason)
 		default:
 			conn.Close()
-			return nil, violation("expected begin, got %s", f.Msg.Type())
+			return nil, wire.Violation("expected begin, got %s", f.Msg.Type())
 		}
 	}
 }
@@ -152,7 +152,7 @@ func (s *HandshookSuccessor) WaitForBegin(ctx context.Context) (*BegunSuccessor,
 func (s *BegunSuccessor) Listeners() *InheritedListeners { return s.inherited }
 
 // HandoffID returns the id of this handoff.
-func (s *BegunSuccessor) HandoffID() HandoffID { return HandoffID(s.id) }
+func (s *BegunSuccessor) HandoffID() string { return s.id }
 
 // StartHeartbeats sends a heartbeat every min(DefaultHeartbeatInterval,
 // liveness/4), the liveness being the one the supervisor announced in
@@ -214,16 +214,16 @@ func (s *BegunSuccessor) AnnounceAndBind(r ReadinessSnapshot, controlSocket stri
 		AdvertisedRevisionPerShard: r.AdvertisedRevisionPerShard,
 		OpenTookNS:                 int64(openTook),
 	}
-	if err := conn.Send(ready, s.id, writeTimeout); err != nil {
+	if err := conn.Send(ready, s.id, wire.WriteTimeout); err != nil {
 		return abort(fmt.Errorf("%w: sending Ready: %w", ErrAborted, err))
 	}
 	for {
-		f, err := conn.Recv(DefaultLiveness)
+		f, err := conn.Recv(wire.DefaultLiveness)
 		if err != nil {
 			return abort(fmt.Errorf("%w: no verdict on Ready: %w", ErrAborted, err))
 		}
 		if f.ID != s.id {
-			return abort(fmt.Errorf("%w: %w", ErrAborted, violation("frame for handoff %q during handoff %q", f.ID, s.id)))
+			return abort(fmt.Errorf("%w: %w", ErrAborted, wire.Violation("frame for handoff %q during handoff %q", f.ID, s.id)))
 		}
 		switch m := f.Msg.(type) {
 		case wire.Heartbeat:
@@ -240,7 +240,7 @@ func (s *BegunSuccessor) AnnounceAndBind(r ReadinessSnapshot, controlSocket stri
 		case wire.Abort:
 			return abort(fmt.Errorf("%w: %s", ErrAborted, m.Reason))
 		default:
-			return abort(fmt.Errorf("%w: %w", ErrAborted, violation("expected commit or abort, got %s", f.Msg.Type())))
+			return abort(fmt.Errorf("%w: %w", ErrAborted, wire.Violation("expected commit or abort, got %s", f.Msg.Type())))
 		}
 	}
 }

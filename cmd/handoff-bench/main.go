@@ -1,7 +1,7 @@
 // Command handoff-bench measures what SPEC §8 promises, side by side in one
 // run on loopback, under the same load of fresh connections:
 //
-//   - handoff: an embedded handoff.Supervisor (in its own process) hands a
+//   - handoff: an embedded supervisor.Supervisor (in its own process) hands a
 //     minimal daemon off to a new process again and again;
 //   - restart: the same daemon without the library, stopped (SIGTERM: it
 //     closes its listener and exits) and then started again;

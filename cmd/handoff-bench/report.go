@@ -217,7 +217,7 @@ func (r *result) print(w io.Writer) {
 	}
 
 	s := r.Supervisor
-	fmt.Fprintf(w, "\nsupervisor process (embedded handoff.Supervisor; the daemons are other processes):\n")
+	fmt.Fprintf(w, "\nsupervisor process (embedded supervisor.Supervisor; the daemons are other processes):\n")
 	fmt.Fprintf(w, "  after the handoffs: VmRSS %s, VmHWM %s (target: < 15 MiB)\n", mib(s.Peak.RSS), mib(s.Peak.HWM))
 	fmt.Fprintf(w, "  idle for %v after the load: CPU %v (%s of one CPU), %d context switches; serving daemon: CPU %v, %d context switches\n",
 		s.Idle, s.CPU, share(s.CPU, s.Idle), s.Wakeups, s.DaemonCPU, s.DaemonWakeups)

@@ -15,7 +15,7 @@ const (
 	envAddr      = "HANDOFF_BENCH_ADDR"      // address to bind (plain)
 	envReusePort = "HANDOFF_BENCH_REUSEPORT" // "1": bind with SO_REUSEPORT (plain)
 
-	roleSupervisor = "supervisor" // the embedded handoff.Supervisor, driven over stdin/stdout
+	roleSupervisor = "supervisor" // the embedded supervisor.Supervisor, driven over stdin/stdout
 	roleDaemon     = "daemon"     // the daemon the supervisor hands off
 	rolePlain      = "plain"      // the same daemon without the library (baselines)
 )

@@ -15,9 +15,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/handoff-go/handoff/supervisor"
 	"golang.org/x/sys/unix"
-
-	"github.com/handoff-go/handoff"
 )
 
 // The supervisor process answers one JSON line per command line on stdin:
@@ -40,12 +39,12 @@ type supReady struct {
 
 // supOutcome answers "handoff".
 type supOutcome struct {
-	Committed   bool                 `json:"committed"`
-	AbortReason string               `json:"abort_reason,omitempty"`
-	OldPID      int                  `json:"old_pid"` // serving daemon before
-	PID         int                  `json:"pid"`     // serving daemon afterwards
-	Phases      handoff.PhaseTimings `json:"phases"`
-	Error       string               `json:"error,omitempty"`
+	Committed   bool                    `json:"committed"`
+	AbortReason string                  `json:"abort_reason,omitempty"`
+	OldPID      int                     `json:"old_pid"` // serving daemon before
+	PID         int                     `json:"pid"`     // serving daemon afterwards
+	Phases      supervisor.PhaseTimings `json:"phases"`
+	Error       string                  `json:"error,omitempty"`
 }
 
 // supStats answers "stats" and "stop".
@@ -56,7 +55,7 @@ type supStats struct {
 }
 
 // runSupervisor holds a loopback TCP listener in an embedded
-// handoff.Supervisor, cold-starts this binary as the daemon and performs a
+// supervisor.Supervisor, cold-starts this binary as the daemon and performs a
 // handoff for each "handoff" line on in. End of input or "stop" stops the
 // daemon and returns.
 func runSupervisor(ctx context.Context, dir string, in io.Reader, out io.Writer) error {
@@ -105,8 +104,8 @@ func runSupervisor(ctx context.Context, dir string, in io.Reader, out io.Writer)
 
 // startSupervised binds the listener, builds the supervisor and cold-starts
 // the daemon.
-func startSupervised(ctx context.Context, dir string) (*handoff.Supervisor, string, int, handoff.SpawnSpec, error) {
-	var spec handoff.SpawnSpec
+func startSupervised(ctx context.Context, dir string) (*supervisor.Supervisor, string, int, supervisor.SpawnSpec, error) {
+	var spec supervisor.SpawnSpec
 	if dir == "" {
 		return nil, "", 0, spec, fmt.Errorf("%s is not set", envDir)
 	}
@@ -114,8 +113,8 @@ func startSupervised(ctx context.Context, dir string) (*handoff.Supervisor, stri
 	if err != nil {
 		return nil, "", 0, spec, fmt.Errorf("find own binary: %w", err)
 	}
-	spec = handoff.SpawnSpec{Binary: self, Env: []string{envRole + "=" + roleDaemon, envDir + "=" + dir}}
-	s, err := handoff.NewSupervisor(handoff.SupervisorConfig{
+	spec = supervisor.SpawnSpec{Binary: self, Env: []string{envRole + "=" + roleDaemon, envDir + "=" + dir}}
+	s, err := supervisor.New(supervisor.Config{
 		ControlSocket: filepath.Join(dir, controlName),
 		Logger:        slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
 		Stdout:        os.Stderr, // stdout is the bench's reply channel
@@ -140,10 +139,10 @@ func startSupervised(ctx context.Context, dir string) (*handoff.Supervisor, stri
 		s.Close()
 		return nil, "", 0, spec, err
 	}
-	return s, addr, p.Pid, spec, nil
+	return s, addr, p, spec, nil
 }
 
-func handoffOnce(ctx context.Context, s *handoff.Supervisor, spec handoff.SpawnSpec, replaced *exitWatch) supOutcome {
+func handoffOnce(ctx context.Context, s *supervisor.Supervisor, spec supervisor.SpawnSpec, replaced *exitWatch) supOutcome {
 	hctx, cancel := context.WithTimeout(ctx, handoffTimeout)
 	defer cancel()
 	old := s.Status().IncumbentPID
@@ -200,7 +199,7 @@ func (w *exitWatch) close() {
 	w.fds = nil
 }
 
-func stats(s *handoff.Supervisor) supStats {
+func stats(s *supervisor.Supervisor) supStats {
 	var st supStats
 	var errs []error
 	var err error
@@ -258,7 +257,7 @@ func startSupervisorProc(self, dir string, logf *os.File) (*supervisorProc, supR
 		close(p.done)
 	}()
 	var r supReady
-	err = p.recv(&r, handoff.DefaultStartTimeout+10*time.Second)
+	err = p.recv(&r, supervisor.DefaultStartTimeout+10*time.Second)
 	if err == nil && r.Error != "" {
 		err = errors.New(r.Error)
 	}

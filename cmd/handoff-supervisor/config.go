@@ -13,16 +13,15 @@ import (
 	"strings"
 	"time"
 
+	"github.com/handoff-go/handoff/supervisor"
 	"github.com/pelletier/go-toml/v2"
 	"github.com/pelletier/go-toml/v2/unstable"
-
-	"github.com/handoff-go/handoff"
 )
 
 // Defaults for optional configuration keys.
 const (
-	defaultDrainGrace = handoff.DefaultDrainGrace
-	defaultDeadline   = handoff.DefaultDeadline
+	defaultDrainGrace = supervisor.DefaultDrainGrace
+	defaultDeadline   = supervisor.DefaultDeadline
 	defaultLogFormat  = "text"
 	// maxSecs bounds every *_secs key: a day is already far beyond any
 	// sensible handoff.
@@ -460,8 +459,8 @@ func (c *Config) reexecChange(next *Config) string {
 }
 
 // spawnSpec is what a handoff or cold start of binary runs.
-func (c *Config) spawnSpec(binary string) handoff.SpawnSpec {
-	return handoff.SpawnSpec{
+func (c *Config) spawnSpec(binary string) supervisor.SpawnSpec {
+	return supervisor.SpawnSpec{
 		Binary:     binary,
 		Args:       c.Args,
 		Env:        c.Env,

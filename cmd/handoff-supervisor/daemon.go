@@ -13,7 +13,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/handoff-go/handoff"
+	"github.com/handoff-go/handoff/supervisor"
 )
 
 // errShuttingDown and errReexecuting tell trigger clients why they were
@@ -30,7 +30,7 @@ var (
 type daemon struct {
 	cfg        *Config
 	log        *slog.Logger
-	sup        *handoff.Supervisor
+	sup        *supervisor.Supervisor
 	notify     *notifier
 	metrics    *metrics
 	metricsSrv *metricsServer // nil without metrics_addr
@@ -59,7 +59,7 @@ type daemon struct {
 // nil.
 var hooks struct {
 	// adopt stands in for Supervisor.Adopt after a re-exec.
-	adopt func(ctx context.Context, pid int, spec handoff.SpawnSpec) error
+	adopt func(ctx context.Context, pid int, spec supervisor.SpawnSpec) error
 	// beforeReady runs once start-up is done, before READY=1; reexec
 	// tells whether this image was started by a re-exec.
 	beforeReady func(reexec bool)
@@ -139,7 +139,7 @@ func startDaemon(ctx context.Context, cfg *Config, inherited *inheritedState, lo
 		cfg:      cfg,
 		log:      log,
 		metrics:  newMetrics(),
-		notify:   newNotifier(log, handoff.DefaultLiveness+5*time.Second),
+		notify:   newNotifier(log, supervisor.DefaultLiveness+5*time.Second),
 		started:  time.Now(),
 		requests: make(chan request),
 		results:  make(chan opResult, 1),
@@ -207,18 +207,18 @@ func startDaemon(ctx context.Context, cfg *Config, inherited *inheritedState, lo
 	d.trigger = newTriggerServer(tln, cfg.TriggerSocket, peerPolicy{self: self, allowed: cfg.AllowedUIDs}, d.handleTrigger, log)
 	cleanups = append(cleanups, func() { d.trigger.close(errShuttingDown) })
 
-	scfg := handoff.SupervisorConfig{
+	scfg := supervisor.Config{
 		ControlSocket: cfg.ControlSocket,
 		Journal:       cfg.Journal,
 		Logger:        log,
-		OnEvent: func(e handoff.Event) {
+		OnEvent: func(e supervisor.Event) {
 			d.notify.onEvent(e)
 			d.metrics.onEvent(e)
 		},
 	}
 	scfg.Stdout, _ = stdout.(*os.File)
 	scfg.Stderr, _ = stderr.(*os.File)
-	if d.sup, err = handoff.NewSupervisor(scfg); err != nil {
+	if d.sup, err = supervisor.New(scfg); err != nil {
 		return nil, err
 	}
 	cleanups = append(cleanups, func() { d.sup.Close() })
@@ -284,7 +284,7 @@ func startDaemon(ctx context.Context, cfg *Config, inherited *inheritedState, lo
 			pin.close()
 			return nil, fmt.Errorf("start the daemon: %w", err)
 		}
-		log.Info("daemon started", "pid", p.Pid, "binary", d.knownGood)
+		log.Info("daemon started", "pid", p, "binary", d.knownGood)
 		d.setKnownGood(d.knownGood, pin, pinErr)
 	}
 	if d.pin == nil && serving {
@@ -324,7 +324,7 @@ func (d *daemon) resume(ctx context.Context) bool {
 		}
 		d.log.Info("resumed the daemon left by a previous supervisor", "pid", st.IncumbentPID, "binary", st.IncumbentBinary)
 		return true
-	case err == nil, errors.Is(err, handoff.ErrNoIncumbent):
+	case err == nil, errors.Is(err, supervisor.ErrNoIncumbent):
 		return false
 	default:
 		d.log.Error("could not resume from the journal; starting the daemon anew", "journal", d.cfg.Journal, "err", err)

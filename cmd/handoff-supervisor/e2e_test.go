@@ -17,7 +17,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/handoff-go/handoff"
+	"github.com/handoff-go/handoff/supervisor"
 	"github.com/rogpeppe/go-internal/testscript"
 )
 
@@ -67,7 +67,7 @@ func TestMain(m *testing.M) {
 			}
 		}
 		if os.Getenv(envTestFailAdopt) != "" {
-			hooks.adopt = func(context.Context, int, handoff.SpawnSpec) error {
+			hooks.adopt = func(context.Context, int, supervisor.SpawnSpec) error {
 				return errors.New("adoption refused by the test")
 			}
 		}
@@ -484,15 +484,15 @@ func listeningInode(t *testing.T, path string) uint64 {
 	return 0
 }
 
-// supervisor is a supervisor process.
-type supervisor struct {
+// supervisorProc is a supervisor process.
+type supervisorProc struct {
 	cmd     *exec.Cmd
 	exited  chan struct{}
 	waitErr error // set when exited is closed
 }
 
 // signal sends sig to the supervisor.
-func (s *supervisor) signal(t *testing.T, sig syscall.Signal) {
+func (s *supervisorProc) signal(t *testing.T, sig syscall.Signal) {
 	t.Helper()
 	if err := s.cmd.Process.Signal(sig); err != nil {
 		t.Fatalf("signal the supervisor: %v", err)
@@ -500,7 +500,7 @@ func (s *supervisor) signal(t *testing.T, sig syscall.Signal) {
 }
 
 // wait waits (bounded) for the supervisor to exit and returns how.
-func (s *supervisor) wait(t *testing.T, why string) error {
+func (s *supervisorProc) wait(t *testing.T, why string) error {
 	t.Helper()
 	select {
 	case <-s.exited:
@@ -515,7 +515,7 @@ func (s *supervisor) wait(t *testing.T, why string) error {
 // and descriptors (fd 3, 4, ...), and waits for READY=1. When the test
 // ends it is stopped (SIGTERM, then SIGKILL) and reaped, and any daemon
 // that outlived it is killed.
-func (f *fixture) startSupervisor(t *testing.T, env []string, files ...*os.File) *supervisor {
+func (f *fixture) startSupervisor(t *testing.T, env []string, files ...*os.File) *supervisorProc {
 	t.Helper()
 	cmd := supervisorCmd(context.Background(), t, "--config", f.cfg)
 	cmd.Env = append(cmd.Env, env...)
@@ -524,7 +524,7 @@ func (f *fixture) startSupervisor(t *testing.T, env []string, files ...*os.File)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	s := &supervisor{cmd: cmd, exited: make(chan struct{})}
+	s := &supervisorProc{cmd: cmd, exited: make(chan struct{})}
 	go func() {
 		s.waitErr = cmd.Wait()
 		close(s.exited)
@@ -549,7 +549,7 @@ func (f *fixture) startSupervisor(t *testing.T, env []string, files ...*os.File)
 
 // stopAndCheck sends SIGTERM to the supervisor, waits for STOPPING=1 and
 // its clean exit, and checks that the daemon pid is gone with it.
-func (f *fixture) stopAndCheck(t *testing.T, sup *supervisor, daemon int) {
+func (f *fixture) stopAndCheck(t *testing.T, sup *supervisorProc, daemon int) {
 	t.Helper()
 	sup.signal(t, syscall.SIGTERM)
 	f.await(t, "STOPPING=1")

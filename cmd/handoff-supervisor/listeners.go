@@ -12,8 +12,7 @@ import (
 	"time"
 
 	"github.com/coreos/go-systemd/v22/activation"
-
-	"github.com/handoff-go/handoff"
+	"github.com/handoff-go/handoff/supervisor"
 )
 
 // openListener is one configured listening socket, open in this process
@@ -226,7 +225,7 @@ func removeStaleSocket(network, path string) error {
 
 // handOver gives every listener to sup (which keeps its own duplicate) and
 // then closes ours. Closing never unlinks a unix socket path.
-func handOver(sup *handoff.Supervisor, ls []*openListener, log *slog.Logger) error {
+func handOver(sup *supervisor.Supervisor, ls []*openListener, log *slog.Logger) error {
 	var errs []error
 	for _, o := range ls {
 		var err error

@@ -8,7 +8,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/handoff-go/handoff"
+	"github.com/handoff-go/handoff/supervisor"
 )
 
 // handledSignals: SIGHUP hands off to the configured binary, SIGUSR2
@@ -75,7 +75,7 @@ type opResult struct {
 	binary  string
 	why     string      // what asked for it, for logs
 	reply   chan string // nil when a signal or the loop asked
-	outcome handoff.HandoffOutcome
+	outcome supervisor.Outcome
 	pid     int
 	err     error
 	// pin is binary opened right before the spawn, for the loop to keep
@@ -176,7 +176,7 @@ func (d *daemon) startHandoff(binary string, reply chan string, why string) stri
 	case d.reexecPending:
 		return errReexecuting.Error()
 	case d.op != nil && d.op.kind == opHandoff:
-		return handoff.ErrHandoffInProgress.Error()
+		return supervisor.ErrHandoffInProgress.Error()
 	case d.op != nil:
 		return "the daemon is being started; retry when it serves"
 	case d.restart != nil:
@@ -216,9 +216,7 @@ func (d *daemon) startColdStart(why string) {
 			r.pin, r.pinErr = openPin(spec.Binary)
 		}
 		p, err := d.sup.ColdStart(ctx, spec)
-		if p != nil {
-			r.pid = p.Pid
-		}
+		r.pid = p
 		r.err = err
 	})
 }
@@ -299,7 +297,7 @@ func (d *daemon) afterOp() {
 }
 
 // incumbentExited schedules a restart of the known-good binary.
-func (d *daemon) incumbentExited(ex handoff.IncumbentExit) {
+func (d *daemon) incumbentExited(ex supervisor.IncumbentExit) {
 	delay := d.backoff.next(ex.Running)
 	why := fmt.Sprintf("daemon pid %d (%s) %s", ex.PID, ex.Binary, exitDescription(&ex))
 	d.log.Warn("the daemon exited outside a handoff; restarting the known-good binary",

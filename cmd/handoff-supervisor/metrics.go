@@ -9,11 +9,10 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/handoff-go/handoff/supervisor"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-
-	"github.com/handoff-go/handoff"
 )
 
 const metricsNamespace = "handoff"
@@ -115,11 +114,11 @@ func (m *metrics) own() []prometheus.Collector {
 }
 
 // onEvent records handoffs from the Supervisor's events.
-func (m *metrics) onEvent(e handoff.Event) {
+func (m *metrics) onEvent(e supervisor.Event) {
 	switch e.Kind {
-	case handoff.EventHandoffStarted:
+	case supervisor.EventHandoffStarted:
 		m.inProgress.Set(1)
-	case handoff.EventHandoffFinished:
+	case supervisor.EventHandoffFinished:
 		m.inProgress.Set(0)
 		if e.Outcome != nil {
 			m.observe(*e.Outcome)
@@ -129,7 +128,7 @@ func (m *metrics) onEvent(e handoff.Event) {
 
 // observe records one finished handoff. Phases that did not run (zero
 // duration) are not observed.
-func (m *metrics) observe(o handoff.HandoffOutcome) {
+func (m *metrics) observe(o supervisor.Outcome) {
 	outcome := outcomeCommitted
 	if !o.Committed {
 		outcome = outcomeRolledBack
@@ -155,8 +154,8 @@ func (m *metrics) observe(o handoff.HandoffOutcome) {
 
 // isSealFailure tells whether a handoff failed because the incumbent's
 // seal failed.
-func isSealFailure(o handoff.HandoffOutcome) bool {
-	return errors.Is(o.Err, handoff.ErrSealFailed)
+func isSealFailure(o supervisor.Outcome) bool {
+	return errors.Is(o.Err, supervisor.ErrSealFailed)
 }
 
 // metricsServer serves /metrics on a listener it can pause without

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/handoff-go/handoff"
+	"github.com/handoff-go/handoff/supervisor"
 )
 
 // serveMetrics serves m on 127.0.0.1:0 and returns the server.
@@ -80,12 +80,12 @@ func TestMetricsScrape(t *testing.T) {
 		`handoff_in_progress`:                           "0",
 	})
 
-	m.onEvent(handoff.Event{Kind: handoff.EventHandoffStarted})
+	m.onEvent(supervisor.Event{Kind: supervisor.EventHandoffStarted})
 	wantSamples(t, scrape(t, s.ln.Addr().String()), map[string]string{`handoff_in_progress`: "1"})
 
-	m.onEvent(handoff.Event{Kind: handoff.EventHandoffFinished, Outcome: &handoff.HandoffOutcome{
+	m.onEvent(supervisor.Event{Kind: supervisor.EventHandoffFinished, Outcome: &supervisor.Outcome{
 		Committed: true,
-		Phases: handoff.PhaseTimings{
+		Phases: supervisor.PhaseTimings{
 			Total: 2 * time.Second, Drain: 500 * time.Millisecond, Seal: 100 * time.Millisecond,
 			BeginToReady: 300 * time.Millisecond, AcceptGap: 2 * time.Millisecond,
 		},
@@ -104,16 +104,16 @@ func TestMetricsScrape(t *testing.T) {
 	})
 
 	// A rollback at the seal: no begin-to-ready observed, no accept gap.
-	m.onEvent(handoff.Event{Kind: handoff.EventHandoffFinished, Outcome: &handoff.HandoffOutcome{
+	m.onEvent(supervisor.Event{Kind: supervisor.EventHandoffFinished, Outcome: &supervisor.Outcome{
 		AbortReason: "the incumbent's seal failed: fsync: input/output error",
-		Err:         fmt.Errorf("%w: %w", handoff.ErrAborted, handoff.ErrSealFailed),
-		Phases:      handoff.PhaseTimings{Total: time.Second, Drain: 200 * time.Millisecond, Seal: 50 * time.Millisecond},
+		Err:         fmt.Errorf("%w: %w", supervisor.ErrAborted, supervisor.ErrSealFailed),
+		Phases:      supervisor.PhaseTimings{Total: time.Second, Drain: 200 * time.Millisecond, Seal: 50 * time.Millisecond},
 	}})
 	// A rollback elsewhere.
-	m.onEvent(handoff.Event{Kind: handoff.EventHandoffFinished, Outcome: &handoff.HandoffOutcome{
+	m.onEvent(supervisor.Event{Kind: supervisor.EventHandoffFinished, Outcome: &supervisor.Outcome{
 		AbortReason: "the successor (pid 9) exited: exit status 3",
-		Err:         fmt.Errorf("%w: %w", handoff.ErrAborted, handoff.ErrSuccessorFailed),
-		Phases:      handoff.PhaseTimings{Total: time.Second},
+		Err:         fmt.Errorf("%w: %w", supervisor.ErrAborted, supervisor.ErrSuccessorFailed),
+		Phases:      supervisor.PhaseTimings{Total: time.Second},
 	}})
 	m.restarts.Inc()
 	got = scrape(t, s.ln.Addr().String())
@@ -135,15 +135,15 @@ func TestMetricsScrape(t *testing.T) {
 }
 
 func TestIsSealFailure(t *testing.T) {
-	seal := fmt.Errorf("%w: %w", handoff.ErrAborted, handoff.ErrSealFailed)
-	other := fmt.Errorf("%w: %w", handoff.ErrAborted, handoff.ErrSuccessorFailed)
+	seal := fmt.Errorf("%w: %w", supervisor.ErrAborted, supervisor.ErrSealFailed)
+	other := fmt.Errorf("%w: %w", supervisor.ErrAborted, supervisor.ErrSuccessorFailed)
 	for _, tc := range []struct {
-		o    handoff.HandoffOutcome
+		o    supervisor.Outcome
 		want bool
 	}{
-		{handoff.HandoffOutcome{Err: seal, AbortReason: "the incumbent's seal failed: disk full"}, true},
-		{handoff.HandoffOutcome{Err: other, AbortReason: "the successor exited after the seal"}, false},
-		{handoff.HandoffOutcome{Committed: true}, false},
+		{supervisor.Outcome{Err: seal, AbortReason: "the incumbent's seal failed: disk full"}, true},
+		{supervisor.Outcome{Err: other, AbortReason: "the successor exited after the seal"}, false},
+		{supervisor.Outcome{Committed: true}, false},
 	} {
 		if got := isSealFailure(tc.o); got != tc.want {
 			t.Errorf("isSealFailure(%v) = %t, want %t", tc.o.Err, got, tc.want)

@@ -9,8 +9,7 @@ import (
 	"time"
 
 	sddaemon "github.com/coreos/go-systemd/v22/daemon"
-
-	"github.com/handoff-go/handoff"
+	"github.com/handoff-go/handoff/supervisor"
 )
 
 // notifier tells systemd (sd_notify over NOTIFY_SOCKET) what the supervisor
@@ -110,24 +109,24 @@ func (n *notifier) stopping(status string, d time.Duration) {
 // onEvent turns the Supervisor's events about handoffs into STATUS= lines
 // and timeout extensions; RELOADING=1 and READY=1 come from the loop. It
 // runs on the library's goroutines and only sends datagrams.
-func (n *notifier) onEvent(e handoff.Event) {
+func (n *notifier) onEvent(e supervisor.Event) {
 	switch e.Kind {
-	case handoff.EventHandoffStarted:
+	case supervisor.EventHandoffStarted:
 		n.notify(extendTimeout(n.extend), statusLine("handoff %s started (incumbent pid %d)", e.HandoffID, e.PID))
-	case handoff.EventPhase:
-		if e.Phase != handoff.PhaseIdle {
+	case supervisor.EventPhase:
+		if e.Phase != supervisor.PhaseIdle {
 			n.notify(extendTimeout(n.extend), statusLine("handoff %s: %s", e.HandoffID, e.Phase))
 		}
-	case handoff.EventHeartbeat:
+	case supervisor.EventHeartbeat:
 		n.notify(extendTimeout(n.extend))
-	case handoff.EventIncumbentExited:
+	case supervisor.EventIncumbentExited:
 		n.status("daemon pid %d exited (%s); restarting it", e.PID, exitDescription(e.Exit))
 	}
 }
 
 // outcomeStatus says in one line how a handoff ended and who serves now
 // (st is the Supervisor's status after it).
-func outcomeStatus(o handoff.HandoffOutcome, st handoff.Status) string {
+func outcomeStatus(o supervisor.Outcome, st supervisor.Status) string {
 	serving := fmt.Sprintf("serving: pid %d, build %s", st.IncumbentPID, st.IncumbentBuildID)
 	if st.IncumbentPID == 0 {
 		serving = "no daemon is serving; restarting it"
@@ -139,7 +138,7 @@ func outcomeStatus(o handoff.HandoffOutcome, st handoff.Status) string {
 }
 
 // exitDescription says how a daemon ended, for logs and STATUS=.
-func exitDescription(ex *handoff.IncumbentExit) string {
+func exitDescription(ex *supervisor.IncumbentExit) string {
 	if ex == nil {
 		return "exited"
 	}

@@ -3,14 +3,13 @@ package main
 import (
 	"errors"
 	"net"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/handoff-go/handoff"
+	"github.com/handoff-go/handoff/supervisor"
 )
 
 // notifySocket listens on a unixgram socket set as NOTIFY_SOCKET, as
@@ -99,26 +98,26 @@ func TestNotifyHandoffSequence(t *testing.T) {
 		t.Fatalf("MONOTONIC_USEC=%q is not CLOCK_MONOTONIC now (%d..)", f["MONOTONIC_USEC"], before)
 	}
 
-	n.onEvent(handoff.Event{Kind: handoff.EventHandoffStarted, HandoffID: "h1", PID: 10})
+	n.onEvent(supervisor.Event{Kind: supervisor.EventHandoffStarted, HandoffID: "h1", PID: 10})
 	f = fields(t, next())
 	if _, ok := f["RELOADING"]; ok || f["STATUS"] != "handoff h1 started (incumbent pid 10)" || f["EXTEND_TIMEOUT_USEC"] != "15000000" {
 		t.Fatalf("handoff started event: %v", f)
 	}
 
-	n.onEvent(handoff.Event{Kind: handoff.EventPhase, HandoffID: "h1", Phase: handoff.PhaseDraining})
+	n.onEvent(supervisor.Event{Kind: supervisor.EventPhase, HandoffID: "h1", Phase: supervisor.PhaseDraining})
 	f = fields(t, next())
 	if f["STATUS"] != "handoff h1: draining" || f["EXTEND_TIMEOUT_USEC"] != "15000000" {
 		t.Fatalf("phase: %v", f)
 	}
 
-	n.onEvent(handoff.Event{Kind: handoff.EventHeartbeat, HandoffID: "h1"})
+	n.onEvent(supervisor.Event{Kind: supervisor.EventHeartbeat, HandoffID: "h1"})
 	if msg := next(); msg != "EXTEND_TIMEOUT_USEC=15000000" {
 		t.Fatalf("heartbeat: %q", msg)
 	}
 
 	// The loop, not the event, reports the end (READY=1): nothing is sent.
-	n.onEvent(handoff.Event{Kind: handoff.EventHandoffFinished, HandoffID: "h1", Outcome: &handoff.HandoffOutcome{ID: "h1", Committed: true}})
-	n.onEvent(handoff.Event{Kind: handoff.EventIncumbentExited, PID: 11, Exit: &handoff.IncumbentExit{PID: 11, Running: time.Second}})
+	n.onEvent(supervisor.Event{Kind: supervisor.EventHandoffFinished, HandoffID: "h1", Outcome: &supervisor.Outcome{ID: "h1", Committed: true}})
+	n.onEvent(supervisor.Event{Kind: supervisor.EventIncumbentExited, PID: 11, Exit: &supervisor.IncumbentExit{PID: 11, Running: time.Second}})
 	if f = fields(t, next()); !strings.HasPrefix(f["STATUS"], "daemon pid 11 exited") {
 		t.Fatalf("after the finished event, want the exit's status: %v", f)
 	}
@@ -129,16 +128,16 @@ func TestNotifyHandoffSequence(t *testing.T) {
 func TestOutcomeStatus(t *testing.T) {
 	for _, tc := range []struct {
 		name string
-		o    handoff.HandoffOutcome
-		st   handoff.Status
+		o    supervisor.Outcome
+		st   supervisor.Status
 		want string
 	}{
-		{"committed", handoff.HandoffOutcome{ID: "h1", Committed: true, Child: &os.Process{Pid: 11}, BuildID: "v2", Phases: handoff.PhaseTimings{Total: 1500 * time.Millisecond}},
-			handoff.Status{IncumbentPID: 11, IncumbentBuildID: "v2"}, "serving: pid 11, build v2 (handoff h1 committed in 1.5s)"},
-		{"rolled back", handoff.HandoffOutcome{ID: "h2", AbortReason: "the incumbent's seal failed: disk full"},
-			handoff.Status{IncumbentPID: 10, IncumbentBuildID: "v1"}, "serving: pid 10, build v1 (handoff h2 rolled back: the incumbent's seal failed: disk full)"},
-		{"nobody serves", handoff.HandoffOutcome{ID: "h3", AbortReason: "resume failed"},
-			handoff.Status{}, "no daemon is serving; restarting it (handoff h3 rolled back: resume failed)"},
+		{"committed", supervisor.Outcome{ID: "h1", Committed: true, PID: 11, BuildID: "v2", Phases: supervisor.PhaseTimings{Total: 1500 * time.Millisecond}},
+			supervisor.Status{IncumbentPID: 11, IncumbentBuildID: "v2"}, "serving: pid 11, build v2 (handoff h1 committed in 1.5s)"},
+		{"rolled back", supervisor.Outcome{ID: "h2", AbortReason: "the incumbent's seal failed: disk full"},
+			supervisor.Status{IncumbentPID: 10, IncumbentBuildID: "v1"}, "serving: pid 10, build v1 (handoff h2 rolled back: the incumbent's seal failed: disk full)"},
+		{"nobody serves", supervisor.Outcome{ID: "h3", AbortReason: "resume failed"},
+			supervisor.Status{}, "no daemon is serving; restarting it (handoff h3 rolled back: resume failed)"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if got := outcomeStatus(tc.o, tc.st); got != tc.want {
@@ -193,7 +192,7 @@ func TestNotifyWithoutSocket(t *testing.T) {
 	t.Setenv("NOTIFY_SOCKET", "")
 	n := newNotifier(testLogger(t), time.Second)
 	n.ready("x")
-	n.onEvent(handoff.Event{Kind: handoff.EventHandoffStarted})
+	n.onEvent(supervisor.Event{Kind: supervisor.EventHandoffStarted})
 }
 
 func TestNotifySendErrorIsLogged(t *testing.T) {

@@ -7,7 +7,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/handoff-go/handoff"
+	"github.com/handoff-go/handoff/supervisor"
 )
 
 // statusReport is what the trigger socket's status command returns (one
@@ -78,7 +78,7 @@ type loopStatus struct {
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 // buildStatus combines the library's Status with the loop's own state.
-func buildStatus(st handoff.Status, ls loopStatus, now time.Time) statusReport {
+func buildStatus(st supervisor.Status, ls loopStatus, now time.Time) statusReport {
 	r := statusReport{
 		Supervisor:        supervisorStatus{PID: ls.pid, Version: version(), Started: ls.started, UptimeSecs: now.Sub(ls.started).Seconds()},
 		Phase:             string(st.Phase),

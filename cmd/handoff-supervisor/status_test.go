@@ -3,22 +3,21 @@ package main
 import (
 	"bytes"
 	"encoding/json"
-	"os"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/handoff-go/handoff"
+	"github.com/handoff-go/handoff/supervisor"
 )
 
 func TestStatusReport(t *testing.T) {
 	now := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
-	st := handoff.Status{
-		Phase: handoff.PhaseIdle, IncumbentPID: 42, IncumbentBinary: "/usr/bin/d", IncumbentBuildID: "v2",
+	st := supervisor.Status{
+		Phase: supervisor.PhaseIdle, IncumbentPID: 42, IncumbentBinary: "/usr/bin/d", IncumbentBuildID: "v2",
 		IncumbentSince: now.Add(-90 * time.Second), Listeners: []string{"http", "dns"}, Handoffs: 2,
-		LastOutcomes: []handoff.HandoffOutcome{
-			{ID: "a1", Committed: true, Child: &os.Process{Pid: 42}, BuildID: "v2", Started: now.Add(-time.Minute),
-				Phases: handoff.PhaseTimings{Total: 1500 * time.Millisecond, Drain: time.Second, AcceptGap: 1200 * time.Microsecond}},
+		LastOutcomes: []supervisor.Outcome{
+			{ID: "a1", Committed: true, PID: 42, BuildID: "v2", Started: now.Add(-time.Minute),
+				Phases: supervisor.PhaseTimings{Total: 1500 * time.Millisecond, Drain: time.Second, AcceptGap: 1200 * time.Microsecond}},
 			{ID: "b2", AbortReason: "the successor exited", BuildID: "v2", Started: now.Add(-time.Second)},
 		},
 	}
@@ -55,7 +54,7 @@ func TestStatusReport(t *testing.T) {
 
 func TestStatusReportNoDaemon(t *testing.T) {
 	now := time.Now()
-	r := buildStatus(handoff.Status{Phase: handoff.PhaseIdle}, loopStatus{started: now, restart: &restartStatus{At: now, Reason: "daemon pid 3 exited"}, reexec: true}, now)
+	r := buildStatus(supervisor.Status{Phase: supervisor.PhaseIdle}, loopStatus{started: now, restart: &restartStatus{At: now, Reason: "daemon pid 3 exited"}, reexec: true}, now)
 	if r.Incumbent != nil || r.Listeners == nil || r.LastOutcomes == nil || !r.ReexecPending {
 		t.Fatalf("report %+v", r)
 	}

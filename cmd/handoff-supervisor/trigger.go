@@ -17,9 +17,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/handoff-go/handoff/supervisor"
 	"golang.org/x/sys/unix"
-
-	"github.com/handoff-go/handoff"
 )
 
 // The trigger protocol: a client connects to the trigger socket, sends one
@@ -430,11 +429,8 @@ func (s *triggerServer) finish(c *net.UnixConn) {
 }
 
 // handoffReply is the reply line for a finished handoff.
-func handoffReply(o handoff.HandoffOutcome) string {
-	pid := 0
-	if o.Child != nil {
-		pid = o.Child.Pid
-	}
+func handoffReply(o supervisor.Outcome) string {
+	pid := o.PID
 	return fmt.Sprintf("ok: id=%s committed=%t pid=%d build_id=%s accept_gap=%s library_overhead=%s reason=%s",
 		o.ID, o.Committed, pid, strconv.Quote(o.BuildID), o.Phases.AcceptGap, o.Phases.LibraryOverhead, strconv.Quote(oneLine(o.AbortReason)))
 }

@@ -16,9 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/handoff-go/handoff/supervisor"
 	"golang.org/x/sys/unix"
-
-	"github.com/handoff-go/handoff"
 )
 
 // shortDir is a temporary directory with a path short enough for unix
@@ -387,9 +386,9 @@ func TestCloseRemovesOnlyOwnSocket(t *testing.T) {
 }
 
 func TestHandoffReplyRoundTrip(t *testing.T) {
-	p := &os.Process{Pid: 4242}
-	tests := []handoff.HandoffOutcome{
-		{ID: "ab12", Committed: true, Child: p, BuildID: "v2 (x)"},
+	p := 4242
+	tests := []supervisor.Outcome{
+		{ID: "ab12", Committed: true, PID: p, BuildID: "v2 (x)"},
 		{ID: "cd34", AbortReason: "the successor exited:\nexit status 3 \"quoted\""},
 	}
 	for _, o := range tests {

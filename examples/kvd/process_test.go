@@ -17,6 +17,7 @@ import (
 
 	"github.com/handoff-go/handoff"
 	"github.com/handoff-go/handoff/examples/kvd/store"
+	"github.com/handoff-go/handoff/supervisor"
 )
 
 // The test binary doubles as kvd: the supervisor in TestHandoffEndToEnd
@@ -35,7 +36,7 @@ type kvdCluster struct {
 	data   string
 	sock   string
 	addr   string
-	sup    *handoff.Supervisor
+	sup    *supervisor.Supervisor
 	client *http.Client
 }
 
@@ -59,7 +60,7 @@ func startKVD(t *testing.T) *kvdCluster {
 	}
 	c := &kvdCluster{t: t, data: filepath.Join(dir, "data"), sock: filepath.Join(dir, "control.sock"), addr: ln.Addr().String(),
 		client: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}}
-	c.sup, err = handoff.NewSupervisor(handoff.SupervisorConfig{ControlSocket: c.sock, Stdout: logs, Stderr: logs})
+	c.sup, err = supervisor.New(supervisor.Config{ControlSocket: c.sock, Stdout: logs, Stderr: logs})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -76,8 +77,8 @@ func startKVD(t *testing.T) *kvdCluster {
 	return c
 }
 
-func (c *kvdCluster) spec(build string, extra ...string) handoff.SpawnSpec {
-	return handoff.SpawnSpec{
+func (c *kvdCluster) spec(build string, extra ...string) supervisor.SpawnSpec {
+	return supervisor.SpawnSpec{
 		Binary:     os.Args[0],
 		Args:       append([]string{"--data", c.data, "--control", c.sock, "--build-id", build}, extra...),
 		Env:        []string{"KVD_TEST_MAIN=1"},
@@ -86,7 +87,7 @@ func (c *kvdCluster) spec(build string, extra ...string) handoff.SpawnSpec {
 	}
 }
 
-func (c *kvdCluster) handoff(spec handoff.SpawnSpec) handoff.HandoffOutcome {
+func (c *kvdCluster) handoff(spec supervisor.SpawnSpec) supervisor.Outcome {
 	c.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -214,7 +215,7 @@ func TestHandoffEndToEnd(t *testing.T) {
 
 	w := startWriters(c, 4)
 	steps := []struct {
-		spec          handoff.SpawnSpec
+		spec          supervisor.SpawnSpec
 		wantCommitted bool
 		wantBuild     string
 	}{

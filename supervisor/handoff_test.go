@@ -1,4 +1,4 @@
-package handoff
+package supervisor
 
 import (
 	"context"
@@ -16,11 +16,15 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/handoff-go/handoff/internal/proc"
+	"github.com/handoff-go/handoff/internal/testutil"
+	"github.com/handoff-go/handoff/internal/wire"
 )
 
 func TestHandoffCommitsAndKeepsWrites(t *testing.T) {
 	checkLeaks(t)
-	c := newCluster(t, SupervisorConfig{})
+	c := newCluster(t, Config{})
 	before := c.servingPID()
 	fdsBefore := countFDs(t)
 	l := startLoad(t, c.addr)
@@ -31,12 +35,12 @@ func TestHandoffCommitsAndKeepsWrites(t *testing.T) {
 		if !out.Committed {
 			t.Fatalf("handoff %d: not committed: %s", i, out.AbortReason)
 		}
-		if out.Child == nil || out.BuildID != c.buildID() {
-			t.Fatalf("handoff %d: child %v build %q, want build %s", i, out.Child, out.BuildID, c.buildID())
+		if out.PID == 0 || out.BuildID != c.buildID() {
+			t.Fatalf("handoff %d: pid %d build %q, want build %s", i, out.PID, out.BuildID, c.buildID())
 		}
 		builds[out.BuildID]++
-		if pid := c.servingPID(); pid != out.Child.Pid {
-			t.Fatalf("handoff %d: pid %d serves, want the successor %d", i, pid, out.Child.Pid)
+		if pid := c.servingPID(); pid != out.PID {
+			t.Fatalf("handoff %d: pid %d serves, want the successor %d", i, pid, out.PID)
 		}
 		if out.Phases.AcceptGap <= 0 || out.Phases.LibraryOverhead > out.Phases.AcceptGap {
 			t.Fatalf("handoff %d: phases %+v", i, out.Phases)
@@ -65,7 +69,7 @@ func TestHandoffCommitsAndKeepsWrites(t *testing.T) {
 // updates is read under the supervisor's mutex.
 func TestStatusDuringHandoffs(t *testing.T) {
 	checkLeaks(t)
-	c := newCluster(t, SupervisorConfig{})
+	c := newCluster(t, Config{})
 	l := startLoad(t, c.addr)
 	stop := make(chan struct{})
 	polled := make(chan int)
@@ -98,35 +102,24 @@ func TestStatusDuringHandoffs(t *testing.T) {
 	c.verify(l)
 }
 
-// waitFor polls cond with a bounded wait (for effects with no message to
-// wait on, such as the kernel closing a reaped child's descriptors).
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
+var waitFor = testutil.WaitFor
 
 func TestHandoffAbortsRollBack(t *testing.T) {
 	// Liveness 3s: the daemons beat every 750ms, so a stall of up to
 	// 2.25s on a busy machine cannot change the abort reason.
-	short := SupervisorConfig{Liveness: 3 * time.Second}
+	short := Config{Liveness: 3 * time.Second}
 	tests := []struct {
 		name       string
 		coldEnv    []string // knobs of the incumbent (the failures fire once)
 		env        []string // knobs of the successor
-		cfg        SupervisorConfig
+		cfg        Config
 		deadline   time.Duration // of the handoff, if not the default
 		wantReason string
 		wantErr    error
 	}{
-		{"successor exits before handshake", nil, []string{"TD_FAIL_AT=before-hello"}, SupervisorConfig{}, 0, "successor (pid", ErrSuccessorFailed},
-		{"successor exits after handshake", nil, []string{"TD_FAIL_AT=after-hello"}, SupervisorConfig{}, 0, "successor (pid", ErrSuccessorFailed},
-		{"successor exits after begin", nil, []string{"TD_FAIL_AT=after-begin"}, SupervisorConfig{}, 0, "successor (pid", ErrSuccessorFailed},
+		{"successor exits before handshake", nil, []string{"TD_FAIL_AT=before-hello"}, Config{}, 0, "successor (pid", ErrSuccessorFailed},
+		{"successor exits after handshake", nil, []string{"TD_FAIL_AT=after-hello"}, Config{}, 0, "successor (pid", ErrSuccessorFailed},
+		{"successor exits after begin", nil, []string{"TD_FAIL_AT=after-begin"}, Config{}, 0, "successor (pid", ErrSuccessorFailed},
 		// Silent successors: nothing arrives, the liveness timer aborts.
 		{"successor hangs silently after hello", nil, []string{"TD_HANG_AT=after-hello"}, short, 0, "(liveness timeout) while the supervisor waited for [ready]", ErrTimeout},
 		{"successor hangs silently after begin", nil, []string{"TD_HANG_AT=after-begin"}, short, 0, "(liveness timeout) while the supervisor waited for [ready]", ErrTimeout},
@@ -135,10 +128,10 @@ func TestHandoffAbortsRollBack(t *testing.T) {
 		// incumbent retakes the lock. The deadline leaves seconds for
 		// everything before Ready.
 		{"successor heartbeats but never sends ready", nil, []string{"TD_HANG_AT=before-ready"}, short, 10 * time.Second, "did not send [ready]: the handoff deadline passed", ErrTimeout},
-		{"ready unhealthy", nil, []string{"TD_UNHEALTHY=1"}, SupervisorConfig{}, 0, "unhealthy", ErrReadyRejected},
-		{"ready with stale revisions", nil, []string{"TD_STALE=1"}, SupervisorConfig{}, 0, "stale", ErrReadyRejected},
-		{"seal fails", []string{"TD_SEAL_FAIL=1"}, nil, SupervisorConfig{}, 0, "seal failed: test knob", ErrSealFailed},
-		{"drain fails", []string{"TD_DRAIN_FAIL=1"}, nil, SupervisorConfig{}, 0, "drain failed: test knob", ErrDrainFailed},
+		{"ready unhealthy", nil, []string{"TD_UNHEALTHY=1"}, Config{}, 0, "unhealthy", ErrReadyRejected},
+		{"ready with stale revisions", nil, []string{"TD_STALE=1"}, Config{}, 0, "stale", ErrReadyRejected},
+		{"seal fails", []string{"TD_SEAL_FAIL=1"}, nil, Config{}, 0, "seal failed: test knob", ErrSealFailed},
+		{"drain fails", []string{"TD_DRAIN_FAIL=1"}, nil, Config{}, 0, "drain failed: test knob", ErrDrainFailed},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -192,7 +185,7 @@ func TestHandoffAbortsRollBack(t *testing.T) {
 // holdsLockPID checks in /proc/locks that pid, alone, holds dir's lock.
 func holdsLockPID(dir string, pid int) error {
 	var st syscall.Stat_t
-	if err := syscall.Stat(filepath.Join(dir, LockFileName), &st); err != nil {
+	if err := syscall.Stat(filepath.Join(dir, wire.LockFileName), &st); err != nil {
 		return err
 	}
 	if h := lockHolders(st.Ino); len(h) != 1 || h[0] != pid {
@@ -201,7 +194,7 @@ func holdsLockPID(dir string, pid int) error {
 	return nil
 }
 
-// A Drainable that ignores its context and returns success after the
+// A handoff.Drainable that ignores its context and returns success after the
 // grace: the supervisor has given up and rolls back, so the incumbent must
 // not seal (nor release the lock) for the SealRequest queued behind. The
 // drain returns only once the rollback has begun (TD_DRAIN_HOLD), so past
@@ -209,7 +202,7 @@ func holdsLockPID(dir string, pid int) error {
 func TestDrainTimesOut(t *testing.T) {
 	checkLeaks(t)
 	hold := filepath.Join(t.TempDir(), "release-drain")
-	c := newCluster(t, SupervisorConfig{OnEvent: releaseAtRollback(hold)}, "TD_DRAIN_HOLD="+hold)
+	c := newCluster(t, Config{OnEvent: releaseAtRollback(hold)}, "TD_DRAIN_HOLD="+hold)
 	l := startLoad(t, c.addr)
 	before := c.servingPID()
 	spec := c.spec()
@@ -245,7 +238,7 @@ func TestLongDrainAndSealCommitWithHeartbeats(t *testing.T) {
 	var mu sync.Mutex
 	beats := 0
 	const liveness, work = 2 * time.Second, 5 * time.Second
-	cfg := SupervisorConfig{Liveness: liveness, OnEvent: func(e Event) {
+	cfg := Config{Liveness: liveness, OnEvent: func(e Event) {
 		if e.Kind == EventHeartbeat {
 			mu.Lock()
 			beats++
@@ -279,7 +272,7 @@ func TestLongDrainAndSealCommitWithHeartbeats(t *testing.T) {
 
 func TestConcurrentHandoffIsRefused(t *testing.T) {
 	checkLeaks(t)
-	c := newCluster(t, SupervisorConfig{}, "TD_SLOW_DRAIN=2s")
+	c := newCluster(t, Config{}, "TD_SLOW_DRAIN=2s")
 	l := startLoad(t, c.addr)
 	started := make(chan struct{})
 	c.sup.cfg.OnEvent = func(e Event) {
@@ -287,7 +280,7 @@ func TestConcurrentHandoffIsRefused(t *testing.T) {
 			close(started)
 		}
 	}
-	done := make(chan HandoffOutcome)
+	done := make(chan Outcome)
 	spec := c.spec()
 	go func() {
 		out, _ := c.sup.PerformHandoff(context.Background(), spec)
@@ -317,7 +310,7 @@ func TestCloseDuringHandoffRollsBack(t *testing.T) {
 	draining := make(chan struct{})
 	var once sync.Once
 	var finished atomic.Bool // EventHandoffFinished comes before Close may return
-	c := newCluster(t, SupervisorConfig{OnEvent: func(e Event) {
+	c := newCluster(t, Config{OnEvent: func(e Event) {
 		switch {
 		case e.Kind == EventPhase && e.Phase == PhaseDraining:
 			once.Do(func() { close(draining) })
@@ -327,7 +320,7 @@ func TestCloseDuringHandoffRollsBack(t *testing.T) {
 	}}, "TD_SLOW_DRAIN=2s")
 	l := startLoad(t, c.addr)
 	before := c.servingPID()
-	done := make(chan HandoffOutcome, 1)
+	done := make(chan Outcome, 1)
 	spec := c.spec()
 	go func() {
 		out, _ := c.sup.PerformHandoff(context.Background(), spec)
@@ -343,7 +336,7 @@ func TestCloseDuringHandoffRollsBack(t *testing.T) {
 		t.Fatal("Close returned before the handoff ended")
 	}
 	// PerformHandoff returns right after; only its send is left.
-	var out HandoffOutcome
+	var out Outcome
 	select {
 	case out = <-done:
 	case <-time.After(30 * time.Second):
@@ -358,7 +351,7 @@ func TestCloseDuringHandoffRollsBack(t *testing.T) {
 	if err := holdsLockPID(c.dir, before); err != nil {
 		t.Fatal(err)
 	}
-	sup2, err := NewSupervisor(SupervisorConfig{ControlSocket: c.sock, Logger: testLogger(t)})
+	sup2, err := New(Config{ControlSocket: c.sock, Logger: testLogger(t)})
 	must(t, err)
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -392,7 +385,7 @@ func releaseAtRollback(hold string) func(Event) {
 // still open, is a drain like any other: the handoff commits.
 func TestDrainUsingItsWholeGraceCommits(t *testing.T) {
 	checkLeaks(t)
-	c := newCluster(t, SupervisorConfig{}, "TD_DRAIN_TO_GRACE=1")
+	c := newCluster(t, Config{}, "TD_DRAIN_TO_GRACE=1")
 	l := startLoad(t, c.addr)
 	before := c.servingPID()
 	spec := c.spec()
@@ -404,8 +397,8 @@ func TestDrainUsingItsWholeGraceCommits(t *testing.T) {
 	if out.Phases.Drain < spec.DrainGrace {
 		t.Fatalf("drain took %v, want the whole grace of %v", out.Phases.Drain, spec.DrainGrace)
 	}
-	if pid := c.servingPID(); pid == before || pid != out.Child.Pid {
-		t.Fatalf("pid %d serves, want the successor %d", pid, out.Child.Pid)
+	if pid := c.servingPID(); pid == before || pid != out.PID {
+		t.Fatalf("pid %d serves, want the successor %d", pid, out.PID)
 	}
 	c.verify(l)
 }
@@ -417,7 +410,7 @@ func TestDrainUsingItsWholeGraceCommits(t *testing.T) {
 func TestIncumbentDeathDuringSuccessorStartAborts(t *testing.T) {
 	checkLeaks(t)
 	var incPID atomic.Int64
-	c := newCluster(t, SupervisorConfig{HelloTimeout: time.Minute, OnEvent: func(e Event) {
+	c := newCluster(t, Config{HelloTimeout: time.Minute, OnEvent: func(e Event) {
 		if e.Kind == EventPhase && e.Phase == PhaseSpawning {
 			syscall.Kill(int(incPID.Load()), syscall.SIGKILL)
 		}
@@ -451,7 +444,7 @@ func TestCloseDuringColdStartLeavesTheDaemonRunning(t *testing.T) {
 	checkLeaks(t)
 	dir := shortDir(t)
 	marker, journal := filepath.Join(dir, "started"), filepath.Join(dir, "journal")
-	sup, err := NewSupervisor(SupervisorConfig{ControlSocket: filepath.Join(dir, "ctl"), Journal: journal, Logger: testLogger(t)})
+	sup, err := New(Config{ControlSocket: filepath.Join(dir, "ctl"), Journal: journal, Logger: testLogger(t)})
 	must(t, err)
 	done := make(chan error, 1)
 	go func() {
@@ -475,7 +468,7 @@ func TestCloseDuringColdStartLeavesTheDaemonRunning(t *testing.T) {
 	if !errors.Is(err, ErrClosed) || errors.Is(err, ErrTimeout) {
 		t.Fatalf("ColdStart: %v, want ErrClosed (and not ErrTimeout)", err)
 	}
-	if !pidAlive(pid) {
+	if !proc.Alive(pid) {
 		t.Fatalf("the daemon (pid %d) was stopped by Close", pid)
 	}
 	if rec, ok, err := readJournal(journal); err != nil || !ok || rec.IncumbentPID != pid || rec.Phase != PhaseIdle {
@@ -496,10 +489,10 @@ func TestCloseDuringResumeFromJournal(t *testing.T) {
 	inc := exec.Command("sleep", "60") // the journal's live incumbent
 	must(t, inc.Start())
 	t.Cleanup(func() { inc.Process.Kill(); inc.Wait() })
-	rec := journalRecord{Phase: PhaseDraining, HandoffID: "h-test", IncumbentPID: inc.Process.Pid, IncumbentStart: procStart(inc.Process.Pid),
+	rec := journalRecord{Phase: PhaseDraining, HandoffID: "h-test", IncumbentPID: inc.Process.Pid, IncumbentStart: proc.StartTime(inc.Process.Pid),
 		DeadlineUnixMS: time.Now().Add(time.Minute).UnixMilli()}
 	must(t, writeJournal(journal, rec))
-	sup, err := NewSupervisor(SupervisorConfig{ControlSocket: sock, Journal: journal, Logger: testLogger(t)})
+	sup, err := New(Config{ControlSocket: sock, Journal: journal, Logger: testLogger(t)})
 	must(t, err)
 	done := make(chan error, 1)
 	go func() { done <- sup.ResumeFromJournal(context.Background()) }()
@@ -525,7 +518,7 @@ func TestCloseDuringResumeFromJournal(t *testing.T) {
 // fs.ErrNotExist, and the incumbent serves on.
 func TestAbortErrorCarriesItsCause(t *testing.T) {
 	checkLeaks(t)
-	c := newCluster(t, SupervisorConfig{})
+	c := newCluster(t, Config{})
 	before := c.servingPID()
 	spec := c.spec()
 	spec.Binary = filepath.Join(t.TempDir(), "no-such-daemon")

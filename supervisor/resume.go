@@ -1,4 +1,4 @@
-package handoff
+package supervisor
 
 import (
 	"context"
@@ -8,6 +8,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/handoff-go/handoff/internal/proc"
 	"github.com/handoff-go/handoff/internal/wire"
 )
 
@@ -43,7 +44,7 @@ func (s *Supervisor) ResumeFromJournal(ctx context.Context) error {
 
 	// Before the commit a successor never serves: kill it first, so that
 	// the incumbent can retake a lock it may hold and answer.
-	if rec.Phase != PhaseCommitting && sameProcess(rec.SuccessorPID, rec.SuccessorStart) {
+	if rec.Phase != PhaseCommitting && proc.Same(rec.SuccessorPID, rec.SuccessorStart) {
 		s.log.Warn("handoff: killing the orphaned successor", "pid", rec.SuccessorPID)
 		if err := killOrphanAndWait(ctx, rec.SuccessorPID, rec.SuccessorStart); err != nil {
 			return err
@@ -66,13 +67,13 @@ func (s *Supervisor) ResumeFromJournal(ctx context.Context) error {
 	live := h.PID
 	committed := rec.Phase == PhaseCommitting && live == rec.SuccessorPID
 	switch {
-	case committed && rec.IncumbentPID != live && sameProcess(rec.IncumbentPID, rec.IncumbentStart):
+	case committed && rec.IncumbentPID != live && proc.Same(rec.IncumbentPID, rec.IncumbentStart):
 		// Sealed, its lock gone to the successor: it cannot serve again.
 		s.log.Warn("handoff: killing the sealed predecessor of the committed successor", "pid", rec.IncumbentPID)
 		if err := killOrphanAndWait(ctx, rec.IncumbentPID, rec.IncumbentStart); err != nil {
 			return err
 		}
-	case !committed && rec.SuccessorPID != live && sameProcess(rec.SuccessorPID, rec.SuccessorStart):
+	case !committed && rec.SuccessorPID != live && proc.Same(rec.SuccessorPID, rec.SuccessorStart):
 		// Not committed: the incumbent answers, so it holds the lock.
 		s.log.Warn("handoff: killing the orphaned successor", "pid", rec.SuccessorPID)
 		if err := killOrphanAndWait(ctx, rec.SuccessorPID, rec.SuccessorStart); err != nil {
@@ -138,7 +139,7 @@ func (s *Supervisor) findDaemon(ctx context.Context, rec journalRecord) (*wire.C
 		if err == nil {
 			return conn, h, nil
 		}
-		if !sameProcess(rec.IncumbentPID, rec.IncumbentStart) && !sameProcess(rec.SuccessorPID, rec.SuccessorStart) {
+		if !proc.Same(rec.IncumbentPID, rec.IncumbentStart) && !proc.Same(rec.SuccessorPID, rec.SuccessorStart) {
 			return nil, wire.Hello{}, err
 		}
 		t := time.NewTimer(backoff)
@@ -160,7 +161,7 @@ func killOrphanAndWait(ctx context.Context, pid int, start uint64) error {
 	limit := time.NewTimer(10 * time.Second)
 	defer limit.Stop()
 	backoff := time.Millisecond
-	for sameProcess(pid, start) {
+	for proc.Same(pid, start) {
 		t := time.NewTimer(backoff)
 		select {
 		case <-ctx.Done():

@@ -1,4 +1,4 @@
-package handoff
+package supervisor
 
 import (
 	"bufio"
@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/handoff-go/handoff"
 	"github.com/handoff-go/handoff/internal/wire"
 )
 
@@ -80,19 +81,22 @@ func dlog(format string, args ...any) {
 
 func testDaemon() int {
 	k := readKnobs()
-	role, err := DetectRole()
+	if k.raw != "" {
+		return rawSuccessor(k.raw)
+	}
+	role, err := handoff.DetectRole()
 	if err != nil {
 		dlog("detect role: %v", err)
 		return 2
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
 	defer stop()
-	var il *InheritedListeners
-	var lock *DataDirLock
-	var inc *Incumbent
+	var il *handoff.InheritedListeners
+	var lock *handoff.DataDirLock
+	var inc *handoff.Incumbent
 	d := &testDrainable{k: k}
 	switch r := role.(type) {
-	case *ColdStart:
+	case *handoff.ColdStart:
 		il = r.Inherited
 		if lock, err = coldLock(k.dir); err != nil {
 			dlog("lock: %v", err)
@@ -102,15 +106,12 @@ func testDaemon() int {
 			dlog("open: %v", err)
 			return 2
 		}
-		if inc, err = BindColdStart(k.sock, lock); err != nil {
+		if inc, err = handoff.BindColdStart(k.sock, lock); err != nil {
 			dlog("bind: %v", err)
 			return 2
 		}
 		inc.SetBuildID(k.build)
-	case *Successor:
-		if k.raw != "" {
-			return rawSuccessor(r, k.raw)
-		}
+	case *handoff.Successor:
 		if k.failAt == "before-hello" {
 			return 3
 		}
@@ -142,7 +143,7 @@ func testDaemon() int {
 		g := b.StartHeartbeats()
 		// The test's lock prober may hold the lock for a moment.
 		lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		lock, err = AcquireDataDirLockWait(lctx, k.dir)
+		lock, err = handoff.AcquireDataDirLockWait(lctx, k.dir)
 		cancel()
 		if err != nil {
 			dlog("lock after begin: %v", err)
@@ -164,7 +165,7 @@ func testDaemon() int {
 		if k.stale {
 			rev--
 		}
-		inc, err = b.AnnounceAndBind(ReadinessSnapshot{ListeningOn: []string{"tcp"}, HealthzOK: !k.unhealthy, AdvertisedRevisionPerShard: []uint64{rev}}, k.sock, lock)
+		inc, err = b.AnnounceAndBind(handoff.ReadinessSnapshot{ListeningOn: []string{"tcp"}, HealthzOK: !k.unhealthy, AdvertisedRevisionPerShard: []uint64{rev}}, k.sock, lock)
 		if err != nil {
 			dlog("announce: %v", err)
 			d.close()
@@ -192,7 +193,7 @@ func testDaemon() int {
 // testDrainable is the test daemon's state.
 type testDrainable struct {
 	k   knobs
-	il  *InheritedListeners
+	il  *handoff.InheritedListeners
 	mu  sync.Mutex
 	log *os.File
 	rev uint64
@@ -200,7 +201,7 @@ type testDrainable struct {
 	wg  sync.WaitGroup // in-flight connections and the accept loop
 }
 
-func (d *testDrainable) open(il *InheritedListeners) error {
+func (d *testDrainable) open(il *handoff.InheritedListeners) error {
 	d.il = il
 	if err := holdsLock(d.k.dir); err != nil {
 		recordViolation(d.k.dir, "pid %d opened its data without the lock: %v", os.Getpid(), err)
@@ -296,7 +297,7 @@ func (d *testDrainable) handle(c net.Conn) {
 	}
 }
 
-func (d *testDrainable) Drain(ctx context.Context) (DrainReport, error) {
+func (d *testDrainable) Drain(ctx context.Context) (handoff.DrainReport, error) {
 	if d.k.slowDrain > 0 && fireOnce(d.k.dir, "slow-drain") {
 		// A long drain that ignores ctx and succeeds even after its grace.
 		time.Sleep(d.k.slowDrain)
@@ -315,7 +316,7 @@ func (d *testDrainable) Drain(ctx context.Context) (DrainReport, error) {
 		ctx = context.WithoutCancel(ctx)
 	}
 	if d.k.drainFail && fireOnce(d.k.dir, "drain-fail") {
-		return DrainReport{}, errors.New("test knob: drain fails")
+		return handoff.DrainReport{}, errors.New("test knob: drain fails")
 	}
 	d.mu.Lock()
 	ln := d.ln
@@ -329,7 +330,7 @@ func (d *testDrainable) Drain(ctx context.Context) (DrainReport, error) {
 	select {
 	case <-done:
 	case <-ctx.Done():
-		return DrainReport{}, fmt.Errorf("drain: %w", ctx.Err())
+		return handoff.DrainReport{}, fmt.Errorf("drain: %w", ctx.Err())
 	}
 	left := 0
 	if d.k.drainToGrace && fireOnce(d.k.dir, "drain-to-grace") {
@@ -340,31 +341,31 @@ func (d *testDrainable) Drain(ctx context.Context) (DrainReport, error) {
 	defer d.mu.Unlock()
 	if d.log != nil {
 		if err := d.log.Sync(); err != nil {
-			return DrainReport{}, err
+			return handoff.DrainReport{}, err
 		}
 	}
-	return DrainReport{AcceptClosed: true, OpenConnsRemaining: left}, nil
+	return handoff.DrainReport{AcceptClosed: true, OpenConnsRemaining: left}, nil
 }
 
-func (d *testDrainable) Seal(ctx context.Context) (SealReport, error) {
+func (d *testDrainable) Seal(ctx context.Context) (handoff.SealReport, error) {
 	if d.k.slowSeal > 0 && fireOnce(d.k.dir, "slow-seal") {
 		time.Sleep(d.k.slowSeal) // simulated long seal
 	}
 	if d.k.sealFail && fireOnce(d.k.dir, "seal-fail") {
-		return SealReport{}, errors.New("test knob: seal fails")
+		return handoff.SealReport{}, errors.New("test knob: seal fails")
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	rev := d.rev
 	if d.log != nil {
 		if err := d.log.Sync(); err != nil {
-			return SealReport{}, err
+			return handoff.SealReport{}, err
 		}
 		d.log.Close()
 		d.log = nil
 	}
 	appendEvent(d.k.dir, "seal %d", os.Getpid())
-	return SealReport{LastRevisionPerShard: []uint64{rev}, DataDirFingerprint: strconv.FormatUint(rev, 10)}, nil
+	return handoff.SealReport{LastRevisionPerShard: []uint64{rev}, DataDirFingerprint: strconv.FormatUint(rev, 10)}, nil
 }
 
 func (d *testDrainable) ResumeAfterAbort(ctx context.Context) error {
@@ -385,8 +386,8 @@ func (d *testDrainable) ResumeAfterAbort(ctx context.Context) error {
 	return nil
 }
 
-func (d *testDrainable) SnapshotState() StateSnapshot {
-	return StateSnapshot{ShardCount: 1, LastRevisionPerShard: []uint64{d.revision()}}
+func (d *testDrainable) SnapshotState() handoff.StateSnapshot {
+	return handoff.StateSnapshot{ShardCount: 1, LastRevisionPerShard: []uint64{d.revision()}}
 }
 
 // recordViolation appends a line to <dir>/violations, which the test checks.
@@ -425,17 +426,17 @@ func fireOnce(dir, name string) bool {
 
 // coldLock takes the lock for a cold start; the test's lock prober may
 // hold it for a moment.
-func coldLock(dir string) (*DataDirLock, error) {
+func coldLock(dir string) (*handoff.DataDirLock, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	return AcquireDataDirLockWait(ctx, dir)
+	return handoff.AcquireDataDirLockWait(ctx, dir)
 }
 
 // holdsLock checks in /proc/locks that this process holds the flock on
 // dir's lock file.
 func holdsLock(dir string) error {
 	var st syscall.Stat_t
-	if err := syscall.Stat(filepath.Join(dir, LockFileName), &st); err != nil {
+	if err := syscall.Stat(filepath.Join(dir, wire.LockFileName), &st); err != nil {
 		return err
 	}
 	for _, pid := range lockHolders(st.Ino) {
@@ -486,10 +487,24 @@ func lockHolders(ino uint64) []int {
 //	ready    right after HelloAck, heartbeats and a Ready before Begin
 //
 // It then reads until the supervisor hangs up, and exits.
-func rawSuccessor(r *Successor, mode string) int {
-	conn := r.conn
+// It takes its end of the control socketpair from HANDOFF_SOCK_FD itself,
+// as a daemon in another language would.
+func rawSuccessor(mode string) int {
+	fd, err := strconv.Atoi(os.Getenv(wire.EnvSockFD))
+	if err != nil {
+		dlog("raw: %s: %v", wire.EnvSockFD, err)
+		return 2
+	}
+	sock := os.NewFile(uintptr(fd), "control")
+	nc, err := net.FileConn(sock)
+	sock.Close()
+	if err != nil {
+		dlog("raw: control socket: %v", err)
+		return 2
+	}
+	conn := wire.NewConn(nc.(*net.UnixConn))
 	defer conn.Close()
-	h := hello(wire.RoleSuccessor, "raw")
+	h := wire.Hello{Role: wire.RoleSuccessor, PID: os.Getpid(), BuildID: "raw", MinVersion: wire.MinVersion, MaxVersion: wire.MaxVersion}
 	helloID := ""
 	switch mode {
 	case "pid":
@@ -565,7 +580,7 @@ func testSupervisor() int {
 	dir := os.Getenv("TS_DIR")
 	say := func(format string, args ...any) { fmt.Printf(format+"\n", args...) }
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	sup, err := NewSupervisor(SupervisorConfig{
+	sup, err := New(Config{
 		ControlSocket: filepath.Join(dir, "ctl.sock"),
 		Journal:       filepath.Join(dir, "journal"),
 		Logger:        logger,
@@ -604,7 +619,7 @@ func testSupervisor() int {
 			say("error %v", err)
 			return 2
 		}
-		say("ready %s %d", ln.Addr(), p.Pid)
+		say("ready %s %d", ln.Addr(), p)
 	case "resume":
 		if err := sup.ResumeFromJournal(ctx); err != nil {
 			say("error %v", err)

@@ -1,4 +1,4 @@
-package handoff
+package supervisor
 
 import (
 	"bufio"
@@ -18,7 +18,8 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
+	"github.com/handoff-go/handoff/internal/testutil"
+	"github.com/handoff-go/handoff/internal/wire"
 )
 
 // cluster is a supervisor embedded in the test process with a test daemon
@@ -35,25 +36,7 @@ type cluster struct {
 	probe *lockProber
 }
 
-// shortDir returns a directory whose paths fit in a unix socket address.
-func shortDir(t *testing.T) string {
-	t.Helper()
-	d, err := os.MkdirTemp("", "ho")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(d) })
-	return d
-}
-
-func testLogger(t *testing.T) *slog.Logger {
-	if testing.Verbose() || os.Getenv("HANDOFF_TEST_LOG") != "" {
-		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
-	return nil
-}
-
-func newCluster(t *testing.T, cfg SupervisorConfig, coldEnv ...string) *cluster {
+func newCluster(t *testing.T, cfg Config, coldEnv ...string) *cluster {
 	t.Helper()
 	root := shortDir(t)
 	c := &cluster{t: t, dir: filepath.Join(root, "data"), sock: filepath.Join(root, "ctl.sock")}
@@ -69,7 +52,7 @@ func newCluster(t *testing.T, cfg SupervisorConfig, coldEnv ...string) *cluster 
 	if cfg.Logger == nil {
 		cfg.Logger = testLogger(t)
 	}
-	sup, err := NewSupervisor(cfg)
+	sup, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,7 +96,7 @@ func (c *cluster) spec(env ...string) SpawnSpec {
 // buildID is the build id of the last spec.
 func (c *cluster) buildID() string { return "v" + strconv.Itoa(2-c.build%2) }
 
-func (c *cluster) handoff(env ...string) HandoffOutcome {
+func (c *cluster) handoff(env ...string) Outcome {
 	c.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -339,7 +322,7 @@ type lockProber struct {
 
 func startLockProber(t *testing.T, dir string) *lockProber {
 	t.Helper()
-	f, err := os.OpenFile(filepath.Join(dir, LockFileName), os.O_RDWR, 0)
+	f, err := os.OpenFile(filepath.Join(dir, wire.LockFileName), os.O_RDWR, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -425,27 +408,20 @@ func (c *cluster) servingPID() int {
 	return pid
 }
 
-// checkLeaks checks for leaked goroutines after every other cleanup of
-// the test has run (cleanups run last-registered first).
-func checkLeaks(t *testing.T) {
-	t.Cleanup(func() { goleak.VerifyNone(t) })
-}
-
-func countFDs(t *testing.T) int {
-	t.Helper()
-	ents, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return len(ents)
-}
-
 // lockFileInode returns the inode of dir's lock file.
 func lockFileInode(t *testing.T, dir string) uint64 {
 	t.Helper()
 	var st syscall.Stat_t
-	if err := syscall.Stat(filepath.Join(dir, LockFileName), &st); err != nil {
+	if err := syscall.Stat(filepath.Join(dir, wire.LockFileName), &st); err != nil {
 		t.Fatal(err)
 	}
 	return st.Ino
 }
+
+var (
+	shortDir   = testutil.ShortDir
+	checkLeaks = testutil.CheckLeaks
+	countFDs   = testutil.CountFDs
+)
+
+func testLogger(*testing.T) *slog.Logger { return testutil.Logger() }

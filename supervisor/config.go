@@ -1,4 +1,4 @@
-package handoff
+package supervisor
 
 import (
 	"crypto/rand"
@@ -7,44 +7,46 @@ import (
 	"log/slog"
 	"os"
 	"time"
+
+	"github.com/handoff-go/handoff/internal/wire"
 )
 
-// Documented defaults: a zero value in SupervisorConfig or SpawnSpec means these.
+// Documented defaults: a zero value in Config or SpawnSpec means these.
 const (
 	// DefaultLiveness bounds every receive from a peer: any frame,
 	// heartbeats included, resets it.
-	DefaultLiveness = 10 * time.Second
+	DefaultLiveness = wire.DefaultLiveness
 	// DefaultHeartbeatInterval is how often daemons send heartbeats while
 	// drain, seal or a successor's start-up run, unless the liveness the
 	// supervisor announces in HelloAck asks for more: daemons beat every
 	// min(DefaultHeartbeatInterval, liveness/4), never more often than
 	// MinHeartbeatInterval.
-	DefaultHeartbeatInterval = 2 * time.Second
+	DefaultHeartbeatInterval = wire.DefaultHeartbeatInterval
 	// MinHeartbeatInterval is the shortest heartbeat interval a daemon uses.
-	MinHeartbeatInterval = 250 * time.Millisecond
-	// MinLiveness is the shortest accepted SupervisorConfig.Liveness: four
+	MinHeartbeatInterval = wire.MinHeartbeatInterval
+	// MinLiveness is the shortest accepted Config.Liveness: four
 	// heartbeats at MinHeartbeatInterval fit in it, so one late beat does
 	// not abort a handoff.
 	MinLiveness = 4 * MinHeartbeatInterval
 	// DefaultHelloTimeout bounds the Hello/HelloAck exchange.
-	DefaultHelloTimeout = 5 * time.Second
+	DefaultHelloTimeout = wire.DefaultHelloTimeout
 	// DefaultDrainGrace is how long the incumbent may take to drain.
 	DefaultDrainGrace = 25 * time.Second
 	// DefaultDeadline bounds a whole handoff.
-	DefaultDeadline = 60 * time.Second
+	DefaultDeadline = wire.DefaultDeadline
 	// DefaultStartTimeout bounds how long ColdStart waits for the daemon to
 	// answer on its control socket.
 	DefaultStartTimeout = 30 * time.Second
 	// DefaultStopTimeout bounds Stop before it kills the daemon.
 	DefaultStopTimeout = 30 * time.Second
 	// replySlack is added to waits for a reply that may already be in flight.
-	replySlack = time.Second
+	replySlack = wire.ReplySlack
 	// writeTimeout bounds every frame write.
-	writeTimeout = 5 * time.Second
+	writeTimeout = wire.WriteTimeout
 )
 
-// SupervisorConfig configures a Supervisor. Only ControlSocket is required.
-type SupervisorConfig struct {
+// Config configures a Supervisor. Only ControlSocket is required.
+type Config struct {
 	// ControlSocket is the path where the incumbent listens for the supervisor.
 	ControlSocket string
 	// Journal is the path of the state journal; empty disables it.
@@ -73,23 +75,23 @@ type SupervisorConfig struct {
 	OnEvent func(Event)
 }
 
-func (c *SupervisorConfig) validate() error {
+func (c *Config) validate() error {
 	if c.ControlSocket == "" {
-		return fmt.Errorf("handoff: SupervisorConfig.ControlSocket is empty")
+		return fmt.Errorf("handoff: Config.ControlSocket is empty")
 	}
 	for _, d := range []struct {
 		name string
 		v    time.Duration
 	}{{"Liveness", c.Liveness}, {"HelloTimeout", c.HelloTimeout}, {"StartTimeout", c.StartTimeout}} {
 		if d.v < 0 {
-			return fmt.Errorf("handoff: SupervisorConfig.%s is negative (%v)", d.name, d.v)
+			return fmt.Errorf("handoff: Config.%s is negative (%v)", d.name, d.v)
 		}
 	}
 	if c.Liveness == 0 {
 		c.Liveness = DefaultLiveness
 	}
 	if c.Liveness < MinLiveness {
-		return fmt.Errorf("handoff: SupervisorConfig.Liveness (%v) is below MinLiveness (%v): daemons could not beat often enough", c.Liveness, MinLiveness)
+		return fmt.Errorf("handoff: Config.Liveness (%v) is below MinLiveness (%v): daemons could not beat often enough", c.Liveness, MinLiveness)
 	}
 	if c.HelloTimeout == 0 {
 		c.HelloTimeout = DefaultHelloTimeout
@@ -138,15 +140,6 @@ func (s *SpawnSpec) validate() error {
 	return nil
 }
 
-// heartbeatInterval is how often a daemon beats for a supervisor whose
-// liveness is liveness (zero: not announced, DefaultLiveness).
-func heartbeatInterval(liveness time.Duration) time.Duration {
-	if liveness <= 0 {
-		liveness = DefaultLiveness
-	}
-	return max(min(DefaultHeartbeatInterval, liveness/4), MinHeartbeatInterval)
-}
-
 func containsByte(s string, b byte) bool {
 	for i := 0; i < len(s); i++ {
 		if s[i] == b {
@@ -183,8 +176,8 @@ type PhaseTimings struct {
 	LibraryOverhead time.Duration
 }
 
-// HandoffOutcome is the result of PerformHandoff.
-type HandoffOutcome struct {
+// Outcome is the result of PerformHandoff.
+type Outcome struct {
 	ID          HandoffID
 	Committed   bool
 	AbortReason string // why it did not commit, in words for a person
@@ -193,7 +186,7 @@ type HandoffOutcome struct {
 	// ErrSealFailed, ErrReadyRejected; also ErrTimeout or ErrProtocol
 	// when those were the cause) with errors.Is.
 	Err    error
-	Child  *os.Process // the new incumbent when Committed
+	PID    int // the new incumbent when Committed
 	Phases PhaseTimings
 	// Binary and BuildID of the process serving after the handoff.
 	Binary  string

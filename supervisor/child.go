@@ -1,4 +1,4 @@
-package handoff
+package supervisor
 
 import (
 	"errors"
@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/handoff-go/handoff/internal/fdutil"
+	"github.com/handoff-go/handoff/internal/wire"
 )
 
 // child is a daemon process the supervisor started or adopted. One waiter
@@ -130,7 +131,7 @@ func spawnEnv(extra ...string) []string {
 			continue
 		}
 		switch k {
-		case EnvListenFDs, EnvListenFDNames, EnvListenPID, EnvRole, EnvSockFD, "NOTIFY_SOCKET":
+		case wire.EnvListenFDs, wire.EnvListenFDNames, wire.EnvListenPID, wire.EnvRole, wire.EnvSockFD, "NOTIFY_SOCKET":
 			continue
 		}
 		env = append(env, kv)
@@ -152,10 +153,10 @@ func (s *Supervisor) spawn(spec SpawnSpec, names []string, fds []int, sockFD int
 	extra := append([]int(nil), fds...)
 	env := spawnEnv(spec.Env...)
 	if len(fds) > 0 {
-		env = append(env, EnvListenFDs+"="+strconv.Itoa(len(fds)), EnvListenFDNames+"="+strings.Join(names, ":"))
+		env = append(env, wire.EnvListenFDs+"="+strconv.Itoa(len(fds)), wire.EnvListenFDNames+"="+strings.Join(names, ":"))
 	}
 	if sockFD >= 0 {
-		env = append(env, EnvRole+"="+RoleSuccessorValue, EnvSockFD+"="+strconv.Itoa(firstListenFD+len(fds)))
+		env = append(env, wire.EnvRole+"="+wire.RoleSuccessorEnv, wire.EnvSockFD+"="+strconv.Itoa(wire.FirstListenFD+len(fds)))
 		extra = append(extra, sockFD)
 	}
 	// The configured outputs are duplicated through SyscallConn: Fd would
@@ -169,7 +170,7 @@ func (s *Supervisor) spawn(spec SpawnSpec, names []string, fds []int, sockFD int
 		if err != nil {
 			return nil, fmt.Errorf("handoff: daemon output %d: %w", i, err)
 		}
-		defer closeFD(fd)
+		defer unix.Close(fd)
 		stdio[i] = fd
 	}
 	p, err := fdutil.Spawn(fdutil.SpawnAttr{

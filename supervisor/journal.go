@@ -1,4 +1,4 @@
-package handoff
+package supervisor
 
 import (
 	"encoding/json"
@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 	"time"
+
+	"github.com/handoff-go/handoff/internal/atomicfile"
 )
 
 // ErrJournalCorrupt: the journal could not be read; it was moved aside
@@ -46,7 +48,7 @@ func writeJournal(path string, r journalRecord) error {
 	if err != nil {
 		return fmt.Errorf("handoff: encode journal: %w", err)
 	}
-	return writeFileAtomic(path, append(b, '\n'), 0o600)
+	return atomicfile.WriteFile(path, append(b, '\n'), 0o600)
 }
 
 // readJournal returns the record, ok=false if there is none. A journal
@@ -84,60 +86,4 @@ func knownPhase(p Phase) bool {
 		return true
 	}
 	return false
-}
-
-// procStart returns the start time of pid in clock ticks since boot (field
-// 22 of /proc/pid/stat), 0 if unknown. Equal pid and start time mean the
-// same process.
-func procStart(pid int) uint64 {
-	_, start := procStat(pid)
-	return start
-}
-
-// procStat returns pid's state letter (field 3 of /proc/pid/stat: 'Z' for
-// a zombie) and its start time; 0, 0 if there is no such process.
-func procStat(pid int) (byte, uint64) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, 0
-	}
-	// The command name (field 2) may hold spaces; skip past its ')'.
-	i := len(b) - 1
-	for i >= 0 && b[i] != ')' {
-		i--
-	}
-	if i < 0 {
-		return 0, 0
-	}
-	var fields []string
-	start := -1
-	for j := i + 1; j <= len(b); j++ {
-		if j == len(b) || b[j] == ' ' || b[j] == '\n' {
-			if start >= 0 {
-				fields = append(fields, string(b[start:j]))
-				start = -1
-			}
-			continue
-		}
-		if start < 0 {
-			start = j
-		}
-	}
-	// fields[0] is field 3 (state); field 22 is fields[19].
-	if len(fields) < 20 || fields[0] == "" {
-		return 0, 0
-	}
-	var v uint64
-	fmt.Sscan(fields[19], &v)
-	return fields[0][0], v
-}
-
-// sameProcess reports whether pid is alive (not a zombie) and started at
-// start.
-func sameProcess(pid int, start uint64) bool {
-	if pid <= 0 || start == 0 {
-		return false
-	}
-	state, st := procStat(pid)
-	return st == start && state != 'Z' && state != 'X'
 }

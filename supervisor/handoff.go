@@ -1,4 +1,4 @@
-package handoff
+package supervisor
 
 import (
 	"context"
@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/handoff-go/handoff/internal/crash"
+	"github.com/handoff-go/handoff/internal/proc"
 	"github.com/handoff-go/handoff/internal/wire"
 )
 
@@ -42,7 +43,7 @@ type run struct {
 	inc      *peer
 	succ     *peer
 	sealed   *wire.SealComplete
-	out      HandoffOutcome
+	out      Outcome
 	wg       sync.WaitGroup
 	stop     chan struct{}
 	read     []*peer // peers with a reader, closed by close
@@ -145,24 +146,24 @@ func (r *run) kindOf(p *peer) error {
 // the handoff could not start (ErrHandoffInProgress, ErrNoIncumbent, a bad
 // spec) or the incumbent failed to resume (it has exited or will; expect an
 // IncumbentExits notification).
-func (s *Supervisor) PerformHandoff(ctx context.Context, spec SpawnSpec) (HandoffOutcome, error) {
+func (s *Supervisor) PerformHandoff(ctx context.Context, spec SpawnSpec) (Outcome, error) {
 	if err := spec.validate(); err != nil {
-		return HandoffOutcome{}, err
+		return Outcome{}, err
 	}
 	ctx, err := s.begin(ctx)
 	if err != nil {
-		return HandoffOutcome{}, err
+		return Outcome{}, err
 	}
 	defer s.end()
 	s.mu.Lock()
 	inc := s.inc
 	s.mu.Unlock()
 	if inc == nil || inc.exited() {
-		return HandoffOutcome{}, ErrNoIncumbent
+		return Outcome{}, ErrNoIncumbent
 	}
 	start := time.Now()
 	r := &run{s: s, ctx: ctx, id: newHandoffID(), spec: spec, deadline: start.Add(spec.Deadline), stop: make(chan struct{})}
-	r.out = HandoffOutcome{ID: r.id, Started: start}
+	r.out = Outcome{ID: r.id, Started: start}
 	s.log.Info("handoff: starting", "id", r.id, "binary", spec.Binary, "incumbent", inc.pid)
 	s.emit(Event{Kind: EventHandoffStarted, HandoffID: r.id, PID: inc.pid})
 
@@ -180,7 +181,7 @@ func (s *Supervisor) PerformHandoff(ctx context.Context, spec SpawnSpec) (Handof
 		r.out.Phases.Total = time.Since(start)
 		s.log.Warn("handoff: rolled back", "id", r.id, "reason", ae.reason, "resume_err", resumeErr)
 	} else {
-		s.log.Info("handoff: committed", "id", r.id, "pid", r.out.Child.Pid, "build_id", r.out.BuildID,
+		s.log.Info("handoff: committed", "id", r.id, "pid", r.out.PID, "build_id", r.out.BuildID,
 			"accept_gap", r.out.Phases.AcceptGap, "library_overhead", r.out.Phases.LibraryOverhead)
 	}
 	r.close()
@@ -233,7 +234,7 @@ func (r *run) journal(phase Phase) error {
 	rec.Phase, rec.HandoffID, rec.DeadlineUnixMS = phase, r.id, r.deadline.UnixMilli()
 	if r.succ != nil {
 		c := r.succ.child
-		rec.SuccessorPID, rec.SuccessorStart, rec.SuccessorBinary, rec.SuccessorArgs = c.pid, procStart(c.pid), c.spec.Binary, c.spec.Args
+		rec.SuccessorPID, rec.SuccessorStart, rec.SuccessorBinary, rec.SuccessorArgs = c.pid, proc.StartTime(c.pid), c.spec.Binary, c.spec.Args
 	}
 	if err := writeJournal(r.s.cfg.Journal, rec); err != nil {
 		return r.abort("the supervisor could not write its journal: %v", err)
@@ -405,7 +406,7 @@ func (r *run) drive(incChild *child) error {
 	}
 	cancel()
 	r.out.Committed = true
-	r.out.Child = c.proc
+	r.out.PID = c.pid
 	r.out.Binary = r.spec.Binary
 	s.mu.Lock()
 	r.out.BuildID = c.buildID

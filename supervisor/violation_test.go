@@ -1,15 +1,18 @@
-package handoff
+package supervisor
 
 import (
 	"context"
 	"errors"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/handoff-go/handoff"
+	"github.com/handoff-go/handoff/internal/proc"
 	"github.com/handoff-go/handoff/internal/wire"
 )
 
@@ -76,7 +79,7 @@ func expect(t *testing.T, conn *wire.Conn, want wire.Type) {
 
 func TestProtocolViolationsLeaveIncumbentServing(t *testing.T) {
 	checkLeaks(t)
-	c := newCluster(t, SupervisorConfig{})
+	c := newCluster(t, Config{})
 	l := startLoad(t, c.addr)
 	serving := c.servingPID()
 	send := func(conn *wire.Conn, m wire.Message, id string) {
@@ -162,11 +165,11 @@ func TestProtocolViolationsLeaveIncumbentServing(t *testing.T) {
 				t.Fatalf("pid %d serves, want %d", pid, serving)
 			}
 			waitFor(t, "the incumbent to hold the lock again", func() bool {
-				l, err := AcquireDataDirLock(c.dir)
+				l, err := handoff.AcquireDataDirLock(c.dir)
 				if err == nil {
 					l.Release()
 				}
-				return errors.Is(err, ErrLockHeld)
+				return errors.Is(err, handoff.ErrLockHeld)
 			})
 		})
 	}
@@ -178,7 +181,7 @@ func TestProtocolViolationsLeaveIncumbentServing(t *testing.T) {
 
 func TestResumeFromJournal(t *testing.T) {
 	checkLeaks(t)
-	c := newCluster(t, SupervisorConfig{})
+	c := newCluster(t, Config{})
 	l := startLoad(t, c.addr)
 	journal := filepath.Join(filepath.Dir(c.dir), "journal")
 	incPID := c.servingPID()
@@ -187,15 +190,15 @@ func TestResumeFromJournal(t *testing.T) {
 	// spawning it (the incumbent is still idle, as in the spawning phase).
 	// The real crash points of a supervisor process are exercised by
 	// TestSupervisorCrashPoints (build tag handoff_crashpoints).
-	orphan, _ := startLockChild(t, t.TempDir(), false)
+	orphan := startHolder(t)
 	must(t, writeJournal(journal, journalRecord{
 		Phase: PhaseSpawning, HandoffID: "dead",
-		IncumbentPID: incPID, IncumbentStart: procStart(incPID), IncumbentBinary: os.Args[0],
-		SuccessorPID: orphan.Process.Pid, SuccessorStart: procStart(orphan.Process.Pid), SuccessorBinary: os.Args[0],
+		IncumbentPID: incPID, IncumbentStart: proc.StartTime(incPID), IncumbentBinary: os.Args[0],
+		SuccessorPID: orphan.Process.Pid, SuccessorStart: proc.StartTime(orphan.Process.Pid), SuccessorBinary: os.Args[0],
 	}))
 	// The old supervisor is gone (its descriptors too); a new one starts
 	// with no listeners and recovers everything from the daemon.
-	sup2, err := NewSupervisor(SupervisorConfig{ControlSocket: c.sock, Journal: journal, Logger: testLogger(t)})
+	sup2, err := New(Config{ControlSocket: c.sock, Journal: journal, Logger: testLogger(t)})
 	must(t, err)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -230,7 +233,7 @@ func TestCorruptJournalIsMovedAside(t *testing.T) {
 	dir := t.TempDir()
 	journal := filepath.Join(dir, "journal")
 	must(t, os.WriteFile(journal, []byte("{not json"), 0o600))
-	sup, err := NewSupervisor(SupervisorConfig{ControlSocket: filepath.Join(dir, "ctl"), Journal: journal})
+	sup, err := New(Config{ControlSocket: filepath.Join(dir, "ctl"), Journal: journal})
 	must(t, err)
 	defer sup.Close()
 	err = sup.ResumeFromJournal(context.Background())
@@ -247,4 +250,20 @@ func TestCorruptJournalIsMovedAside(t *testing.T) {
 	if b, _ := os.ReadFile(matches[0]); string(b) != "{not json" {
 		t.Fatalf("quarantined content %q", b)
 	}
+}
+
+// startHolder starts a child that only stays alive (TC_MODE=hold) and
+// returns once it reported.
+func startHolder(t *testing.T) *exec.Cmd {
+	t.Helper()
+	out := filepath.Join(t.TempDir(), "out")
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "HANDOFF_TEST_ROLE=child", "TC_MODE=hold", "TC_OUT="+out)
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	waitFor(t, "the child's marker", func() bool { _, err := os.Stat(out); return err == nil })
+	return cmd
 }

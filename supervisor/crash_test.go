@@ -1,6 +1,6 @@
 //go:build handoff_crashpoints
 
-package handoff
+package supervisor
 
 import (
 	"bufio"
@@ -36,7 +36,7 @@ func TestIncumbentCrashPoints(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.point, func(t *testing.T) {
 			checkLeaks(t)
-			c := newCluster(t, SupervisorConfig{}, "HANDOFF_CRASH_AT="+tc.point)
+			c := newCluster(t, Config{}, "HANDOFF_CRASH_AT="+tc.point)
 			l := startLoad(t, c.addr)
 			if tc.point == "incumbent-before-drain" {
 				l.kills = 1 // killed while serving: a connection it accepted may be reset

@@ -1,4 +1,4 @@
-package handoff
+package supervisor
 
 import (
 	"errors"
@@ -31,7 +31,7 @@ func TestSuccessorProtocolViolations(t *testing.T) {
 		t.Run(tc.mode, func(t *testing.T) {
 			checkLeaks(t)
 			hold := filepath.Join(t.TempDir(), "release-drain")
-			c := newCluster(t, SupervisorConfig{OnEvent: releaseAtRollback(hold)}, "TD_DRAIN_HOLD="+hold)
+			c := newCluster(t, Config{OnEvent: releaseAtRollback(hold)}, "TD_DRAIN_HOLD="+hold)
 			l := startLoad(t, c.addr)
 			before := c.servingPID()
 			out := c.handoff("TD_RAW=" + tc.mode)

@@ -1,4 +1,4 @@
-package handoff_test
+package supervisor_test
 
 import (
 	"context"
@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/handoff-go/handoff"
+	"github.com/handoff-go/handoff/supervisor"
 )
 
 func ExampleAcquireDataDirLock() {
@@ -134,14 +135,14 @@ func ExampleSupervisor_PerformHandoff() {
 	if err := os.Mkdir(data, 0o755); err != nil {
 		log.Fatal(err)
 	}
-	daemon := func(build string) handoff.SpawnSpec {
-		return handoff.SpawnSpec{
+	daemon := func(build string) supervisor.SpawnSpec {
+		return supervisor.SpawnSpec{
 			Binary: os.Args[0],
 			Env:    []string{"HANDOFF_TEST_ROLE=daemon", "TD_BUILD=" + build, "TD_DATA=" + data, "TD_CONTROL=" + sock},
 		}
 	}
 
-	sup, err := handoff.NewSupervisor(handoff.SupervisorConfig{ControlSocket: sock})
+	sup, err := supervisor.New(supervisor.Config{ControlSocket: sock})
 	if err != nil {
 		log.Fatal(err)
 	}

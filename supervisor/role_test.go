@@ -1,4 +1,4 @@
-package handoff
+package supervisor
 
 import (
 	"context"
@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -17,6 +16,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/handoff-go/handoff"
+	"github.com/handoff-go/handoff/internal/atomicfile"
 	"github.com/handoff-go/handoff/internal/fdutil"
 	"github.com/handoff-go/handoff/internal/wire"
 )
@@ -25,7 +26,7 @@ import (
 func testChild() int {
 	out := os.Getenv("TC_OUT")
 	report := func(s string) {
-		if err := writeFileAtomic(out, []byte(s), 0o644); err != nil {
+		if err := atomicfile.WriteFile(out, []byte(s), 0o644); err != nil {
 			dlog("report: %v", err)
 		}
 	}
@@ -39,24 +40,11 @@ func testChild() int {
 		report("ok")
 		return 0
 	case "lock":
-		l, err := AcquireDataDirLock(os.Getenv("TC_DIR"))
-		if err != nil {
+		if _, err := handoff.AcquireDataDirLock(os.Getenv("TC_DIR")); err != nil {
 			report("error: " + err.Error())
 			return 1
 		}
-		if os.Getenv("TC_GRANDCHILD") != "" {
-			// Leak the lock's descriptor into a grandchild on purpose.
-			cmd := exec.Command(os.Args[0], "-test.run=^$")
-			cmd.Env = append(os.Environ(), "TC_MODE=hold", "TC_OUT="+out+".grandchild")
-			cmd.ExtraFiles = []*os.File{l.f}
-			if err := cmd.Start(); err != nil {
-				report("error: " + err.Error())
-				return 1
-			}
-			report("locked " + strconv.Itoa(cmd.Process.Pid))
-		} else {
-			report("locked")
-		}
+		report("locked")
 		select {}
 	case "hold":
 		report("holding")
@@ -95,7 +83,7 @@ func ambientFDs() string {
 	var out []string
 	for _, e := range ents {
 		fd, err := strconv.Atoi(e.Name())
-		if err != nil || fd < firstListenFD {
+		if err != nil || fd < wire.FirstListenFD {
 			continue
 		}
 		if flags, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err == nil && flags&unix.FD_CLOEXEC == 0 {
@@ -123,7 +111,7 @@ func checkFDSet(want ...int) error {
 	var extra []string
 	for _, e := range ents {
 		fd, err := strconv.Atoi(e.Name())
-		if err != nil || fd < firstListenFD {
+		if err != nil || fd < wire.FirstListenFD {
 			continue
 		}
 		target, err := os.Readlink("/proc/self/fd/" + e.Name())
@@ -155,9 +143,9 @@ func checkCloseOnExec(fds ...int) error {
 }
 
 func checkEnvCleared() error {
-	for _, k := range []string{EnvListenFDs, EnvListenFDNames, EnvListenPID, EnvRole, EnvSockFD} {
+	for _, k := range []string{wire.EnvListenFDs, wire.EnvListenFDNames, wire.EnvListenPID, wire.EnvRole, wire.EnvSockFD} {
 		if v, set := os.LookupEnv(k); set {
-			return fmt.Errorf("%s=%q still set after DetectRole", k, v)
+			return fmt.Errorf("%s=%q still set after handoff.DetectRole", k, v)
 		}
 	}
 	return nil
@@ -168,13 +156,13 @@ func childListeners() error {
 	if err := checkFDSet(3, 4, 5, 6, 7); err != nil {
 		return fmt.Errorf("at start: %w", err)
 	}
-	role, err := DetectRole()
+	role, err := handoff.DetectRole()
 	if err != nil {
 		return err
 	}
-	cs, ok := role.(*ColdStart)
+	cs, ok := role.(*handoff.ColdStart)
 	if !ok {
-		return fmt.Errorf("role %T, want *ColdStart", role)
+		return fmt.Errorf("role %T, want *handoff.ColdStart", role)
 	}
 	if err := checkEnvCleared(); err != nil {
 		return err
@@ -186,8 +174,8 @@ func childListeners() error {
 	if got := strings.Join(il.Names(), ","); got != "tcp,unix,udp,ugram,file" {
 		return fmt.Errorf("names %q", got)
 	}
-	if _, err := il.Listener("nope"); !errors.Is(err, ErrNotInherited) {
-		return fmt.Errorf("Listener(nope): %v, want ErrNotInherited", err)
+	if _, err := il.Listener("nope"); !errors.Is(err, handoff.ErrNotInherited) {
+		return fmt.Errorf("Listener(nope): %v, want handoff.ErrNotInherited", err)
 	}
 	if _, err := il.Listener("udp"); err == nil {
 		return errors.New("Listener on a UDP socket succeeded")
@@ -257,48 +245,59 @@ func childSuccessor() error {
 	if err := checkFDSet(3, 4); err != nil {
 		return fmt.Errorf("at start: %w", err)
 	}
-	if got := os.Getenv(EnvSockFD); got != "4" {
-		return fmt.Errorf("%s=%q, want 4", EnvSockFD, got)
+	if got := os.Getenv(wire.EnvSockFD); got != "4" {
+		return fmt.Errorf("%s=%q, want 4", wire.EnvSockFD, got)
 	}
-	role, err := DetectRole()
+	role, err := handoff.DetectRole()
 	if err != nil {
 		return err
 	}
-	s, ok := role.(*Successor)
+	s, ok := role.(*handoff.Successor)
 	if !ok {
-		return fmt.Errorf("role %T, want *Successor", role)
+		return fmt.Errorf("role %T, want *handoff.Successor", role)
 	}
 	if err := checkEnvCleared(); err != nil {
 		return err
 	}
-	if got := strings.Join(s.inherited.Names(), ","); got != "tcp" {
-		return fmt.Errorf("names %q", got)
-	}
-	var connFD int
-	if err := fdutil.Control(s.conn.UnixConn(), func(fd int) error { connFD = fd; return nil }); err != nil {
+	// Besides the listener at 3, the control socket is the one descriptor
+	// left, wherever it moved; a grandchild inherits neither.
+	connFD := -1
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
 		return err
 	}
-	// The control socket may have moved to another descriptor; whichever
-	// it is, it and the listener are the only ones, and a grandchild
-	// inherits neither.
+	for _, e := range ents {
+		fd, _ := strconv.Atoi(e.Name())
+		target, _ := os.Readlink("/proc/self/fd/" + e.Name())
+		if fd > 3 && strings.HasPrefix(target, "socket:") && !runtimeFD(target) {
+			connFD = fd
+		}
+	}
 	if err := checkFDSet(3, connFD); err != nil {
 		return fmt.Errorf("after DetectRole: %w", err)
 	}
 	if err := checkCloseOnExec(3, connFD); err != nil {
 		return err
 	}
-	if err := s.conn.Send(wire.Hello{Role: wire.RoleSuccessor, PID: os.Getpid(), BuildID: "successor-test", MinVersion: wire.MinVersion, MaxVersion: wire.MaxVersion}, "", 5*time.Second); err != nil {
-		return err
-	}
-	f, err := s.conn.Recv(10 * time.Second)
+	h, err := s.Handshake("successor-test")
 	if err != nil {
 		return err
 	}
-	if f.Msg != (wire.Commit{}) || f.ID != "h-successor" {
-		return fmt.Errorf("got %#v for %q, want commit for h-successor", f.Msg, f.ID)
+	if h.HandoffID() != "h-successor" {
+		return fmt.Errorf("handoff id %q, want h-successor", h.HandoffID())
 	}
-	s.conn.Close()
-	s.inherited.Close()
+	b, err := h.WaitForBegin(context.Background())
+	if err != nil {
+		return err
+	}
+	if got := strings.Join(b.Listeners().Names(), ","); got != "tcp" {
+		return fmt.Errorf("names %q", got)
+	}
+	b.Listeners().Close()
+	// Without a lock AnnounceAndBind refuses, and closes the session.
+	if _, err := b.AnnounceAndBind(handoff.ReadinessSnapshot{}, "", nil); err == nil {
+		return errors.New("AnnounceAndBind without a lock succeeded")
+	}
 	if err := checkFDSet(); err != nil {
 		return fmt.Errorf("at the end: %w", err)
 	}
@@ -307,9 +306,9 @@ func childSuccessor() error {
 
 // childBadSock is given HANDOFF_SOCK_FD=3, the descriptor of its only listener.
 func childBadSock() error {
-	_, err := DetectRole()
+	_, err := handoff.DetectRole()
 	if err == nil || !strings.Contains(err.Error(), "inherited listeners") {
-		return fmt.Errorf("DetectRole: %v, want an error saying fd 3 is a listener", err)
+		return fmt.Errorf("handoff.DetectRole: %v, want an error saying fd 3 is a listener", err)
 	}
 	if err := checkEnvCleared(); err != nil {
 		return err
@@ -373,7 +372,7 @@ func TestSpawnPassesNamedListeners(t *testing.T) {
 	// Every descriptor counts, not only sockets: the root package's tests
 	// do not run in parallel, so nothing else opens or closes any meanwhile.
 	fdsBefore := countFDs(t)
-	sup, err := NewSupervisor(SupervisorConfig{ControlSocket: filepath.Join(dir, "ctl")})
+	sup, err := New(Config{ControlSocket: filepath.Join(dir, "ctl")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -469,7 +468,7 @@ func TestSpawnSuccessorGetsControlSocket(t *testing.T) {
 	defer outR.Close()
 	defer outW.Close()
 	fdsBefore := countFDs(t)
-	sup, err := NewSupervisor(SupervisorConfig{ControlSocket: filepath.Join(dir, "ctl"), Stdout: outW, Stderr: outW})
+	sup, err := New(Config{ControlSocket: filepath.Join(dir, "ctl"), Stdout: outW, Stderr: outW})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -503,7 +502,9 @@ func TestSpawnSuccessorGetsControlSocket(t *testing.T) {
 	if h, ok := f.Msg.(wire.Hello); !ok || h.PID != c.pid || h.Role != wire.RoleSuccessor {
 		t.Fatalf("got %#v, want a successor's hello from pid %d", f.Msg, c.pid)
 	}
-	must(t, conn.Send(wire.Commit{}, "h-successor", 5*time.Second))
+	must(t, conn.Send(wire.HelloAck{Version: wire.MaxVersion, DeadlineMS: 20000, LivenessMS: 10000}, "h-successor", 5*time.Second))
+	conn.SetVersion(wire.MaxVersion)
+	must(t, conn.Send(wire.Begin{}, "h-successor", 5*time.Second))
 	readChildReport(t, c, out)
 	assertNonblocking(t, tcp.(*net.TCPListener))
 	assertNonblocking(t, outW)
@@ -523,7 +524,7 @@ func TestDetectRoleRejectsSocketAmongListeners(t *testing.T) {
 	defer unix.Close(fd)
 	out := filepath.Join(dir, "out")
 	env := append(spawnEnv("HANDOFF_TEST_ROLE=child", "TC_MODE=badsock", "TC_OUT="+out, envAmbientFDs+"="+ambientFDs()),
-		EnvListenFDs+"=1", EnvListenFDNames+"=tcp", EnvRole+"="+RoleSuccessorValue, EnvSockFD+"=3")
+		wire.EnvListenFDs+"=1", wire.EnvListenFDNames+"=tcp", wire.EnvRole+"="+wire.RoleSuccessorEnv, wire.EnvSockFD+"=3")
 	p, err := fdutil.Spawn(fdutil.SpawnAttr{Path: os.Args[0], Argv: []string{os.Args[0], "-test.run=^$"}, Env: env, Stdio: [3]int{-1, 1, 2}, Extra: []int{fd}})
 	if err != nil {
 		t.Fatal(err)
@@ -559,23 +560,23 @@ func must(t *testing.T, err error) {
 }
 
 func TestDetectRoleByHand(t *testing.T) {
-	t.Setenv(EnvListenFDs, "")
-	role, err := DetectRole()
+	t.Setenv(wire.EnvListenFDs, "")
+	role, err := handoff.DetectRole()
 	if err != nil {
 		t.Fatal(err)
 	}
-	cs, ok := role.(*ColdStart)
+	cs, ok := role.(*handoff.ColdStart)
 	if !ok || cs.Inherited == nil || len(cs.Inherited.Names()) != 0 {
 		t.Fatalf("role %#v", role)
 	}
-	if _, err := cs.Inherited.Listener("http"); !errors.Is(err, ErrNotInherited) {
-		t.Fatalf("Listener: %v, want ErrNotInherited", err)
+	if _, err := cs.Inherited.Listener("http"); !errors.Is(err, handoff.ErrNotInherited) {
+		t.Fatalf("Listener: %v, want handoff.ErrNotInherited", err)
 	}
-	if _, err := cs.Inherited.PacketConn("dns"); !errors.Is(err, ErrNotInherited) {
-		t.Fatalf("PacketConn: %v, want ErrNotInherited", err)
+	if _, err := cs.Inherited.PacketConn("dns"); !errors.Is(err, handoff.ErrNotInherited) {
+		t.Fatalf("PacketConn: %v, want handoff.ErrNotInherited", err)
 	}
-	if _, err := cs.Inherited.File("x"); !errors.Is(err, ErrNotInherited) {
-		t.Fatalf("File: %v, want ErrNotInherited", err)
+	if _, err := cs.Inherited.File("x"); !errors.Is(err, handoff.ErrNotInherited) {
+		t.Fatalf("File: %v, want handoff.ErrNotInherited", err)
 	}
 }
 
@@ -585,208 +586,37 @@ func TestDetectRoleRejectsBadEnvironment(t *testing.T) {
 		env  map[string]string
 		want string
 	}{
-		{"bad count", map[string]string{EnvListenFDs: "x"}, EnvListenFDs},
-		{"names mismatch", map[string]string{EnvListenFDs: "1", EnvListenFDNames: "a:b"}, EnvListenFDNames},
-		{"unknown role", map[string]string{EnvRole: "boss"}, EnvRole},
-		{"successor without socket", map[string]string{EnvRole: RoleSuccessorValue, EnvSockFD: "x"}, EnvSockFD},
-		{"socket without role", map[string]string{EnvSockFD: "5"}, EnvSockFD},
-		{"socket on a standard stream", map[string]string{EnvRole: RoleSuccessorValue, EnvSockFD: "1"}, EnvSockFD},
+		{"bad count", map[string]string{wire.EnvListenFDs: "x"}, wire.EnvListenFDs},
+		{"names mismatch", map[string]string{wire.EnvListenFDs: "1", wire.EnvListenFDNames: "a:b"}, wire.EnvListenFDNames},
+		{"unknown role", map[string]string{wire.EnvRole: "boss"}, wire.EnvRole},
+		{"successor without socket", map[string]string{wire.EnvRole: wire.RoleSuccessorEnv, wire.EnvSockFD: "x"}, wire.EnvSockFD},
+		{"socket without role", map[string]string{wire.EnvSockFD: "5"}, wire.EnvSockFD},
+		{"socket on a standard stream", map[string]string{wire.EnvRole: wire.RoleSuccessorEnv, wire.EnvSockFD: "1"}, wire.EnvSockFD},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			for _, k := range []string{EnvListenFDs, EnvListenFDNames, EnvListenPID, EnvRole, EnvSockFD} {
+			for _, k := range []string{wire.EnvListenFDs, wire.EnvListenFDNames, wire.EnvListenPID, wire.EnvRole, wire.EnvSockFD} {
 				t.Setenv(k, tc.env[k])
 				if tc.env[k] == "" {
 					os.Unsetenv(k)
 				}
 			}
-			_, err := DetectRole()
+			_, err := handoff.DetectRole()
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
-				t.Fatalf("DetectRole: %v, want an error naming %s", err, tc.want)
+				t.Fatalf("handoff.DetectRole: %v, want an error naming %s", err, tc.want)
 			}
 			if err := checkEnvCleared(); err != nil {
-				t.Fatalf("after a failed DetectRole: %v", err)
+				t.Fatalf("after a failed handoff.DetectRole: %v", err)
 			}
 		})
-	}
-}
-
-// lockFileWatch holds a read-only descriptor on a data directory's lock
-// file. Inode numbers alone prove nothing (ext4 hands a freed one to the
-// next new file); an open descriptor on the original inode does: its link
-// count drops to 0 if the file is unlinked, and path must still name it.
-type lockFileWatch struct {
-	path string
-	f    *os.File
-}
-
-func watchLockFile(t *testing.T, dir string) *lockFileWatch {
-	t.Helper()
-	path := filepath.Join(dir, LockFileName)
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { f.Close() })
-	return &lockFileWatch{path: path, f: f}
-}
-
-// check fails unless the watched inode is still the lock file, linked once.
-func (w *lockFileWatch) check(t *testing.T, step string) {
-	t.Helper()
-	var fst, pst unix.Stat_t
-	if err := fdutil.Control(w.f, func(fd int) error { return unix.Fstat(fd, &fst) }); err != nil {
-		t.Fatalf("%s: fstat lock file: %v", step, err)
-	}
-	if fst.Nlink != 1 {
-		t.Fatalf("%s: the lock file has %d links, want 1 (it was unlinked or linked elsewhere)", step, fst.Nlink)
-	}
-	if err := unix.Stat(w.path, &pst); err != nil {
-		t.Fatalf("%s: %v", step, err)
-	}
-	if pst.Ino != fst.Ino || pst.Dev != fst.Dev {
-		t.Fatalf("%s: %s is inode %d, the lock file was %d: it was replaced", step, w.path, pst.Ino, fst.Ino)
-	}
-}
-
-// startLockChild starts a child that takes the lock on dir and reports it
-// in a marker file; it returns the child and the marker's content.
-func startLockChild(t *testing.T, dir string, grandchild bool) (*exec.Cmd, string) {
-	t.Helper()
-	out := filepath.Join(t.TempDir(), "out")
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), "HANDOFF_TEST_ROLE=child", "TC_MODE=lock", "TC_DIR="+dir, "TC_OUT="+out)
-	if grandchild {
-		cmd.Env = append(cmd.Env, "TC_GRANDCHILD=1")
-	}
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	var msg string
-	waitFor(t, "the child's lock marker", func() bool {
-		b, err := os.ReadFile(out)
-		msg = string(b)
-		return err == nil
-	})
-	if !strings.HasPrefix(msg, "locked") {
-		t.Fatalf("child: %s", msg)
-	}
-	if grandchild {
-		waitFor(t, "the grandchild's marker", func() bool { _, err := os.Stat(out + ".grandchild"); return err == nil })
-	}
-	return cmd, msg
-}
-
-func TestLockAcrossProcesses(t *testing.T) {
-	dir := t.TempDir()
-	l, err := AcquireDataDirLock(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	lf := watchLockFile(t, dir)
-	if _, err := AcquireDataDirLock(dir); !errors.Is(err, ErrLockHeld) {
-		t.Fatalf("second acquire in-process: %v, want ErrLockHeld", err)
-	}
-	lf.check(t, "second acquire")
-	must(t, l.Release())
-	must(t, l.Release()) // idempotent
-	lf.check(t, "release")
-
-	t.Run("held by a live child names its pid", func(t *testing.T) {
-		cmd, _ := startLockChild(t, dir, false)
-		_, err := AcquireDataDirLock(dir)
-		var held *LockHeldError
-		if !errors.As(err, &held) || !errors.Is(err, ErrLockHeld) || held.HolderPID != cmd.Process.Pid {
-			t.Fatalf("acquire: %v (holder %+v), want ErrLockHeld naming pid %d", err, held, cmd.Process.Pid)
-		}
-		if !strings.Contains(err.Error(), strconv.Itoa(cmd.Process.Pid)) {
-			t.Fatalf("error %q does not name the holder", err)
-		}
-		lf.check(t, "acquire while a child holds it")
-		// It refuses at once: no retry (which would end in ErrTimeout).
-		retries := 0
-		breakStaleRetry = func() { retries++ }
-		_, err = AcquireDataDirLockOrBreakStale(dir)
-		breakStaleRetry = nil
-		if !errors.As(err, &held) || held.StaleHolder || held.HolderPID != cmd.Process.Pid || errors.Is(err, ErrTimeout) || retries != 0 {
-			t.Fatalf("break-stale on a live holder: %v (%+v, %d retries), want a refusal at once naming pid %d", err, held, retries, cmd.Process.Pid)
-		}
-		lf.check(t, "break-stale on a live holder")
-		// SIGKILL frees it: the kernel drops the flock with the last descriptor.
-		cmd.Process.Signal(syscall.SIGKILL)
-		cmd.Wait()
-		l, err := AcquireDataDirLockOrBreakStale(dir)
-		if err != nil {
-			t.Fatalf("acquire after SIGKILL: %v", err)
-		}
-		if pid := readPID(dir); pid != os.Getpid() {
-			t.Fatalf("pid file names %d, want us", pid)
-		}
-		lf.check(t, "break-stale after SIGKILL")
-		must(t, l.Release())
-		lf.check(t, "release")
-	})
-
-	t.Run("descriptor inherited by a grandchild keeps it held", func(t *testing.T) {
-		cmd, msg := startLockChild(t, dir, true)
-		gpid, _ := strconv.Atoi(strings.TrimPrefix(msg, "locked "))
-		t.Cleanup(func() { syscall.Kill(gpid, syscall.SIGKILL) })
-		cmd.Process.Signal(syscall.SIGKILL)
-		cmd.Wait()
-		_, err := AcquireDataDirLockOrBreakStale(dir)
-		var held *LockHeldError
-		if !errors.As(err, &held) || !held.StaleHolder || held.HolderPID != cmd.Process.Pid || !errors.Is(err, ErrTimeout) {
-			t.Fatalf("break-stale with a grandchild holding the descriptor: %v (%+v)", err, held)
-		}
-		lf.check(t, "break-stale with a grandchild holding the descriptor")
-
-		// A live process is recorded as the holder while break-stale
-		// waits: it must name that process, not call it dead, and stop
-		// waiting (a wait to the end would match ErrTimeout). The pid
-		// file is written on the first retry, so it is read again.
-		retries := 0
-		breakStaleRetry = func() {
-			if retries++; retries == 1 {
-				writePIDFile(dir, gpid)
-			}
-		}
-		_, err = AcquireDataDirLockOrBreakStale(dir)
-		breakStaleRetry = nil
-		if !errors.As(err, &held) || held.StaleHolder || held.HolderPID != gpid || errors.Is(err, ErrTimeout) || retries != 1 {
-			t.Fatalf("break-stale after a live holder was recorded: %v (%+v, %d retries), want pid %d not stale after one retry", err, held, retries, gpid)
-		}
-		lf.check(t, "break-stale with a live recorded holder")
-
-		syscall.Kill(gpid, syscall.SIGKILL)
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		l, err := AcquireDataDirLockWait(ctx, dir)
-		if err != nil {
-			t.Fatalf("acquire after the grandchild died: %v", err)
-		}
-		lf.check(t, "acquire after the grandchild died")
-		must(t, l.Release())
-		lf.check(t, "release")
-	})
-	lf.check(t, "end")
-}
-
-func TestLockRejectsEmptyDir(t *testing.T) {
-	if _, err := AcquireDataDirLock(""); err == nil {
-		t.Fatal("empty dir accepted")
-	}
-	if _, err := AcquireDataDirLock(filepath.Join(t.TempDir(), "missing")); err == nil || errors.Is(err, ErrLockHeld) {
-		t.Fatalf("missing dir: %v", err)
 	}
 }
 
 func TestSpawnEnvOverridesAndStrips(t *testing.T) {
 	t.Setenv("HANDOFF_TEST_KEEP", "supervisor")
 	t.Setenv("NOTIFY_SOCKET", "/run/systemd/notify")
-	t.Setenv(EnvListenFDs, "2")
-	env := spawnEnv("HANDOFF_TEST_KEEP=spec", EnvListenFDs+"=1")
+	t.Setenv(wire.EnvListenFDs, "2")
+	env := spawnEnv("HANDOFF_TEST_KEEP=spec", wire.EnvListenFDs+"=1")
 	count := map[string]int{}
 	for _, kv := range env {
 		k, v, _ := strings.Cut(kv, "=")
@@ -798,7 +628,7 @@ func TestSpawnEnvOverridesAndStrips(t *testing.T) {
 			t.Errorf("NOTIFY_SOCKET passed to the daemon")
 		}
 	}
-	if count["HANDOFF_TEST_KEEP"] != 1 || count[EnvListenFDs] != 1 {
+	if count["HANDOFF_TEST_KEEP"] != 1 || count[wire.EnvListenFDs] != 1 {
 		t.Errorf("duplicate keys: %v", count)
 	}
 }

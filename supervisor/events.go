@@ -1,4 +1,4 @@
-package handoff
+package supervisor
 
 import (
 	"os"
@@ -33,15 +33,15 @@ const (
 	EventIncumbentExited EventKind = "incumbent_exited" // the serving daemon exited outside a commit
 )
 
-// Event is a notification for SupervisorConfig.OnEvent.
+// Event is a notification for Config.OnEvent.
 type Event struct {
-	Kind      EventKind       // what happened
-	Time      time.Time       // when the supervisor saw it
-	HandoffID HandoffID       // the handoff it belongs to; zero outside a handoff
-	Phase     Phase           // the handoff's phase when it happened
-	PID       int             // the daemon concerned, if any
-	Outcome   *HandoffOutcome // EventHandoffFinished
-	Exit      *IncumbentExit  // EventIncumbentExited
+	Kind      EventKind      // what happened
+	Time      time.Time      // when the supervisor saw it
+	HandoffID HandoffID      // the handoff it belongs to; zero outside a handoff
+	Phase     Phase          // the handoff's phase when it happened
+	PID       int            // the daemon concerned, if any
+	Outcome   *Outcome       // EventHandoffFinished
+	Exit      *IncumbentExit // EventIncumbentExited
 }
 
 // IncumbentExit describes a serving daemon that exited without being
@@ -56,15 +56,15 @@ type IncumbentExit struct {
 
 // Status is a snapshot of the supervisor for status commands.
 type Status struct {
-	Phase            Phase            // PhaseIdle when no handoff runs
-	HandoffID        HandoffID        // of the running handoff, if any
-	IncumbentPID     int              // 0 when no daemon runs
-	IncumbentBinary  string           // the serving daemon's binary
-	IncumbentBuildID string           // the build id the serving daemon sent in Hello
-	IncumbentSince   time.Time        // when the serving daemon started
-	SuccessorPID     int              // 0 when no successor runs
-	SuccessorBuildID string           // the build id the successor sent in Hello
-	Listeners        []string         // names of the listeners passed to daemons, in fd order
-	Handoffs         int              // finished since start
-	LastOutcomes     []HandoffOutcome // newest last, at most 10
+	Phase            Phase     // PhaseIdle when no handoff runs
+	HandoffID        HandoffID // of the running handoff, if any
+	IncumbentPID     int       // 0 when no daemon runs
+	IncumbentBinary  string    // the serving daemon's binary
+	IncumbentBuildID string    // the build id the serving daemon sent in Hello
+	IncumbentSince   time.Time // when the serving daemon started
+	SuccessorPID     int       // 0 when no successor runs
+	SuccessorBuildID string    // the build id the successor sent in Hello
+	Listeners        []string  // names of the listeners passed to daemons, in fd order
+	Handoffs         int       // finished since start
+	LastOutcomes     []Outcome // newest last, at most 10
 }

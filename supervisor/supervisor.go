@@ -1,4 +1,4 @@
-package handoff
+package supervisor
 
 import (
 	"context"
@@ -15,6 +15,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/handoff-go/handoff/internal/fdutil"
+	"github.com/handoff-go/handoff/internal/peercred"
+	"github.com/handoff-go/handoff/internal/proc"
 	"github.com/handoff-go/handoff/internal/wire"
 )
 
@@ -22,7 +24,7 @@ import (
 // the daemon, drives handoffs and reaps every child it starts. Its methods
 // are safe for concurrent use; one handoff runs at a time.
 type Supervisor struct {
-	cfg SupervisorConfig
+	cfg Config
 	log *slog.Logger
 
 	mu        sync.Mutex
@@ -35,7 +37,7 @@ type Supervisor struct {
 	busyStop  context.CancelFunc
 	busyDone  chan struct{} // closed by end
 	stopping  bool
-	outcomes  []HandoffOutcome
+	outcomes  []Outcome
 	handoffs  int
 	closed    bool
 
@@ -56,7 +58,7 @@ type NamedFile struct {
 const keepOutcomes = 10
 
 // NewSupervisor checks cfg and returns a supervisor with no listeners.
-func NewSupervisor(cfg SupervisorConfig) (*Supervisor, error) {
+func New(cfg Config) (*Supervisor, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
@@ -256,27 +258,27 @@ func (s *Supervisor) end() {
 // returns once it answers Hello on the control socket, within
 // StartTimeout. It fails if a daemon is already serving. The supervisor
 // reaps the process: do not Wait on it.
-func (s *Supervisor) ColdStart(ctx context.Context, spec SpawnSpec) (*os.Process, error) {
+func (s *Supervisor) ColdStart(ctx context.Context, spec SpawnSpec) (int, error) {
 	if err := spec.validate(); err != nil {
-		return nil, err
+		return 0, err
 	}
 	ctx, err := s.begin(ctx)
 	if err != nil {
-		return nil, err
+		return 0, err
 	}
 	defer s.end()
 	s.mu.Lock()
 	if s.inc != nil && !s.inc.exited() {
 		pid := s.inc.pid
 		s.mu.Unlock()
-		return nil, fmt.Errorf("handoff: cold start refused: pid %d is serving", pid)
+		return 0, fmt.Errorf("handoff: cold start refused: pid %d is serving", pid)
 	}
 	s.stopping = false
 	s.mu.Unlock()
 	names, fds := s.listenerFDs()
 	c, err := s.spawn(spec, names, fds, -1)
 	if err != nil {
-		return nil, err
+		return 0, err
 	}
 	c.watch(s.onExit)
 	hctx, cancel := context.WithTimeout(ctx, s.cfg.StartTimeout)
@@ -300,10 +302,10 @@ func (s *Supervisor) ColdStart(ctx context.Context, spec SpawnSpec) (*os.Process
 				}
 				s.log.Warn("handoff: closed during a cold start; the daemon keeps running unsupervised", "pid", c.pid, "binary", spec.Binary)
 			}
-			return nil, fmt.Errorf("%w: cold start of %s (pid %d) interrupted before it answered Hello (%v)", ErrClosed, spec.Binary, c.pid, err)
+			return 0, fmt.Errorf("%w: cold start of %s (pid %d) interrupted before it answered Hello (%v)", ErrClosed, spec.Binary, c.pid, err)
 		}
 		c.killAndReap(0)
-		return nil, fmt.Errorf("handoff: cold start of %s: %w", spec.Binary, err)
+		return 0, fmt.Errorf("handoff: cold start of %s: %w", spec.Binary, err)
 	}
 	c.buildID = h.BuildID
 	s.mu.Lock()
@@ -314,7 +316,7 @@ func (s *Supervisor) ColdStart(ctx context.Context, spec SpawnSpec) (*os.Process
 	}
 	s.log.Info("handoff: daemon started", "pid", c.pid, "binary", spec.Binary, "build_id", h.BuildID)
 	s.emit(Event{Kind: EventColdStarted, PID: c.pid})
-	return c.proc, nil
+	return c.pid, nil
 }
 
 // awaitDaemon waits until c answers Hello on the control socket.
@@ -360,7 +362,7 @@ func (s *Supervisor) dialIncumbentWithin(ctx context.Context, helloWait time.Dur
 		return nil, wire.Hello{}, fmt.Errorf("handoff: connect to the incumbent: %w", err)
 	}
 	uc := nc.(*net.UnixConn)
-	peerPID, err := checkPeer(uc)
+	peerPID, err := peercred.CheckSameUser(uc)
 	if err != nil {
 		uc.Close()
 		return nil, wire.Hello{}, err
@@ -384,7 +386,7 @@ func (s *Supervisor) dialIncumbentWithin(ctx context.Context, helloWait time.Dur
 	h, ok := f.Msg.(wire.Hello)
 	if !ok || h.Role != wire.RoleIncumbent || h.PID != peerPID {
 		conn.Close()
-		return nil, wire.Hello{}, violation("incumbent opened with %s (role %q, pid %d, socket peer pid %d)", f.Msg.Type(), h.Role, h.PID, peerPID)
+		return nil, wire.Hello{}, wire.Violation("incumbent opened with %s (role %q, pid %d, socket peer pid %d)", f.Msg.Type(), h.Role, h.PID, peerPID)
 	}
 	return conn, h, nil
 }
@@ -414,7 +416,7 @@ func (s *Supervisor) Adopt(ctx context.Context, pid int, spec SpawnSpec) error {
 	if err := spec.validate(); err != nil {
 		return err
 	}
-	if pid <= 0 || !pidAlive(pid) {
+	if pid <= 0 || !proc.Alive(pid) {
 		return fmt.Errorf("handoff: adopt: pid %d is not running", pid)
 	}
 	p, err := os.FindProcess(pid)
@@ -450,7 +452,7 @@ func (s *Supervisor) idleRecord() journalRecord {
 	defer s.mu.Unlock()
 	r := journalRecord{Phase: PhaseIdle}
 	if c := s.inc; c != nil {
-		r.IncumbentPID, r.IncumbentStart, r.IncumbentBinary, r.IncumbentArgs = c.pid, procStart(c.pid), c.spec.Binary, c.spec.Args
+		r.IncumbentPID, r.IncumbentStart, r.IncumbentBinary, r.IncumbentArgs = c.pid, proc.StartTime(c.pid), c.spec.Binary, c.spec.Args
 	}
 	return r
 }
@@ -488,7 +490,7 @@ func (s *Supervisor) Stop(ctx context.Context) error {
 // incumbent (unless it had already exited); a resume returns an error
 // wrapping context.Canceled and leaves the processes it found as they are.
 //
-// Close must not be called from SupervisorConfig.OnEvent (see there).
+// Close must not be called from Config.OnEvent (see there).
 func (s *Supervisor) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()

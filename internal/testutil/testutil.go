@@ -1,0 +1,70 @@
+// Package testutil holds what the process-level tests of every package
+// share: short directories for unix socket paths, bounded polling, fd and
+// goroutine leak checks, a test logger.
+package testutil
+
+import (
+	"log/slog"
+	"os"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+// ShortDir returns a new directory whose paths fit in a unix socket
+// address (t.TempDir's may not), removed when the test ends.
+func ShortDir(t testing.TB) string {
+	t.Helper()
+	d, err := os.MkdirTemp("", "ho")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(d) })
+	return d
+}
+
+// WaitFor polls cond every few milliseconds, failing the test after 10 s.
+func WaitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// Must fails the test on a non-nil err.
+func Must(t testing.TB, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// CheckLeaks checks for leaked goroutines after every other cleanup of the
+// test has run (cleanups run last-registered first): call it first.
+func CheckLeaks(t *testing.T) {
+	t.Cleanup(func() { goleak.VerifyNone(t) })
+}
+
+// CountFDs returns the number of open descriptors of this process.
+func CountFDs(t testing.TB) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}
+
+// Logger logs to stderr when the tests run verbose or HANDOFF_TEST_LOG is
+// set; otherwise it returns nil (the libraries then discard their logs).
+func Logger() *slog.Logger {
+	if testing.Verbose() || os.Getenv("HANDOFF_TEST_LOG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return nil
+}
