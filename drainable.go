@@ -21,9 +21,6 @@ type Drainable interface {
 	// idempotent: it may follow a failed Drain, a failed Seal or a
 	// successful Seal, and may be called twice.
 	ResumeAfterAbort(ctx context.Context) error
-
-	// SnapshotState is a cheap, non-blocking view of current state.
-	SnapshotState() StateSnapshot
 }
 
 // DrainReport is what Drain returns.
@@ -41,16 +38,6 @@ type SealReport struct {
 	LastRevisionPerShard []uint64
 	// DataDirFingerprint identifies the data directory's sealed contents.
 	DataDirFingerprint string
-}
-
-// StateSnapshot is a view of the daemon's state.
-type StateSnapshot struct {
-	// ShardCount is the number of shards the daemon serves.
-	ShardCount int
-	// OpenConns counts the client connections open now.
-	OpenConns int
-	// LastRevisionPerShard is the last revision of each shard, by shard index.
-	LastRevisionPerShard []uint64
 }
 
 // ReadinessSnapshot is what a successor announces with Ready. The

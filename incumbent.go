@@ -1,3 +1,5 @@
+//go:build linux
+
 package handoff
 
 import (
@@ -33,11 +35,17 @@ type Incumbent struct {
 
 // BindColdStart makes a cold-started daemon the incumbent: it takes over
 // controlSocket (atomically, mode 0600) and keeps lock, which must be held.
+// An empty controlSocket means the path the supervisor passed in the
+// environment (read by DetectRole).
 func BindColdStart(controlSocket string, lock *DataDirLock) (*Incumbent, error) {
 	if lock == nil || lock.released() {
 		return nil, errors.New("handoff: BindColdStart needs the held data-directory lock")
 	}
-	return newIncumbent(controlSocket, lock, defaultBuildID())
+	path, err := controlSocketPath(controlSocket)
+	if err != nil {
+		return nil, err
+	}
+	return newIncumbent(path, lock, defaultBuildID())
 }
 
 func newIncumbent(path string, lock *DataDirLock, buildID string) (*Incumbent, error) {

@@ -1,11 +1,15 @@
+//go:build linux
+
 package handoff
 
 import (
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"slices"
 	"sync"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 
@@ -159,4 +163,27 @@ func kindErr(typ int, err error) error {
 		return fmt.Errorf("it is a datagram socket; use PacketConn")
 	}
 	return fmt.Errorf("socket type %d", typ)
+}
+
+// bind binds addr (a Config.Listen address) and keeps a duplicate of its
+// descriptor under name, as if it had been inherited. The bound socket
+// itself is closed (a unix one without unlinking its path).
+func (il *InheritedListeners) bind(name, addr string) error {
+	sock, err := listenAddr(addr)
+	if err != nil {
+		return fmt.Errorf("handoff: listener %q: %w", name, err)
+	}
+	if u, ok := sock.(interface{ SetUnlinkOnClose(bool) }); ok {
+		u.SetUnlinkOnClose(false)
+	}
+	defer sock.(io.Closer).Close()
+	fd, err := fdutil.Dup(sock.(syscall.Conn))
+	if err != nil {
+		return fmt.Errorf("handoff: listener %q: %w", name, err)
+	}
+	if err := il.add(name, os.NewFile(uintptr(fd), name)); err != nil {
+		unix.Close(fd)
+		return err
+	}
+	return nil
 }

@@ -1,3 +1,5 @@
+//go:build linux
+
 package handoff
 
 import (
@@ -34,15 +36,31 @@ func (*Successor) isRole() {}
 
 // process-wide record of what DetectRole adopted, so the Incumbent can hand
 // duplicates back to a restarted supervisor.
+// It also keeps the control socket path the supervisor passed, for a
+// daemon that names none itself.
 var (
-	adoptedMu sync.Mutex
-	adopted   *InheritedListeners
+	adoptedMu      sync.Mutex
+	adopted        *InheritedListeners
+	adoptedControl string
 )
 
-func setAdopted(il *InheritedListeners) {
+func setAdopted(il *InheritedListeners, controlSocket string) {
 	adoptedMu.Lock()
-	adopted = il
+	adopted, adoptedControl = il, controlSocket
 	adoptedMu.Unlock()
+}
+
+// controlSocketPath is explicit, or else the path the supervisor passed.
+func controlSocketPath(explicit string) (string, error) {
+	if explicit != "" {
+		return explicit, nil
+	}
+	adoptedMu.Lock()
+	defer adoptedMu.Unlock()
+	if adoptedControl == "" {
+		return "", fmt.Errorf("handoff: no control socket path: none was given and the supervisor passed none (%s)", wire.EnvControlSocket)
+	}
+	return adoptedControl, nil
 }
 
 func adoptedListeners() *InheritedListeners {
@@ -58,7 +76,7 @@ func adoptedListeners() *InheritedListeners {
 // cold start with nothing inherited.
 func DetectRole() (Role, error) {
 	env := map[string]string{}
-	for _, k := range []string{wire.EnvListenFDs, wire.EnvListenFDNames, wire.EnvListenPID, wire.EnvRole, wire.EnvSockFD} {
+	for _, k := range []string{wire.EnvListenFDs, wire.EnvListenFDNames, wire.EnvListenPID, wire.EnvRole, wire.EnvSockFD, wire.EnvControlSocket} {
 		env[k] = os.Getenv(k)
 		os.Unsetenv(k)
 	}
@@ -66,7 +84,7 @@ func DetectRole() (Role, error) {
 	if err != nil {
 		return nil, err
 	}
-	setAdopted(il)
+	setAdopted(il, env[wire.EnvControlSocket])
 	role, sockFD := env[wire.EnvRole], env[wire.EnvSockFD]
 	switch role {
 	case "":

@@ -1,3 +1,5 @@
+//go:build linux
+
 package handoff
 
 import (
@@ -172,7 +174,8 @@ func (s *BegunSuccessor) StartHeartbeats() *HeartbeatGuard {
 // path (bind a temporary name, rename over: the path is never missing) and
 // returns the Incumbent this process now is; serve from then on. If the
 // supervisor rejects Ready or goes away, it releases lock and returns an
-// error matching ErrAborted: exit without serving.
+// error matching ErrAborted: exit without serving. An empty controlSocket
+// means the path the supervisor passed in the environment.
 func (s *BegunSuccessor) AnnounceAndBind(r ReadinessSnapshot, controlSocket string, lock *DataDirLock) (*Incumbent, error) {
 	s.mu.Lock()
 	if s.used {
@@ -198,6 +201,10 @@ func (s *BegunSuccessor) AnnounceAndBind(r ReadinessSnapshot, controlSocket stri
 	openTook := time.Since(s.begun)
 	// Bind the control socket at its temporary name now, so that after
 	// the commit only a rename stands between us and serving.
+	controlSocket, err := controlSocketPath(controlSocket)
+	if err != nil {
+		return abort(fmt.Errorf("%w: %w", ErrAborted, err))
+	}
 	sock, err := prepareControlSocket(controlSocket)
 	if err != nil {
 		return abort(fmt.Errorf("%w: %w", ErrAborted, err))

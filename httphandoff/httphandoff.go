@@ -94,10 +94,6 @@ type Config struct {
 	// when the state is open and healthy.
 	Reopen func(ctx context.Context) error
 
-	// State reports ShardCount and LastRevisionPerShard for SnapshotState
-	// (the adapter fills OpenConns). It must not block.
-	State func() handoff.StateSnapshot
-
 	// Logger receives unexpected Serve errors. Nil discards them.
 	Logger *slog.Logger
 }
@@ -352,15 +348,6 @@ func (s *Server) ResumeAfterAbort(ctx context.Context) error {
 	return s.startLocked()
 }
 
-// SnapshotState returns the State hook's view with OpenConns filled in.
-func (s *Server) SnapshotState() handoff.StateSnapshot {
-	var st handoff.StateSnapshot
-	if s.cfg.State != nil {
-		st = s.cfg.State()
-	}
-	st.OpenConns = s.OpenConns()
-	return st
-}
 
 // Shutdown is for the end of the process (after a committed handoff or on
 // a stop signal): it stops serving if it still does, waits until ctx ends

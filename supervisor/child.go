@@ -131,7 +131,7 @@ func spawnEnv(extra ...string) []string {
 			continue
 		}
 		switch k {
-		case wire.EnvListenFDs, wire.EnvListenFDNames, wire.EnvListenPID, wire.EnvRole, wire.EnvSockFD, "NOTIFY_SOCKET":
+		case wire.EnvListenFDs, wire.EnvListenFDNames, wire.EnvListenPID, wire.EnvRole, wire.EnvSockFD, wire.EnvControlSocket, "NOTIFY_SOCKET":
 			continue
 		}
 		env = append(env, kv)
@@ -151,7 +151,9 @@ func (s *Supervisor) spawn(spec SpawnSpec, names []string, fds []int, sockFD int
 		path = p
 	}
 	extra := append([]int(nil), fds...)
-	env := spawnEnv(spec.Env...)
+	// The control socket's path goes with every daemon, so that it is
+	// configured once, here (a daemon's explicit setting still wins).
+	env := append(spawnEnv(spec.Env...), wire.EnvControlSocket+"="+s.cfg.ControlSocket)
 	if len(fds) > 0 {
 		env = append(env, wire.EnvListenFDs+"="+strconv.Itoa(len(fds)), wire.EnvListenFDNames+"="+strings.Join(names, ":"))
 	}

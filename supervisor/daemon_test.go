@@ -386,9 +386,6 @@ func (d *testDrainable) ResumeAfterAbort(ctx context.Context) error {
 	return nil
 }
 
-func (d *testDrainable) SnapshotState() handoff.StateSnapshot {
-	return handoff.StateSnapshot{ShardCount: 1, LastRevisionPerShard: []uint64{d.revision()}}
-}
 
 // recordViolation appends a line to <dir>/violations, which the test checks.
 func recordViolation(dir, format string, args ...any) {

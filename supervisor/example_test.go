@@ -61,7 +61,6 @@ func (db *myDB) Seal(ctx context.Context) (handoff.SealReport, error) {
 	return handoff.SealReport{LastRevisionPerShard: []uint64{42}}, nil
 }
 func (db *myDB) ResumeAfterAbort(ctx context.Context) error { return nil }
-func (db *myDB) SnapshotState() handoff.StateSnapshot       { return handoff.StateSnapshot{ShardCount: 1} }
 
 // A daemon's main: both roles, in a few lines each. It has no output to
 // check: it is a main that needs its supervisor, a data directory and a

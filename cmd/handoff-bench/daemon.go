@@ -262,7 +262,3 @@ func (d *daemon) ResumeAfterAbort(context.Context) error {
 	return d.resumeAccepting()
 }
 
-// SnapshotState reports the counter.
-func (d *daemon) SnapshotState() handoff.StateSnapshot {
-	return handoff.StateSnapshot{ShardCount: 1, LastRevisionPerShard: []uint64{d.srv.served.Load()}}
-}

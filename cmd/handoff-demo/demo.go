@@ -151,7 +151,7 @@ func (d *demo) writeConfig() error {
 control_socket   = %q
 trigger_socket   = %q
 binary           = %q
-args             = ["--data", %q, "--control", %q]
+args             = ["--data", %q]
 allowed_binaries = [%q, %q]
 drain_grace_secs = 10
 deadline_secs    = 30
@@ -160,7 +160,7 @@ journal          = %q
 [[listeners]]
 name = "http"
 addr = %q
-`, filepath.Join(run, "control.sock"), d.trigger, d.bin["v1"], data, filepath.Join(run, "control.sock"),
+`, filepath.Join(run, "control.sock"), d.trigger, d.bin["v1"], data,
 		d.bin["v2"], d.bin["broken"], filepath.Join(run, "journal"), addr)
 	return os.WriteFile(d.config, []byte(cfg), 0o600)
 }

@@ -284,4 +284,3 @@ func (s *lineServer) ResumeAfterAbort(ctx context.Context) error {
 	return nil
 }
 
-func (s *lineServer) SnapshotState() handoff.StateSnapshot { return handoff.StateSnapshot{} }

@@ -5,8 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
+	"os"
 	"time"
 
 	"github.com/handoff-go/handoff"
@@ -14,77 +14,82 @@ import (
 	"github.com/handoff-go/handoff/httphandoff"
 )
 
-// Bounds of the shutdown paths.
-const (
-	stopDrainGrace = 25 * time.Second // in-flight requests on SIGTERM
-	exitGrace      = 30 * time.Second // stragglers after a commit or stop
-)
+// stopDrainGrace bounds the in-flight requests on SIGTERM.
+const stopDrainGrace = 25 * time.Second
 
 // daemon connects the store to the HTTP adapter: its methods are the
-// adapter's hooks, and through it the library drains, seals and resumes.
+// adapter's hooks, and it is the handoff.Service that Run drives: the
+// adapter's Drain, Seal and ResumeAfterAbort, with Shutdown and Readiness
+// of its own.
 type daemon struct {
+	*httphandoff.Server
 	cfg   config
 	log   *slog.Logger
 	store *store.Store
 }
 
-// serve runs the incumbent: HTTP on ln and the control socket, until a
-// handoff commits (exit 0 once in-flight requests are done), a signal
-// stops it (drain, seal, release the lock, exit 0) or resuming after an
-// aborted handoff fails (exit non-zero; the supervisor restarts us).
-func serve(ctx context.Context, cfg config, log *slog.Logger, st *store.Store, ln net.Listener, inc *handoff.Incumbent) error {
+// open recovers the store and puts the HTTP adapter on the listener
+// "http"; Run starts it.
+func open(cfg config, log *slog.Logger, ls *handoff.InheritedListeners) (*daemon, error) {
+	ln, err := ls.Listener("http")
+	if err != nil {
+		return nil, fmt.Errorf("listener: %w", err)
+	}
+	st, err := openStore(cfg.dataDir, log)
+	if err != nil {
+		ln.Close()
+		return nil, err
+	}
 	d := &daemon{cfg: cfg, log: log, store: st}
-	srv, err := httphandoff.New(httphandoff.Config{
+	d.Server, err = httphandoff.New(httphandoff.Config{
 		NewServer: d.newHTTPServer,
 		Sync:      d.sync,
 		Seal:      d.seal,
 		Reopen:    d.reopen,
-		State:     d.state,
 		Logger:    log,
 	}, ln)
-	if err == nil {
-		err = srv.Start()
-	}
 	if err != nil {
-		inc.Close()
+		ln.Close()
 		st.Close()
-		return err // exiting releases the lock
+		return nil, err
 	}
-
-	err = inc.Serve(ctx, srv)
-	// Cleanup runs even though ctx may be cancelled.
-	cleanup, cancel := context.WithTimeout(context.WithoutCancel(ctx), exitGrace)
-	defer cancel()
-	defer inc.Close()
-	switch {
-	case err == nil:
-		log.Info("handoff committed: finishing in-flight requests, then exiting")
-		return errors.Join(srv.Shutdown(cleanup), st.Close())
-	case ctx.Err() != nil && errors.Is(err, ctx.Err()):
-		log.Info("stopping: drain, seal, release the lock")
-		return d.stop(cleanup, srv, inc.Lock())
-	default:
-		log.Error("cannot serve on", "err", err)
-		return errors.Join(err, srv.Shutdown(cleanup), st.Close())
-	}
+	log.Info("serving soon", "addr", ln.Addr(), "revision", st.Revision())
+	return d, nil
 }
 
-// stop is a graceful shutdown outside a handoff: the same drain and seal,
-// then the lock goes; the next start finds a sealed store.
-func (d *daemon) stop(ctx context.Context, srv *httphandoff.Server, lock *handoff.DataDirLock) error {
+// Readiness is what a successor announces: healthy if the store takes
+// writes, and its revision, which must be at least the sealed one.
+func (d *daemon) Readiness() handoff.ReadinessSnapshot {
+	if d.cfg.failBeforeReady {
+		// Simulates a crash: no cleanup, the kernel drops the lock.
+		d.log.Error("successor: --fail-before-ready: exiting before Ready")
+		os.Exit(1)
+	}
+	return handoff.ReadinessSnapshot{HealthzOK: d.store.Check() == nil, AdvertisedRevisionPerShard: d.store.Revisions()}
+}
+
+// Shutdown ends the process's service. After a committed handoff the store
+// is sealed already: finish the in-flight requests and close. On a stop
+// signal it is the same drain and seal as a handoff's first, so the next
+// start finds a sealed store.
+func (d *daemon) Shutdown(ctx context.Context) error {
+	if d.store.Sealed() {
+		d.log.Info("handoff committed: finishing in-flight requests, then exiting")
+		return errors.Join(d.Server.Shutdown(ctx), d.store.Close())
+	}
+	d.log.Info("stopping: drain, seal, then exit")
 	dctx, cancel := context.WithTimeout(ctx, stopDrainGrace)
-	rep, err := srv.Drain(dctx)
+	rep, err := d.Drain(dctx)
 	cancel()
 	if err != nil {
-		return errors.Join(fmt.Errorf("drain: %w", err), srv.Shutdown(ctx), d.store.Close())
+		return errors.Join(fmt.Errorf("drain: %w", err), d.Server.Shutdown(ctx), d.store.Close())
 	}
 	if _, err := d.seal(ctx); err != nil {
-		// Exiting releases the lock anyway; the next start replays the log.
-		return errors.Join(fmt.Errorf("seal: %w", err), srv.Shutdown(ctx), d.store.Close())
+		// The next start replays the log.
+		return errors.Join(fmt.Errorf("seal: %w", err), d.Server.Shutdown(ctx), d.store.Close())
 	}
-	lerr := lock.Release()
 	d.log.Info("stopped", "revision", d.store.Revision(), "open_conns_left", rep.OpenConnsRemaining)
-	return errors.Join(lerr, srv.Shutdown(ctx), d.store.Close())
+	return errors.Join(d.Server.Shutdown(ctx), d.store.Close())
 }
 
 func (d *daemon) newHTTPServer() *http.Server {
@@ -131,11 +136,6 @@ func (d *daemon) reopen(context.Context) error {
 	}
 	d.log.Info("resumed after an aborted handoff", "revision", d.store.Revision())
 	return nil
-}
-
-// state is the adapter's State hook.
-func (d *daemon) state() handoff.StateSnapshot {
-	return handoff.StateSnapshot{ShardCount: 1, LastRevisionPerShard: d.store.Revisions()}
 }
 
 // pause waits for the duration of a test knob, or until ctx ends.

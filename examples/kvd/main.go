@@ -13,7 +13,7 @@
 //
 //	--data DIR        data directory (required)
 //	--listen ADDR     TCP address to bind when no listener "http" was inherited
-//	--control SOCK    control socket path (default DIR/control.sock)
+//	--control SOCK    control socket path (default: the one the supervisor passes, or DIR/.handoff.sock)
 //	--build-id ID     announced to the supervisor (default set with -ldflags -X main.buildID=ID)
 //	--dump            print the stored data as JSON and exit, without serving
 //
@@ -35,10 +35,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"syscall"
 	"time"
 
@@ -81,7 +79,7 @@ func parseFlags(args []string) (config, error) {
 	fs := flag.NewFlagSet("kvd", flag.ContinueOnError)
 	fs.StringVar(&c.dataDir, "data", "", "data `directory` (required)")
 	fs.StringVar(&c.listen, "listen", "127.0.0.1:8080", "TCP `address` to bind when no listener \"http\" was inherited")
-	fs.StringVar(&c.control, "control", "", "control socket `path` (default DIR/control.sock)")
+	fs.StringVar(&c.control, "control", "", "control socket `path` (default: the supervisor's, or DIR/.handoff.sock)")
 	fs.StringVar(&c.buildID, "build-id", buildID, "build `id` announced to the supervisor")
 	fs.BoolVar(&c.failBeforeReady, "fail-before-ready", failBeforeReady == "true", "test knob: as a successor, exit 1 after Begin, before Ready")
 	fs.DurationVar(&c.slowDrain, "slow-drain", 0, "test knob: make every drain take this much longer")
@@ -95,9 +93,6 @@ func parseFlags(args []string) (config, error) {
 	}
 	if c.dataDir == "" {
 		return config{}, errors.New("--data is required")
-	}
-	if c.control == "" {
-		c.control = filepath.Join(c.dataDir, "control.sock")
 	}
 	return c, nil
 }
@@ -118,108 +113,16 @@ func run(ctx context.Context, args []string) error {
 		return dump(cfg.dataDir, log, os.Stdout)
 	}
 
-	role, err := handoff.DetectRole()
-	if err != nil {
-		return fmt.Errorf("detect role: %w", err)
-	}
-	switch r := role.(type) {
-	case *handoff.ColdStart:
-		return coldStart(ctx, cfg, log, r)
-	case *handoff.Successor:
-		return succeed(ctx, cfg, log, r)
-	default:
-		return fmt.Errorf("unknown role %T", role)
-	}
-}
-
-// coldStart runs a daemon started by hand or cold-started by the
-// supervisor: it binds or inherits its listener, takes the lock (breaking
-// a stale one left by a crash), recovers the store and serves.
-func coldStart(ctx context.Context, cfg config, log *slog.Logger, r *handoff.ColdStart) error {
-	ln, err := r.Inherited.Listener("http")
-	if errors.Is(err, handoff.ErrNotInherited) {
-		log.Info("no inherited listener, binding one", "addr", cfg.listen)
-		ln, err = net.Listen("tcp", cfg.listen)
-	}
-	if err != nil {
-		return fmt.Errorf("listener: %w", err)
-	}
-	lock, err := handoff.AcquireDataDirLockOrBreakStale(cfg.dataDir)
-	if err != nil {
-		ln.Close()
-		return fmt.Errorf("data-directory lock: %w", err)
-	}
-	st, err := openStore(cfg.dataDir, log)
-	if err != nil {
-		ln.Close()
-		lock.Release()
-		return err
-	}
-	inc, err := handoff.BindColdStart(cfg.control, lock)
-	if err != nil {
-		ln.Close()
-		st.Close()
-		lock.Release()
-		return fmt.Errorf("bind control socket: %w", err)
-	}
-	inc.SetBuildID(cfg.buildID)
-	inc.SetLogger(log)
-	log.Info("cold start", "addr", ln.Addr(), "control", cfg.control, "revision", st.Revision())
-	return serve(ctx, cfg, log, st, ln, inc)
-}
-
-// succeed runs a successor: it handshakes early, waits for Begin (the
-// incumbent has sealed its store and released the lock), opens the store,
-// and announces Ready. Only if the supervisor accepts does it serve.
-func succeed(ctx context.Context, cfg config, log *slog.Logger, s *handoff.Successor) error {
-	h, err := s.Handshake(cfg.buildID)
-	if err != nil {
-		return fmt.Errorf("handshake: %w", err)
-	}
-	b, err := h.WaitForBegin(ctx)
-	if err != nil {
-		return fmt.Errorf("waiting for Begin: %w", err)
-	}
-	log.Info("successor: begin", "handoff", b.HandoffID())
-
-	g := b.StartHeartbeats()
-	defer g.Stop()
-	lock, err := handoff.AcquireDataDirLock(cfg.dataDir)
-	if err != nil {
-		return fmt.Errorf("data-directory lock: %w", err)
-	}
-	st, err := openStore(cfg.dataDir, log)
-	if err != nil {
-		lock.Release()
-		return err
-	}
-	g.Stop()
-	if cfg.failBeforeReady {
-		// Simulates a crash: no cleanup, the kernel drops the lock.
-		log.Error("successor: --fail-before-ready: exiting before Ready")
-		os.Exit(1)
-	}
-	ln, err := b.Listeners().Listener("http")
-	if err != nil {
-		st.Close()
-		lock.Release()
-		return fmt.Errorf("listener: %w", err)
-	}
-	ready := handoff.ReadinessSnapshot{
-		ListeningOn:                []string{ln.Addr().String()},
-		HealthzOK:                  st.Check() == nil,
-		AdvertisedRevisionPerShard: st.Revisions(),
-	}
-	inc, err := b.AnnounceAndBind(ready, cfg.control, lock)
-	if err != nil {
-		// Not committed: the incumbent serves on. Nothing was written.
-		ln.Close()
-		st.Close()
-		return fmt.Errorf("announce ready: %w", err)
-	}
-	inc.SetLogger(log)
-	log.Info("successor: committed, serving", "addr", ln.Addr(), "revision", st.Revision())
-	return serve(ctx, cfg, log, st, ln, inc)
+	return handoff.Run(ctx, handoff.Config{
+		DataDir:       cfg.dataDir,
+		ControlSocket: cfg.control,
+		Listen:        map[string]string{"http": cfg.listen},
+		BuildID:       cfg.buildID,
+		Logger:        log,
+		Open: func(_ context.Context, ls *handoff.InheritedListeners) (handoff.Service, error) {
+			return open(cfg, log, ls)
+		},
+	})
 }
 
 // dump writes the store's revision and data to w as JSON.

@@ -26,7 +26,7 @@ func TestParseFlags(t *testing.T) {
 		wantErr bool
 	}{
 		{"defaults", []string{"--data", "/d"},
-			config{dataDir: "/d", listen: "127.0.0.1:8080", control: "/d/control.sock", buildID: buildID}, false},
+			config{dataDir: "/d", listen: "127.0.0.1:8080", buildID: buildID}, false},
 		{"everything", []string{"--data", "/d", "--listen", ":9", "--control", "/c.sock", "--build-id", "v2",
 			"--fail-before-ready", "--slow-drain", "2s", "--slow-seal", "3s"},
 			config{dataDir: "/d", listen: ":9", control: "/c.sock", buildID: "v2",
@@ -35,7 +35,7 @@ func TestParseFlags(t *testing.T) {
 		{"stray argument", []string{"--data", "/d", "extra"}, config{}, true},
 		{"bad duration", []string{"--data", "/d", "--slow-seal", "soon"}, config{}, true},
 		{"dump", []string{"--data", "/d", "--dump"},
-			config{dataDir: "/d", listen: "127.0.0.1:8080", control: "/d/control.sock", buildID: buildID, dump: true}, false},
+			config{dataDir: "/d", listen: "127.0.0.1:8080", buildID: buildID, dump: true}, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -150,8 +150,8 @@ func TestHandoffHooks(t *testing.T) {
 	if rec := do(t, h, "PUT", "/kv/k", "v3"); rec.Code != http.StatusOK || !strings.Contains(rec.Body.String(), `"revision":3`) {
 		t.Errorf("PUT after reopen = %d %q, want revision 3", rec.Code, rec.Body)
 	}
-	if got := d.state(); got.ShardCount != 1 || got.LastRevisionPerShard[0] != 3 {
-		t.Errorf("state = %+v", got)
+	if got := d.store.Revisions(); len(got) != 1 || got[0] != 3 {
+		t.Errorf("revisions = %v, want [3]", got)
 	}
 }
 

@@ -80,7 +80,7 @@ func startKVD(t *testing.T) *kvdCluster {
 func (c *kvdCluster) spec(build string, extra ...string) supervisor.SpawnSpec {
 	return supervisor.SpawnSpec{
 		Binary:     os.Args[0],
-		Args:       append([]string{"--data", c.data, "--control", c.sock, "--build-id", build}, extra...),
+		Args:       append([]string{"--data", c.data, "--build-id", build}, extra...),
 		Env:        []string{"KVD_TEST_MAIN=1"},
 		DrainGrace: 10 * time.Second,
 		Deadline:   30 * time.Second,

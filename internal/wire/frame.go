@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package wire is the framed control channel between the supervisor and the
 // daemons: length-prefixed frames carrying a protocol version and one JSON
 // message, read and written with deadlines, optionally carrying file
@@ -38,25 +40,6 @@ const HeaderLen = 6
 
 // MaxFDs is the largest number of descriptors one frame may carry.
 const MaxFDs = 64
-
-// Errors of the wire layer. Every decoding error also matches ErrProtocol.
-var (
-	ErrProtocol        = errors.New("handoff: protocol violation")
-	ErrFrameTooLarge   = fmt.Errorf("%w: frame too large", ErrProtocol)
-	ErrTruncated       = fmt.Errorf("%w: truncated frame", ErrProtocol)
-	ErrMalformed       = fmt.Errorf("%w: malformed message", ErrProtocol)
-	ErrUnknownVersion  = fmt.Errorf("%w: unknown protocol version", ErrProtocol)
-	ErrUnknownType     = fmt.Errorf("%w: unknown message type", ErrProtocol)
-	ErrVersionMismatch = errors.New("handoff: no common protocol version")
-	ErrPeerClosed      = errors.New("handoff: peer closed the control channel")
-	ErrTimeout         = errors.New("handoff: timed out")
-	// ErrBadControlData: descriptors arrived truncated (MSG_CTRUNC), with
-	// unparsable control data or with a control message other than SCM_RIGHTS.
-	ErrBadControlData = fmt.Errorf("%w: bad control data", ErrProtocol)
-	// ErrBrokenStream: an earlier frame failed half-way, so the byte
-	// stream is out of step and the Conn refuses to send (or receive) more.
-	ErrBrokenStream = errors.New("handoff: control channel broken by a partial frame")
-)
 
 // AppendFrame appends one frame holding payload at version v to dst.
 func AppendFrame(dst []byte, v uint16, payload []byte) ([]byte, error) {

@@ -477,6 +477,13 @@ func (s *Store) failLocked(cause error) error {
 	return s.refuse
 }
 
+// Sealed reports whether the store is sealed (read-only, files closed).
+func (s *Store) Sealed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.state == stateSealed
+}
+
 // Reopen makes a sealed store writable again after an aborted handoff. It
 // reads the directory again, like Open, because another process may have
 // written after the seal. On an open store it does nothing, so it is

@@ -1,0 +1,245 @@
+//go:build linux
+
+package handoff
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+)
+
+// Run is the front door: it detects this process's role and does the whole
+// handoff dance for it, returning when the process should exit.
+//
+//   - Cold start (started by hand, or cold-started by the supervisor): the
+//     listeners are inherited or, for names not inherited, bound from
+//     Config.Listen; the data-directory lock is taken (a stale one left by
+//     a crash is broken); Config.Open opens the state; the control socket
+//     is bound; the service starts.
+//   - Successor (spawned by the supervisor for a handoff): handshake, wait
+//     for Begin, take the lock, Open with heartbeats running, announce
+//     Ready; the service starts only once the supervisor accepted it.
+//
+// Then Run answers the supervisor on the control socket until a handoff
+// commits (the successor serves already: Run shuts the service down and
+// returns nil) or ctx ends (Run shuts the service down, releases the lock
+// and returns nil). A daemon started by hand runs the same code: nothing
+// talks to its control socket, so it serves until ctx ends.
+//
+// A successor the supervisor turned down gets an error matching
+// ErrAborted; the state Open returned is left as it is, neither started nor
+// shut down (it holds no lock any more, so it must not write): exit at once,
+// non-zero. Any other error means the daemon cannot serve safely (for
+// example resuming after an aborted handoff failed): exit non-zero.
+func Run(ctx context.Context, cfg Config) error {
+	r, err := cfg.runner()
+	if err != nil {
+		return err
+	}
+	role, err := DetectRole()
+	if err != nil {
+		return err
+	}
+	switch role := role.(type) {
+	case *ColdStart:
+		return r.coldStart(ctx, role.Inherited)
+	case *Successor:
+		return r.succeed(ctx, role)
+	default:
+		return fmt.Errorf("handoff: unknown role %T", role)
+	}
+}
+
+// runner is one Run call.
+type runner struct {
+	cfg Config
+	log *slog.Logger
+}
+
+func (c Config) runner() (*runner, error) {
+	if err := c.validate(); err != nil {
+		return nil, err
+	}
+	if c.BuildID == "" {
+		c.BuildID = defaultBuildID()
+	}
+	if c.ShutdownTimeout == 0 {
+		c.ShutdownTimeout = DefaultShutdownTimeout
+	}
+	log := c.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &runner{cfg: c, log: log}, nil
+}
+
+// coldStart binds what was not inherited, locks, opens, binds the control
+// socket and serves.
+func (r *runner) coldStart(ctx context.Context, il *InheritedListeners) (err error) {
+	defer func() {
+		if err != nil {
+			il.Close()
+		}
+	}()
+	if err := r.bindMissing(il); err != nil {
+		return err
+	}
+	lock, err := AcquireDataDirLockOrBreakStale(r.cfg.DataDir)
+	if err != nil {
+		return err
+	}
+	svc, err := r.open(ctx, il)
+	if err != nil {
+		lock.Release()
+		return err
+	}
+	sock, err := r.controlSocket()
+	if err != nil {
+		lock.Release()
+		return err
+	}
+	inc, err := BindColdStart(sock, lock)
+	if err != nil {
+		lock.Release()
+		return err
+	}
+	r.log.Info("handoff: cold start", "control_socket", sock, "listeners", il.Names(), "build_id", r.cfg.BuildID)
+	return r.serve(ctx, inc, svc)
+}
+
+// bindMissing binds every Config.Listen name that was not inherited.
+func (r *runner) bindMissing(il *InheritedListeners) error {
+	have := map[string]bool{}
+	for _, n := range il.Names() {
+		have[n] = true
+	}
+	for _, name := range sortedKeys(r.cfg.Listen) {
+		if have[name] {
+			continue
+		}
+		addr := r.cfg.Listen[name]
+		if err := il.bind(name, addr); err != nil {
+			return err
+		}
+		r.log.Info("handoff: bound a listener that was not inherited", "name", name, "addr", addr)
+	}
+	return nil
+}
+
+// succeed runs the successor's steps, then serves.
+func (r *runner) succeed(ctx context.Context, s *Successor) error {
+	h, err := s.Handshake(r.cfg.BuildID)
+	if err != nil {
+		return err
+	}
+	b, err := h.WaitForBegin(ctx)
+	if err != nil {
+		return err
+	}
+	r.log.Info("handoff: successor may begin", "handoff", b.HandoffID())
+	guard := b.StartHeartbeats()
+	lock, err := AcquireDataDirLock(r.cfg.DataDir)
+	if err != nil {
+		guard.Stop()
+		return fmt.Errorf("%w: %w", ErrAborted, err)
+	}
+	svc, err := r.open(ctx, b.Listeners())
+	guard.Stop()
+	if err != nil {
+		lock.Release()
+		return fmt.Errorf("%w: %w", ErrAborted, err)
+	}
+	sock, err := r.controlSocket()
+	if err != nil {
+		lock.Release()
+		return fmt.Errorf("%w: %w", ErrAborted, err)
+	}
+	inc, err := b.AnnounceAndBind(r.readiness(svc, b.Listeners()), sock, lock)
+	if err != nil {
+		return err
+	}
+	r.log.Info("handoff: successor committed, serving", "handoff", b.HandoffID())
+	return r.serve(ctx, inc, svc)
+}
+
+func (r *runner) open(ctx context.Context, il *InheritedListeners) (Service, error) {
+	svc, err := r.cfg.Open(ctx, il)
+	if err != nil {
+		return nil, fmt.Errorf("handoff: open: %w", err)
+	}
+	if svc == nil {
+		return nil, errors.New("handoff: Config.Open returned a nil Service and no error")
+	}
+	return svc, nil
+}
+
+// readiness is what the service reports, or healthy with nothing to
+// compare; ListeningOn is filled in from the listeners when empty.
+func (r *runner) readiness(svc Service, il *InheritedListeners) ReadinessSnapshot {
+	var rs ReadinessSnapshot
+	if rr, ok := svc.(interface{ Readiness() ReadinessSnapshot }); ok {
+		rs = rr.Readiness()
+	} else {
+		rs.HealthzOK = true
+	}
+	if len(rs.ListeningOn) == 0 {
+		rs.ListeningOn = il.Names()
+	}
+	return rs
+}
+
+// controlSocket is Config.ControlSocket, else the supervisor's path, else
+// the default inside the data directory.
+func (r *runner) controlSocket() (string, error) {
+	if r.cfg.ControlSocket != "" {
+		return r.cfg.ControlSocket, nil
+	}
+	if p, err := controlSocketPath(""); err == nil {
+		return p, nil
+	}
+	return defaultControlSocket(r.cfg.DataDir), nil
+}
+
+// serve starts the service and answers the supervisor until a commit or
+// the end of ctx, then shuts the service down.
+func (r *runner) serve(ctx context.Context, inc *Incumbent, svc Service) error {
+	inc.SetBuildID(r.cfg.BuildID)
+	inc.SetLogger(r.log)
+	defer inc.Close()
+	if err := svc.Start(); err != nil {
+		inc.Lock().Release()
+		return fmt.Errorf("handoff: start: %w", err)
+	}
+	err := inc.Serve(ctx, svc)
+	switch {
+	case err == nil:
+		r.log.Info("handoff: handed off; shutting down")
+	case ctx.Err() != nil:
+		r.log.Info("handoff: stopping", "cause", context.Cause(ctx))
+		err = nil
+	default:
+		r.log.Error("handoff: cannot serve any more", "err", err)
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.cfg.ShutdownTimeout)
+	defer cancel()
+	if serr := svc.Shutdown(sctx); serr != nil {
+		err = errors.Join(err, fmt.Errorf("handoff: shutdown: %w", serr))
+	}
+	// After a commit the lock is already gone; otherwise it goes now that
+	// the service wrote its last.
+	if rerr := inc.Lock().Release(); rerr != nil {
+		err = errors.Join(err, rerr)
+	}
+	return err
+}
+
+func sortedKeys(m map[string]string) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}
