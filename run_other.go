@@ -30,7 +30,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.ShutdownTimeout == 0 {
 		cfg.ShutdownTimeout = DefaultShutdownTimeout
 	}
-	log.Info("handoff: not supported on "+runtime.GOOS+": running without handoff (a plain start, no lock, no control socket)")
+	log.Info("handoff: not supported on " + runtime.GOOS + ": running without handoff (a plain start, no lock, no control socket)")
 	il := &InheritedListeners{socks: map[string]any{}}
 	names := make([]string, 0, len(cfg.Listen))
 	for name := range cfg.Listen {

@@ -348,7 +348,6 @@ func (s *Server) ResumeAfterAbort(ctx context.Context) error {
 	return s.startLocked()
 }
 
-
 // Shutdown is for the end of the process (after a committed handoff or on
 // a stop signal): it stops serving if it still does, waits until ctx ends
 // for every connection to finish, including those a Drain left open,

@@ -386,7 +386,6 @@ func (d *testDrainable) ResumeAfterAbort(ctx context.Context) error {
 	return nil
 }
 
-
 // recordViolation appends a line to <dir>/violations, which the test checks.
 func recordViolation(dir, format string, args ...any) {
 	appendLine(filepath.Join(dir, "violations"), format, args...)

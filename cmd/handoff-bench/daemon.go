@@ -261,4 +261,3 @@ func (d *daemon) ResumeAfterAbort(context.Context) error {
 	}
 	return d.resumeAccepting()
 }
-

@@ -283,4 +283,3 @@ func (s *lineServer) ResumeAfterAbort(ctx context.Context) error {
 	}
 	return nil
 }
-
