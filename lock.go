@@ -24,11 +24,6 @@ import (
 // whose recorded holder is dead (its descriptors may still be closing).
 const staleWait = 2 * time.Second
 
-// breakStaleRetry, if set (by tests only), is called each time
-// AcquireDataDirLockOrBreakStale is about to wait for a lock whose
-// recorded holder is dead.
-var breakStaleRetry func()
-
 // DataDirLock is an exclusive flock on <dir>/.handoff.lock. At most one
 // process holds it; the holder's pid is recorded in <dir>/.handoff.pid for
 // people and error messages, but the flock alone decides who holds it. The
@@ -57,6 +52,13 @@ func AcquireDataDirLock(dir string) (*DataDirLock, error) {
 // pid file again: as soon as it names a live process, that holder is
 // reported at once. It never unlinks the lock file.
 func AcquireDataDirLockOrBreakStale(dir string) (*DataDirLock, error) {
+	return acquireBreakingStale(dir, nil)
+}
+
+// acquireBreakingStale is AcquireDataDirLockOrBreakStale; onRetry, if not
+// nil, is called each time it is about to wait for a lock whose recorded
+// holder is dead.
+func acquireBreakingStale(dir string, onRetry func()) (*DataDirLock, error) {
 	deadline := time.Now().Add(staleWait)
 	backoff := time.Millisecond
 	for {
@@ -70,8 +72,8 @@ func AcquireDataDirLockOrBreakStale(dir string) (*DataDirLock, error) {
 			held.StaleHolder = held.HolderPID > 0
 			return nil, fmt.Errorf("%w: waiting %v for the lock: %w", ErrTimeout, staleWait, err)
 		}
-		if breakStaleRetry != nil {
-			breakStaleRetry()
+		if onRetry != nil {
+			onRetry()
 		}
 		time.Sleep(min(backoff, wait))
 		backoff = min(backoff*2, 50*time.Millisecond)
@@ -159,8 +161,6 @@ func flock(f *os.File) error {
 // Dir returns the data directory.
 func (l *DataDirLock) Dir() string { return l.dir }
 
-// Inode returns the inode number of the lock file this lock holds.
-func (l *DataDirLock) Inode() uint64 { return l.ino }
 
 // Release removes the pid file and releases the lock. Calling it again is a no-op.
 func (l *DataDirLock) Release() error {

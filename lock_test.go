@@ -25,8 +25,11 @@ import (
 // TC_GRANDCHILD set, leaks its descriptor into a grandchild), TC_MODE=hold
 // only holds what it inherited; each reports in the file TC_OUT.
 func TestMain(m *testing.M) {
-	if os.Getenv("HANDOFF_TEST_ROLE") == "child" {
+	switch os.Getenv("HANDOFF_TEST_ROLE") {
+	case "child":
 		os.Exit(lockChild())
+	case "run":
+		os.Exit(runDaemon())
 	}
 	os.Exit(m.Run())
 }
@@ -169,9 +172,7 @@ func TestLockAcrossProcesses(t *testing.T) {
 		lf.check(t, "acquire while a child holds it")
 		// It refuses at once: no retry (which would end in ErrTimeout).
 		retries := 0
-		breakStaleRetry = func() { retries++ }
-		_, err = AcquireDataDirLockOrBreakStale(dir)
-		breakStaleRetry = nil
+		_, err = acquireBreakingStale(dir, func() { retries++ })
 		if !errors.As(err, &held) || held.StaleHolder || held.HolderPID != cmd.Process.Pid || errors.Is(err, ErrTimeout) || retries != 0 {
 			t.Fatalf("break-stale on a live holder: %v (%+v, %d retries), want a refusal at once naming pid %d", err, held, retries, cmd.Process.Pid)
 		}
@@ -209,13 +210,11 @@ func TestLockAcrossProcesses(t *testing.T) {
 		// waiting (a wait to the end would match ErrTimeout). The pid
 		// file is written on the first retry, so it is read again.
 		retries := 0
-		breakStaleRetry = func() {
+		_, err = acquireBreakingStale(dir, func() {
 			if retries++; retries == 1 {
 				writePIDFile(dir, gpid)
 			}
-		}
-		_, err = AcquireDataDirLockOrBreakStale(dir)
-		breakStaleRetry = nil
+		})
 		if !errors.As(err, &held) || held.StaleHolder || held.HolderPID != gpid || errors.Is(err, ErrTimeout) || retries != 1 {
 			t.Fatalf("break-stale after a live holder was recorded: %v (%+v, %d retries), want pid %d not stale after one retry", err, held, retries, gpid)
 		}

@@ -4,6 +4,7 @@
 package testutil
 
 import (
+	"flag"
 	"log/slog"
 	"os"
 	"testing"
@@ -61,9 +62,10 @@ func CountFDs(t testing.TB) int {
 }
 
 // Logger logs to stderr when the tests run verbose or HANDOFF_TEST_LOG is
-// set; otherwise it returns nil (the libraries then discard their logs).
+// set (a re-executed test binary, whose flags are not parsed, only the
+// latter); otherwise it returns nil (the libraries then discard their logs).
 func Logger() *slog.Logger {
-	if testing.Verbose() || os.Getenv("HANDOFF_TEST_LOG") != "" {
+	if (flag.Parsed() && testing.Verbose()) || os.Getenv("HANDOFF_TEST_LOG") != "" {
 		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
 	return nil
