@@ -1,5 +1,6 @@
 // Package httphandoff makes a net/http server hand-off capable: its Server
-// implements handoff.Drainable for an HTTP/1.1 server.
+// implements handoff.Service (and so handoff.Drainable) for an HTTP/1.1
+// server: return it from handoff.Config.Open and handoff.Run drives it.
 //
 // Drain stops accepting, lets every connection already accepted finish the
 // request it carries (even one whose request has not arrived yet), closes
@@ -94,6 +95,12 @@ type Config struct {
 	// when the state is open and healthy.
 	Reopen func(ctx context.Context) error
 
+	// Close runs at the end of Shutdown, once the connections are done
+	// and the listeners closed: close the daemon's state. After a
+	// committed handoff the state is sealed already; after a stop signal
+	// Close must make every accepted write durable.
+	Close func(ctx context.Context) error
+
 	// Logger receives unexpected Serve errors. Nil discards them.
 	Logger *slog.Logger
 }
@@ -120,7 +127,7 @@ type testHooks struct {
 	drainWaiting func() // Drain stopped accepting and waits for connections
 }
 
-var _ handoff.Drainable = (*Server)(nil)
+var _ handoff.Service = (*Server)(nil)
 
 // generation is one http.Server serving every listener.
 type generation struct {
@@ -351,8 +358,9 @@ func (s *Server) ResumeAfterAbort(ctx context.Context) error {
 // Shutdown is for the end of the process (after a committed handoff or on
 // a stop signal): it stops serving if it still does, waits until ctx ends
 // for every connection to finish, including those a Drain left open,
-// closes what is left, and closes the listeners. It returns ctx's error if
-// connections had to be cut, and the errors Serve failed with, if any.
+// closes what is left, closes the listeners and then runs the Close hook.
+// It returns ctx's error if connections had to be cut, and the errors
+// Serve and Close failed with, if any.
 // The Server cannot serve again.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
@@ -374,6 +382,11 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.errMu.Lock()
 	errs = append(errs, s.serveErrs...)
 	s.errMu.Unlock()
+	if s.cfg.Close != nil {
+		if err := s.cfg.Close(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("httphandoff: close: %w", err))
+		}
+	}
 	return errors.Join(errs...)
 }
 

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -522,5 +523,33 @@ func TestNewValidates(t *testing.T) {
 				t.Error("New accepted it")
 			}
 		})
+	}
+}
+
+func TestShutdownRunsCloseAfterTheListeners(t *testing.T) {
+	var listenerOpen bool
+	var calls int
+	var ln net.Listener
+	f := newFixture(t, http.HandlerFunc(hello), Config{
+		Close: func(context.Context) error {
+			calls++
+			c, err := net.Dial("tcp", ln.Addr().String())
+			if err == nil {
+				c.Close()
+			}
+			listenerOpen = err == nil
+			return errors.New("close failed")
+		},
+	})
+	ln = f.ln
+	err := f.srv.Shutdown(context.Background())
+	if calls != 1 || listenerOpen {
+		t.Fatalf("Close ran %d times, listener still open: %v; want once, after the listener closed", calls, listenerOpen)
+	}
+	if err == nil || !strings.Contains(err.Error(), "close failed") {
+		t.Fatalf("Shutdown = %v, want Close's error", err)
+	}
+	if err := f.srv.Shutdown(context.Background()); err != nil || calls != 1 {
+		t.Fatalf("second Shutdown = %v, Close ran %d times", err, calls)
 	}
 }
