@@ -1,10 +1,23 @@
 // Package handoff replaces the binary of a running stateful daemon with no
 // refused connections, no lost acknowledged writes, never two writers on
-// the same data, and automatic rollback when the new binary fails.
+// the same data, and automatic rollback when the new binary fails. It is
+// the daemon side; package supervisor is the supervisor side.
+//
+// # The front door
+//
+// A daemon calls Run with a Config: its data directory, the addresses to
+// bind when started by hand, and Open, which opens its state on the
+// listeners as a Service (a Drainable that can Start and Shutdown; package
+// httphandoff makes a net/http server one). Run detects the role, takes the
+// data-directory lock when it may, answers the supervisor and returns when
+// the process should exit. The step API underneath (DetectRole, the
+// successor's typestates, BindColdStart, Incumbent.Serve) is for daemons
+// that need more control. On systems other than Linux, Run starts the
+// daemon without handoff.
 //
 // # Roles
 //
-// A Supervisor binds the listening sockets (or inherits them from systemd)
+// The supervisor binds the listening sockets (or inherits them from systemd)
 // and never accepts on them; it starts the daemon, drives every handoff and
 // reaps every child. The Incumbent is the serving daemon: on request it
 // drains, seals its state, releases the DataDirLock and exits on Commit,
@@ -43,15 +56,14 @@
 //     every swap, so connections that arrive meanwhile wait in the kernel's
 //     accept queue. Descriptors are duplicated through SyscallConn and
 //     spawned with raw descriptors, so O_NONBLOCK is never cleared.
-//   - One handoff at a time: a second PerformHandoff fails at once with
-//     ErrHandoffInProgress.
 //   - The successor serves only after AnnounceAndBind returned, that is
 //     after the supervisor accepted its Ready.
 //
 // # Errors
 //
-// Test errors with errors.Is against ErrLockHeld, ErrHandoffInProgress,
-// ErrAborted, ErrTimeout, ErrProtocol, ErrFrameTooLarge, ErrNotInherited,
-// ErrSessionLost, ErrNoIncumbent, ErrJournalCorrupt and ErrClosed;
-// *LockHeldError carries the holder's pid.
+// Test errors with errors.Is against ErrLockHeld, ErrAborted, ErrTimeout,
+// ErrProtocol, ErrFrameTooLarge, ErrVersionMismatch, ErrNotInherited,
+// ErrSessionLost and ErrClosed; *LockHeldError carries the holder's pid.
+// ErrAborted, ErrTimeout, ErrProtocol and ErrClosed are the same values as
+// package supervisor's.
 package handoff

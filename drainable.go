@@ -5,6 +5,16 @@ import "context"
 // Drainable is what a daemon implements so the library can hand it off.
 // The library calls Drain, then Seal, on the incumbent; if the handoff does
 // not commit it calls ResumeAfterAbort. Calls never overlap.
+//
+// Drain must not close the listening sockets (connections that arrive
+// meanwhile wait in the kernel's accept queue for whoever serves next) and
+// must answer every connection it already accepted. Do not drain a
+// net/http server with http.Server.Shutdown: once Shutdown began, net/http
+// closes a connection whose request arrives afterwards instead of
+// answering it, so a client that connected just before the drain sees a
+// failed request. Use package httphandoff, which ends Accept with a
+// deadline and turns keep-alives off instead; for another protocol, stop
+// accepting the same way and finish each connection at a request boundary.
 type Drainable interface {
 	// Drain stops accepting, finishes in-flight requests before ctx's
 	// deadline (the drain grace), rejects new writes and fsyncs. An error

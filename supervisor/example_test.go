@@ -2,128 +2,54 @@ package supervisor_test
 
 import (
 	"context"
-	"errors"
 	"fmt"
+	"io"
 	"log"
 	"net"
 	"net/http"
 	"os"
+	"os/signal"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"github.com/handoff-go/handoff"
+	"github.com/handoff-go/handoff/httphandoff"
 	"github.com/handoff-go/handoff/supervisor"
 )
 
-func ExampleAcquireDataDirLock() {
-	dir, _ := os.MkdirTemp("", "data")
-	defer os.RemoveAll(dir)
-
-	lock, err := handoff.AcquireDataDirLock(dir)
+// The daemon of the example: this test binary run with EXAMPLE_DAEMON set,
+// an HTTP server on handoff.Run answering with its build id. A program
+// names its daemon's installed binaries instead.
+func init() {
+	build := os.Getenv("EXAMPLE_DAEMON")
+	if build == "" {
+		return
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
+	defer stop()
+	err := handoff.Run(ctx, handoff.Config{
+		DataDir: os.Getenv("EXAMPLE_DATA"),
+		BuildID: build,
+		Open: func(_ context.Context, ls *handoff.InheritedListeners) (handoff.Service, error) {
+			ln, err := ls.Listener("http")
+			if err != nil {
+				return nil, err
+			}
+			return httphandoff.New(httphandoff.Config{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+				io.WriteString(w, build)
+			})}, ln)
+		},
+	})
 	if err != nil {
 		log.Fatal(err)
 	}
-	// A second holder is refused; the error names the holder's pid.
-	_, err = handoff.AcquireDataDirLock(dir)
-	var held *handoff.LockHeldError
-	fmt.Println(errors.Is(err, handoff.ErrLockHeld), errors.As(err, &held) && held.HolderPID == os.Getpid())
-	fmt.Println(lock.Release())
-	// Output:
-	// true true
-	// <nil>
-}
-
-func ExampleDetectRole() {
-	role, err := handoff.DetectRole()
-	if err != nil {
-		log.Fatal(err)
-	}
-	switch r := role.(type) {
-	case *handoff.ColdStart:
-		// Started by hand: nothing inherited, so bind our own socket.
-		_, err := r.Inherited.Listener("http")
-		fmt.Println("cold start; http inherited:", !errors.Is(err, handoff.ErrNotInherited))
-	case *handoff.Successor:
-		fmt.Println("successor")
-	}
-	// Output: cold start; http inherited: false
-}
-
-// myDB stands for the daemon's state.
-type myDB struct{ srv *http.Server }
-
-func (db *myDB) Drain(ctx context.Context) (handoff.DrainReport, error) {
-	// Stop accepting, finish in-flight requests, fsync.
-	return handoff.DrainReport{AcceptClosed: true}, db.srv.Shutdown(ctx)
-}
-func (db *myDB) Seal(ctx context.Context) (handoff.SealReport, error) {
-	// Flush, close writer state, fsync; the library releases the lock next.
-	return handoff.SealReport{LastRevisionPerShard: []uint64{42}}, nil
-}
-func (db *myDB) ResumeAfterAbort(ctx context.Context) error { return nil }
-
-// A daemon's main: both roles, in a few lines each. It has no output to
-// check: it is a main that needs its supervisor, a data directory and a
-// control socket path (ExampleSupervisor_PerformHandoff runs a daemon).
-func Example_daemon() {
-	const dataDir, controlSock = "/var/lib/mydb", "/run/mydb/handoff.sock"
-	role, err := handoff.DetectRole()
-	if err != nil {
-		log.Fatal(err)
-	}
-	var inc *handoff.Incumbent
-	var ln net.Listener
-	switch r := role.(type) {
-	case *handoff.ColdStart:
-		if ln, err = r.Inherited.Listener("http"); errors.Is(err, handoff.ErrNotInherited) {
-			ln, err = net.Listen("tcp", "127.0.0.1:8080")
-		}
-		if err != nil {
-			log.Fatal(err)
-		}
-		lock, err := handoff.AcquireDataDirLockOrBreakStale(dataDir)
-		if err != nil {
-			log.Fatal(err)
-		}
-		if inc, err = handoff.BindColdStart(controlSock, lock); err != nil {
-			log.Fatal(err)
-		}
-	case *handoff.Successor:
-		h, err := r.Handshake("v2")
-		if err != nil {
-			log.Fatal(err)
-		}
-		b, err := h.WaitForBegin(context.Background()) // the incumbent has sealed
-		if err != nil {
-			log.Fatal(err)
-		}
-		guard := b.StartHeartbeats()
-		lock, err := handoff.AcquireDataDirLock(dataDir)
-		if err != nil {
-			log.Fatal(err)
-		}
-		// ... open the data ...
-		guard.Stop()
-		if ln, err = b.Listeners().Listener("http"); err != nil {
-			log.Fatal(err)
-		}
-		inc, err = b.AnnounceAndBind(handoff.ReadinessSnapshot{HealthzOK: true, AdvertisedRevisionPerShard: []uint64{42}}, controlSock, lock)
-		if err != nil {
-			os.Exit(1) // rejected (ErrAborted): exit without serving
-		}
-	}
-	db := &myDB{srv: &http.Server{}}
-	go db.srv.Serve(ln)
-	if err := inc.Serve(context.Background(), db); err != nil {
-		log.Fatal(err)
-	}
-	// Committed: the successor serves now. Exit.
+	os.Exit(0)
 }
 
 // A supervisor embedded in a program: hold the listener, start the daemon,
-// hand it off to a new binary, stop it. In this example the package's test
-// binary plays both versions of the daemon (see TestMain); a program names
-// its daemon's installed binaries instead.
+// hand it off to a new binary, stop it. The test binary plays both
+// versions of the daemon (see init above).
 func ExampleSupervisor_PerformHandoff() {
 	dir, err := os.MkdirTemp("", "example")
 	if err != nil {
@@ -137,7 +63,7 @@ func ExampleSupervisor_PerformHandoff() {
 	daemon := func(build string) supervisor.SpawnSpec {
 		return supervisor.SpawnSpec{
 			Binary: os.Args[0],
-			Env:    []string{"HANDOFF_TEST_ROLE=daemon", "TD_BUILD=" + build, "TD_DATA=" + data, "TD_CONTROL=" + sock},
+			Env:    []string{"EXAMPLE_DAEMON=" + build, "EXAMPLE_DATA=" + data},
 		}
 	}
 
@@ -151,7 +77,7 @@ func ExampleSupervisor_PerformHandoff() {
 		log.Fatal(err)
 	}
 	defer ln.Close()
-	if err := sup.AddListener("tcp", ln); err != nil {
+	if err := sup.AddListener("http", ln); err != nil {
 		log.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -168,9 +94,18 @@ func ExampleSupervisor_PerformHandoff() {
 	default:
 		fmt.Println("rolled back:", out.AbortReason)
 	}
-	// SIGTERM: the daemon drains, seals and exits.
+	resp, err := http.Get("http://" + ln.Addr().String() + "/")
+	if err != nil {
+		log.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	fmt.Println("answered by", string(body))
+	// SIGTERM: the daemon shuts down and exits.
 	if err := sup.Stop(ctx); err != nil {
 		log.Fatal(err)
 	}
-	// Output: committed; serving build v2
+	// Output:
+	// committed; serving build v2
+	// answered by v2
 }
