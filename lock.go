@@ -161,7 +161,6 @@ func flock(f *os.File) error {
 // Dir returns the data directory.
 func (l *DataDirLock) Dir() string { return l.dir }
 
-
 // Release removes the pid file and releases the lock. Calling it again is a no-op.
 func (l *DataDirLock) Release() error {
 	return l.release(true)
