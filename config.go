@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"path/filepath"
 	"time"
 )
 
@@ -83,8 +82,4 @@ func (c *Config) validate() error {
 		}
 	}
 	return nil
-}
-
-func defaultControlSocket(dataDir string) string {
-	return filepath.Join(dataDir, ".handoff.sock")
 }

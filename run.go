@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"path/filepath"
 	"slices"
 )
 
@@ -242,4 +243,8 @@ func sortedKeys(m map[string]string) []string {
 	}
 	slices.Sort(keys)
 	return keys
+}
+
+func defaultControlSocket(dataDir string) string {
+	return filepath.Join(dataDir, ".handoff.sock")
 }

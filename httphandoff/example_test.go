@@ -2,7 +2,6 @@ package httphandoff_test
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log"
@@ -74,54 +73,30 @@ func Example() {
 	// 200 OK hello
 }
 
-// A cold-started daemon: take the inherited listener (or bind one), lock
-// the data directory, become the incumbent and serve until a handoff
-// commits. examples/kvd shows the successor's side too.
-func Example_incumbent() {
-	const dataDir, controlSocket = "/var/lib/mydaemon", "/run/mydaemon/handoff.sock"
+// A daemon's main on the front door: Run hands the adapter the listener
+// and drives it through every handoff. It has no output to check: it is a
+// main, for a supervisor (or started by hand).
+func Example_daemon() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
 	defer stop()
-
-	role, err := handoff.DetectRole()
-	if err != nil {
-		log.Fatal(err)
-	}
-	cold, ok := role.(*handoff.ColdStart)
-	if !ok {
-		log.Fatal("spawned as a successor: see examples/kvd")
-	}
-	ln, err := cold.Inherited.Listener("http")
-	if errors.Is(err, handoff.ErrNotInherited) {
-		ln, err = net.Listen("tcp", "127.0.0.1:8080")
-	}
-	if err != nil {
-		log.Fatal(err)
-	}
-	lock, err := handoff.AcquireDataDirLockOrBreakStale(dataDir)
-	if err != nil {
-		log.Fatal(err)
-	}
-	// Open the daemon's state here; the hooks below flush, seal and reopen it.
-	srv, err := httphandoff.New(httphandoff.Config{
-		Handler: http.NotFoundHandler(),
-		Seal: func(context.Context) (handoff.SealReport, error) {
-			return handoff.SealReport{LastRevisionPerShard: []uint64{0}}, nil
+	err := handoff.Run(ctx, handoff.Config{
+		DataDir: "/var/lib/mydaemon",
+		Listen:  map[string]string{"http": "127.0.0.1:8080"}, // when not inherited
+		Open: func(_ context.Context, ls *handoff.InheritedListeners) (handoff.Service, error) {
+			ln, err := ls.Listener("http")
+			if err != nil {
+				return nil, err
+			}
+			// Open the daemon's state here; the hooks flush, seal, reopen and close it.
+			return httphandoff.New(httphandoff.Config{
+				Handler: http.NotFoundHandler(),
+				Seal: func(context.Context) (handoff.SealReport, error) {
+					return handoff.SealReport{}, nil
+				},
+			}, ln)
 		},
-	}, ln)
+	})
 	if err != nil {
 		log.Fatal(err)
 	}
-	inc, err := handoff.BindColdStart(controlSocket, lock)
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer inc.Close()
-	if err := srv.Start(); err != nil {
-		log.Fatal(err)
-	}
-	if err := inc.Serve(ctx, srv); err != nil {
-		log.Print(err) // stopped: drain, seal and release the lock, as examples/kvd does
-	}
-	// Committed (or stopped): let in-flight requests finish, then exit.
-	srv.Shutdown(context.Background())
 }
