@@ -54,7 +54,8 @@ type SealReport struct {
 // supervisor accepts it only if HealthzOK is true and every advertised
 // revision is at least the sealed one.
 type ReadinessSnapshot struct {
-	// ListeningOn lists the addresses the successor accepts on.
+	// ListeningOn lists what the successor accepts on, for logs (Run fills
+	// in the listener names when it is empty).
 	ListeningOn []string
 	// HealthzOK reports that the successor's own health check passed.
 	HealthzOK bool
