@@ -135,6 +135,49 @@ func newLogger(format string, w io.Writer) *slog.Logger {
 // re-exec, resumed from the journal after a supervisor restart, or
 // cold-started. On error it leaves nothing open.
 func startDaemon(ctx context.Context, cfg *Config, inherited *inheritedState, log *slog.Logger, stdout, stderr io.Writer) (_ *daemon, err error) {
+	st := &startup{d: newDaemon(cfg, log), inherited: inherited}
+	defer func() {
+		if err != nil {
+			st.undo()
+		}
+	}()
+	files, err := st.takeInherited()
+	if err != nil {
+		return nil, err
+	}
+	if err := st.openMetrics(); err != nil {
+		return nil, err
+	}
+	if err := st.openTrigger(); err != nil {
+		return nil, err
+	}
+	if err := st.newSupervisor(stdout, stderr); err != nil {
+		return nil, err
+	}
+	if err := st.bringUp(ctx, files); err != nil {
+		return nil, err
+	}
+	st.finish()
+	return st.d, nil
+}
+
+// startup is one startDaemon: the daemon being built and what to undo if
+// a step fails, in reverse order.
+type startup struct {
+	d         *daemon
+	inherited *inheritedState // nil unless re-executed
+	cleanups  []func()
+}
+
+func (st *startup) onFailure(f func()) { st.cleanups = append(st.cleanups, f) }
+
+func (st *startup) undo() {
+	for i := len(st.cleanups) - 1; i >= 0; i-- {
+		st.cleanups[i]()
+	}
+}
+
+func newDaemon(cfg *Config, log *slog.Logger) *daemon {
 	d := &daemon{
 		cfg:      cfg,
 		log:      log,
@@ -146,71 +189,90 @@ func startDaemon(ctx context.Context, cfg *Config, inherited *inheritedState, lo
 		stopping: make(chan struct{}),
 		backoff:  backoff{min: restartMinDelay, max: restartMaxDelay, stable: restartStableAfter},
 	}
-	d.exe, err = os.Executable()
-	if err != nil {
+	var err error
+	if d.exe, err = os.Executable(); err != nil {
 		d.exe = "/proc/self/exe"
 	}
+	return d
+}
 
-	var cleanups []func()
-	defer func() {
-		if err != nil {
-			for i := len(cleanups) - 1; i >= 0; i-- {
-				cleanups[i]()
-			}
-		}
-	}()
+// takeInherited takes over what the previous image passed (after a
+// re-exec) or what systemd passed, and returns the listener files.
+func (st *startup) takeInherited() (map[string]inheritedFile, error) {
+	d, in := st.d, st.inherited
 	files := map[string]inheritedFile{}
-	if inherited != nil {
-		cleanups = append(cleanups, inherited.close)
-		reapLeftovers(inherited.ChildPID, log)
-		files = inherited.listeners
-		d.started = inherited.Started
-		d.backoff.cur = inherited.Backoff
-		log.Info("re-executed: taking over from the previous image", "daemon_pid", inherited.ChildPID, "binary", inherited.KnownGood)
-	} else if files, err = systemdFiles(); err != nil {
-		return nil, err
-	}
-	cleanups = append(cleanups, func() { closeInherited(files) })
-
-	if cfg.MetricsAddr != "" {
-		var ln *net.TCPListener
-		if inherited != nil {
-			ln = inherited.metricsListener(cfg.MetricsAddr)
+	if in != nil {
+		st.onFailure(in.close)
+		reapLeftovers(in.ChildPID, d.log)
+		files = in.listeners
+		d.started = in.Started
+		d.backoff.cur = in.Backoff
+		d.log.Info("re-executed: taking over from the previous image", "daemon_pid", in.ChildPID, "binary", in.KnownGood)
+	} else {
+		var err error
+		if files, err = systemdFiles(); err != nil {
+			return nil, err
 		}
-		if ln == nil {
-			l, err := net.Listen("tcp", cfg.MetricsAddr)
-			if err != nil {
-				return nil, fmt.Errorf("metrics_addr: %w", err)
-			}
-			ln = l.(*net.TCPListener)
-		}
-		d.metricsSrv = newMetricsServer(ln, d.metrics, log)
-		cleanups = append(cleanups, func() { d.metricsSrv.close(context.Background()) })
 	}
+	st.onFailure(func() { closeInherited(files) })
+	return files, nil
+}
 
+// openMetrics binds (or takes over) metrics_addr, if set.
+func (st *startup) openMetrics() error {
+	d := st.d
+	if d.cfg.MetricsAddr == "" {
+		return nil
+	}
+	var ln *net.TCPListener
+	if st.inherited != nil {
+		ln = st.inherited.metricsListener(d.cfg.MetricsAddr)
+	}
+	if ln == nil {
+		l, err := net.Listen("tcp", d.cfg.MetricsAddr)
+		if err != nil {
+			return fmt.Errorf("metrics_addr: %w", err)
+		}
+		ln = l.(*net.TCPListener)
+	}
+	d.metricsSrv = newMetricsServer(ln, d.metrics, d.log)
+	st.onFailure(func() { d.metricsSrv.close(context.Background()) })
+	return nil
+}
+
+// openTrigger binds (or takes over) the trigger socket.
+func (st *startup) openTrigger() error {
+	d, cfg := st.d, st.d.cfg
 	var tln *net.UnixListener
-	if inherited != nil {
-		if tln = inherited.triggerListener(cfg.TriggerSocket); tln != nil {
+	if st.inherited != nil {
+		if tln = st.inherited.triggerListener(cfg.TriggerSocket); tln != nil {
 			// allowed_uids may have changed with the re-exec; failing now
 			// would leave the daemon without a supervisor.
 			if err := setTriggerACL(cfg.TriggerSocket, cfg.TriggerSocket, cfg.AllowedUIDs); err != nil {
-				log.Error("re-exec: the trigger socket keeps its previous access", "err", err)
+				d.log.Error("re-exec: the trigger socket keeps its previous access", "err", err)
 			}
 		}
 	}
 	if tln == nil {
+		var err error
 		if tln, err = listenTrigger(cfg.TriggerSocket, cfg.AllowedUIDs); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	self := uint32(os.Getuid())
-	d.trigger = newTriggerServer(tln, cfg.TriggerSocket, peerPolicy{self: self, allowed: cfg.AllowedUIDs}, d.handleTrigger, log)
-	cleanups = append(cleanups, func() { d.trigger.close(errShuttingDown) })
+	d.trigger = newTriggerServer(tln, cfg.TriggerSocket, peerPolicy{self: self, allowed: cfg.AllowedUIDs}, d.handleTrigger, d.log)
+	st.onFailure(func() { d.trigger.close(errShuttingDown) })
+	return nil
+}
 
+// newSupervisor creates the library's Supervisor, its events feeding
+// systemd notifications and metrics.
+func (st *startup) newSupervisor(stdout, stderr io.Writer) error {
+	d := st.d
 	scfg := supervisor.Config{
-		ControlSocket: cfg.ControlSocket,
-		Journal:       cfg.Journal,
-		Logger:        log,
+		ControlSocket: d.cfg.ControlSocket,
+		Journal:       d.cfg.Journal,
+		Logger:        d.log,
 		OnEvent: func(e supervisor.Event) {
 			d.notify.onEvent(e)
 			d.metrics.onEvent(e)
@@ -218,62 +280,48 @@ func startDaemon(ctx context.Context, cfg *Config, inherited *inheritedState, lo
 	}
 	scfg.Stdout, _ = stdout.(*os.File)
 	scfg.Stderr, _ = stderr.(*os.File)
+	var err error
 	if d.sup, err = supervisor.New(scfg); err != nil {
-		return nil, err
+		return err
 	}
-	cleanups = append(cleanups, func() { d.sup.Close() })
+	st.onFailure(func() { d.sup.Close() })
+	return nil
+}
 
+// bringUp hands the listeners to the Supervisor and gets a daemon serving:
+// adopted, resumed from the journal, or cold-started.
+func (st *startup) bringUp(ctx context.Context, files map[string]inheritedFile) error {
+	d, cfg := st.d, st.d.cfg
 	// Listeners passed to us (systemd, re-exec) first; the journal may then
 	// recover the rest from a live daemon; whatever is still missing is
 	// bound here.
-	ls, err := openListeners(cfg, nil, files, false, log)
+	ls, err := openListeners(cfg, nil, files, false, d.log)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	if err := handOver(d.sup, ls, log); err != nil {
-		return nil, err
+	if err := handOver(d.sup, ls, d.log); err != nil {
+		return err
 	}
-	cleanups = append(cleanups, func() { d.pin.close() })
+	st.onFailure(func() { d.pin.close() })
 	serving := false
-	if inherited != nil {
-		d.knownGood = inherited.KnownGood
-		d.pin = inherited.pinned()
-		if pid := inherited.ChildPID; pid != 0 {
-			adopt := d.sup.Adopt
-			if hooks.adopt != nil {
-				adopt = hooks.adopt
-			}
-			err := adopt(ctx, pid, cfg.spawnSpec(d.knownGood))
-			switch {
-			case err == nil:
-				serving = true
-			case d.sup.Status().IncumbentPID == pid:
-				// Adopted and watched; only its journal record failed.
-				log.Error("re-exec: adopted the daemon, but could not record it", "pid", pid, "err", err)
-				serving = true
-			default:
-				// Unwatched, it would keep its lock (a new daemon could not
-				// start) and stay a zombie once it exits.
-				log.Error("re-exec: could not adopt the daemon; killing it to start it anew", "pid", pid, "err", err)
-				killAndReap(pid, killAfterStop, log)
-			}
-		}
+	if st.inherited != nil {
+		serving = st.adopt(ctx)
 	} else if cfg.Journal != "" {
 		serving = d.resume(ctx)
 	}
 	if d.knownGood == "" {
 		if d.knownGood, err = canonicalBinary(cfg.Binary); err != nil {
-			return nil, err
+			return err
 		}
 	}
-	if ls, err = openListeners(cfg, d.sup.Status().Listeners, nil, true, log); err != nil {
-		return nil, err
+	if ls, err = openListeners(cfg, d.sup.Status().Listeners, nil, true, d.log); err != nil {
+		return err
 	}
-	if err := handOver(d.sup, ls, log); err != nil {
-		return nil, err
+	if err := handOver(d.sup, ls, d.log); err != nil {
+		return err
 	}
 	switch {
-	case !serving && inherited != nil:
+	case !serving && st.inherited != nil:
 		// After a re-exec a failed start must not end the supervisor (its
 		// pid is the service's): the loop starts the daemon, with backoff.
 		d.scheduleRestart(0, "no daemon was running at the re-exec")
@@ -282,34 +330,70 @@ func startDaemon(ctx context.Context, cfg *Config, inherited *inheritedState, lo
 		p, err := d.sup.ColdStart(ctx, cfg.spawnSpec(d.knownGood))
 		if err != nil {
 			pin.close()
-			return nil, fmt.Errorf("start the daemon: %w", err)
+			return fmt.Errorf("start the daemon: %w", err)
 		}
-		log.Info("daemon started", "pid", p, "binary", d.knownGood)
+		d.log.Info("daemon started", "pid", p, "binary", d.knownGood)
 		d.setKnownGood(d.knownGood, pin, pinErr)
 	}
 	if d.pin == nil && serving {
 		pin, pinErr := pinRunning(d.knownGood, d.sup.Status().IncumbentPID)
 		d.setKnownGood(d.knownGood, pin, pinErr)
 	}
+	return nil
+}
 
-	if inherited != nil {
-		if inherited.metrics != nil {
-			log.Info("re-exec: metrics_addr is no longer set; closing the metrics listener", "addr", inherited.MetricsAddr)
+// adopt takes over the daemon the previous image ran, if any, and reports
+// whether it serves.
+func (st *startup) adopt(ctx context.Context) bool {
+	d, in := st.d, st.inherited
+	d.knownGood = in.KnownGood
+	d.pin = in.pinned()
+	pid := in.ChildPID
+	if pid == 0 {
+		return false
+	}
+	adopt := d.sup.Adopt
+	if hooks.adopt != nil {
+		adopt = hooks.adopt
+	}
+	err := adopt(ctx, pid, d.cfg.spawnSpec(d.knownGood))
+	switch {
+	case err == nil:
+		return true
+	case d.sup.Status().IncumbentPID == pid:
+		// Adopted and watched; only its journal record failed.
+		d.log.Error("re-exec: adopted the daemon, but could not record it", "pid", pid, "err", err)
+		return true
+	default:
+		// Unwatched, it would keep its lock (a new daemon could not
+		// start) and stay a zombie once it exits.
+		d.log.Error("re-exec: could not adopt the daemon; killing it to start it anew", "pid", pid, "err", err)
+		killAndReap(pid, killAfterStop, d.log)
+		return false
+	}
+}
+
+// finish closes what the previous image passed and nobody took, starts
+// the trigger and metrics servers and tells systemd the service is ready.
+func (st *startup) finish() {
+	d, in := st.d, st.inherited
+	if in != nil {
+		if in.metrics != nil {
+			d.log.Info("re-exec: metrics_addr is no longer set; closing the metrics listener", "addr", in.MetricsAddr)
 		}
-		inherited.close() // whatever was passed and not taken
+		in.close() // whatever was passed and not taken
 	}
 	d.trigger.start()
 	if d.metricsSrv != nil {
 		d.metricsSrv.start()
-		log.Info("serving metrics", "addr", d.metricsSrv.ln.Addr().String())
+		d.log.Info("serving metrics", "addr", d.metricsSrv.ln.Addr().String())
 	}
 	if hooks.beforeReady != nil {
-		hooks.beforeReady(inherited != nil)
+		hooks.beforeReady(in != nil)
 	}
-	st := d.sup.Status()
-	d.notify.ready(fmt.Sprintf("serving: pid %d, build %s", st.IncumbentPID, st.IncumbentBuildID))
-	log.Info("supervisor ready", "daemon_pid", st.IncumbentPID, "build_id", st.IncumbentBuildID, "trigger_socket", cfg.TriggerSocket)
-	return d, nil
+	status := d.sup.Status()
+	d.notify.ready(fmt.Sprintf("serving: pid %d, build %s", status.IncumbentPID, status.IncumbentBuildID))
+	d.log.Info("supervisor ready", "daemon_pid", status.IncumbentPID, "build_id", status.IncumbentBuildID, "trigger_socket", d.cfg.TriggerSocket)
 }
 
 // resume recovers a daemon that outlived a previous supervisor, from the
