@@ -57,7 +57,7 @@ type NamedFile struct {
 
 const keepOutcomes = 10
 
-// NewSupervisor checks cfg and returns a supervisor with no listeners.
+// New checks cfg and returns a supervisor with no listeners.
 func New(cfg Config) (*Supervisor, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err

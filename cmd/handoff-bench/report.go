@@ -191,7 +191,7 @@ func (r *result) print(w io.Writer) {
 	}
 	if h := r.mode(modeHandoff); h != nil {
 		row("handoff: accept gap (PrepareHandoff sent → Commit sent)", h.Gap)
-		row("  library's share (HandoffOutcome LibraryOverhead)", h.LibraryOverhead)
+		row("  library's share (Outcome.LibraryOverhead)", h.LibraryOverhead)
 		if bd := h.Breakdown; bd != nil {
 			row("    drain hop: → Drained, minus the daemon's Drain", &bd.DrainHop)
 			row("    seal hop: → SealComplete, minus Seal (has lock release)", &bd.SealHop)
