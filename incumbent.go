@@ -184,195 +184,245 @@ const (
 	stSealed                      // sealed, lock released
 )
 
+// incSession is one supervisor session on the incumbent's side: the terms
+// the handshake set, and where the handoff it runs stands (state).
+type incSession struct {
+	i        *Incumbent
+	ctx      context.Context
+	conn     *wire.Conn
+	d        Drainable
+	id       string        // the handoff id, from HelloAck
+	liveness time.Duration // the supervisor's liveness timeout
+	beat     time.Duration // heartbeat interval during Drain and Seal
+	idleWait time.Duration // how long to wait for a frame in stIdle
+	state    incState
+	deadline time.Time // of the running handoff
+}
+
 // session runs one supervisor session. Whatever way it ends, the daemon is
 // either committed (errCommitted) or serving and holding its lock again.
 func (i *Incumbent) session(ctx context.Context, conn *wire.Conn, d Drainable) (err error) {
 	defer conn.Close()
-	i.mu.Lock()
-	buildID := i.buildID
-	i.mu.Unlock()
-	if err := conn.Send(hello(wire.RoleIncumbent, buildID), "", wire.WriteTimeout); err != nil {
+	s := &incSession{i: i, ctx: ctx, conn: conn, d: d, state: stIdle}
+	if probe, err := s.handshake(); probe || err != nil {
 		return err
 	}
-	f, err := conn.Recv(wire.DefaultHelloTimeout)
-	if errors.Is(err, ErrSessionLost) {
-		return nil // a probe: the supervisor only wanted our Hello
-	}
-	if err != nil {
-		return err
-	}
-	ack, ok := f.Msg.(wire.HelloAck)
-	if !ok || f.ID == "" {
-		conn.Send(wire.Error{Reason: "expected hello_ack with a handoff id"}, f.ID, wire.WriteTimeout)
-		return wire.Violation("expected hello_ack with a handoff id, got %s", f.Msg.Type())
-	}
-	if _, err := wire.Negotiate(wire.MinVersion, wire.MaxVersion, ack.Version, ack.Version); err != nil {
-		conn.Send(wire.Error{Reason: err.Error()}, f.ID, wire.WriteTimeout)
-		return err
-	}
-	conn.SetVersion(ack.Version)
-	id := f.ID
-	liveness := wire.DefaultLiveness
-	if ack.LivenessMS > 0 {
-		liveness = time.Duration(ack.LivenessMS) * time.Millisecond
-	}
-	beat := wire.HeartbeatInterval(liveness)
-	// Before PrepareHandoff the supervisor may still be starting the
-	// successor: wait for the handoff's deadline, not just the liveness.
-	idleWait := liveness
-	if ack.DeadlineMS > 0 {
-		idleWait = max(idleWait, time.Duration(ack.DeadlineMS)*time.Millisecond+wire.ReplySlack)
-	}
-
-	state := stIdle
-	var deadline time.Time // of the running handoff
 	// Whatever ends the session before a commit, the daemon serves again.
 	defer func() {
-		if state == stIdle || errors.Is(err, errCommitted) {
+		if s.state == stIdle || errors.Is(err, errCommitted) {
 			return
 		}
-		if rerr := i.resume(ctx, d, deadline); rerr != nil {
+		if rerr := i.resume(ctx, d, s.deadline); rerr != nil {
 			err = errors.Join(err, rerr)
 		}
 	}()
 	for {
-		wait := idleWait
-		if state != stIdle {
-			wait = max(time.Until(deadline)+wire.ReplySlack, liveness)
-		}
-		f, err := conn.Recv(wait)
+		f, err := conn.Recv(s.wait())
 		if err != nil {
-			if state == stIdle && errors.Is(err, ErrSessionLost) {
+			if s.state == stIdle && errors.Is(err, ErrSessionLost) {
 				return nil
 			}
 			return fmt.Errorf("handoff: supervisor session lost: %w", err)
 		}
-		if f.ID != id {
-			conn.Send(wire.Error{Reason: "wrong handoff id"}, id, wire.WriteTimeout)
-			return wire.Violation("frame for handoff %q in session %q", f.ID, id)
-		}
-		switch m := f.Msg.(type) {
-		case wire.Heartbeat:
-		case wire.ListenersRequest:
-			if err := i.sendListeners(conn, id); err != nil {
-				return err
-			}
-		case wire.PrepareHandoff:
-			if state != stIdle {
-				conn.Send(wire.Error{Reason: "prepare_handoff during a handoff"}, id, wire.WriteTimeout)
-				return wire.Violation("prepare_handoff during a handoff")
-			}
-			deadline = time.Now().Add(time.Duration(m.DeadlineMS) * time.Millisecond)
-			grace := time.Duration(m.DrainGraceMS) * time.Millisecond
-			if m.DeadlineMS <= 0 || grace <= 0 {
-				conn.Send(wire.Error{Reason: "prepare_handoff needs a positive deadline and drain grace"}, id, wire.WriteTimeout)
-				return wire.Violation("prepare_handoff with deadline %dms, drain grace %dms", m.DeadlineMS, m.DrainGraceMS)
-			}
-			state = stDrainFailed // until Drain succeeds: resume on any exit
-			crash.Point("incumbent-before-drain")
-			rep, took, derr := i.withHeartbeats(conn, id, beat, func() (any, error) {
-				dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), grace)
-				defer cancel()
-				start := time.Now()
-				rep, err := d.Drain(dctx)
-				// A drain may use its whole grace and report what is
-				// left open (DrainReport.OpenConnsRemaining): the
-				// supervisor waits grace+wire.ReplySlack for the answer. A
-				// Drain that ignored its context and came back later
-				// than half that slack may find the supervisor gone
-				// and rolling back: it counts as failed, so the
-				// SealRequest queued behind does not seal.
-				if took := time.Since(start); err == nil && took > grace+wire.ReplySlack/2 {
-					err = fmt.Errorf("drain took %v, past its grace of %v: the supervisor may have stopped waiting", took.Round(time.Millisecond), grace)
-				}
-				return rep, err
-			})
-			crash.Point("incumbent-after-drain")
-			if derr != nil {
-				if err := conn.Send(wire.DrainFailed{Reason: derr.Error()}, id, wire.WriteTimeout); err != nil {
-					return err
-				}
-				continue
-			}
-			dr := rep.(DrainReport)
-			state = stDrained
-			if err := conn.Send(wire.Drained{OpenConnsRemaining: dr.OpenConnsRemaining, AcceptClosed: dr.AcceptClosed, TookNS: int64(took)}, id, wire.WriteTimeout); err != nil {
-				return err
-			}
-		case wire.SealRequest:
-			if state == stDrainFailed {
-				// Pipelined behind a drain that failed: nothing is sealed.
-				if err := conn.Send(wire.SealFailed{Reason: "not sealed: the drain failed"}, id, wire.WriteTimeout); err != nil {
-					return err
-				}
-				continue
-			}
-			if state != stDrained {
-				conn.Send(wire.Error{Reason: "seal_request before drained"}, id, wire.WriteTimeout)
-				return wire.Violation("seal_request in state %d", state)
-			}
-			crash.Point("incumbent-before-seal")
-			rep, took, serr := i.withHeartbeats(conn, id, beat, func() (any, error) {
-				sctx, cancel := context.WithDeadline(context.WithoutCancel(ctx), deadline)
-				defer cancel()
-				return d.Seal(sctx)
-			})
-			if serr != nil {
-				state = stSealFailed
-				if err := conn.Send(wire.SealFailed{Reason: serr.Error()}, id, wire.WriteTimeout); err != nil {
-					return err
-				}
-				continue
-			}
-			// The seal succeeded: only now may the lock go. If releasing
-			// it failed, whether it is still held is unknown: let no
-			// successor in.
-			if err := i.lock.release(false); err != nil {
-				i.log().Error("handoff: releasing the lock after seal", "err", err)
-				state = stSealFailed
-				if err := conn.Send(wire.SealFailed{Reason: "releasing the data-directory lock failed: " + err.Error()}, id, wire.WriteTimeout); err != nil {
-					return err
-				}
-				continue
-			}
-			state = stSealed
-			crash.Point("incumbent-after-seal")
-			sr := rep.(SealReport)
-			if err := conn.Send(wire.SealComplete{LastRevisionPerShard: sr.LastRevisionPerShard, DataDirFingerprint: sr.DataDirFingerprint, TookNS: int64(took)}, id, wire.WriteTimeout); err != nil {
-				return err
-			}
-		case wire.Commit:
-			if state != stSealed {
-				conn.Send(wire.Error{Reason: "commit before seal_complete"}, id, wire.WriteTimeout)
-				return wire.Violation("commit before seal_complete")
-			}
-			crash.Point("incumbent-on-commit")
-			return errCommitted
-		case wire.ResumeAfterAbort:
-			if state == stIdle {
-				// Idempotent: already serving. Make sure of it anyway.
-				if err := conn.Send(wire.Resumed{}, id, wire.WriteTimeout); err != nil {
-					return err
-				}
-				continue
-			}
-			rerr := i.resume(ctx, d, deadline)
-			state = stIdle
-			msg := wire.Resumed{}
-			if rerr != nil {
-				msg.Error = rerr.Error()
-			}
-			if err := conn.Send(msg, id, wire.WriteTimeout); err != nil && rerr == nil {
-				return err
-			}
-			if rerr != nil {
-				return rerr
-			}
-		default:
-			conn.Send(wire.Error{Reason: fmt.Sprintf("unexpected %s", f.Msg.Type())}, id, wire.WriteTimeout)
-			return wire.Violation("unexpected %s from the supervisor", f.Msg.Type())
+		if err := s.handle(f); err != nil {
+			return err
 		}
 	}
+}
+
+// handshake sends our Hello and takes the supervisor's HelloAck, which
+// sets the handoff id, the protocol version and the session's timings.
+// probe says the supervisor hung up after our Hello: it only wanted that.
+func (s *incSession) handshake() (probe bool, err error) {
+	s.i.mu.Lock()
+	buildID := s.i.buildID
+	s.i.mu.Unlock()
+	if err := s.conn.Send(hello(wire.RoleIncumbent, buildID), "", wire.WriteTimeout); err != nil {
+		return false, err
+	}
+	f, err := s.conn.Recv(wire.DefaultHelloTimeout)
+	if errors.Is(err, ErrSessionLost) {
+		return true, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	ack, ok := f.Msg.(wire.HelloAck)
+	if !ok || f.ID == "" {
+		s.conn.Send(wire.Error{Reason: "expected hello_ack with a handoff id"}, f.ID, wire.WriteTimeout)
+		return false, wire.Violation("expected hello_ack with a handoff id, got %s", f.Msg.Type())
+	}
+	if _, err := wire.Negotiate(wire.MinVersion, wire.MaxVersion, ack.Version, ack.Version); err != nil {
+		s.conn.Send(wire.Error{Reason: err.Error()}, f.ID, wire.WriteTimeout)
+		return false, err
+	}
+	s.conn.SetVersion(ack.Version)
+	s.id = f.ID
+	s.liveness = wire.DefaultLiveness
+	if ack.LivenessMS > 0 {
+		s.liveness = time.Duration(ack.LivenessMS) * time.Millisecond
+	}
+	s.beat = wire.HeartbeatInterval(s.liveness)
+	// Before PrepareHandoff the supervisor may still be starting the
+	// successor: wait for the handoff's deadline, not just the liveness.
+	s.idleWait = s.liveness
+	if ack.DeadlineMS > 0 {
+		s.idleWait = max(s.idleWait, time.Duration(ack.DeadlineMS)*time.Millisecond+wire.ReplySlack)
+	}
+	return false, nil
+}
+
+// wait is how long to wait for the supervisor's next frame.
+func (s *incSession) wait() time.Duration {
+	if s.state == stIdle {
+		return s.idleWait
+	}
+	return max(time.Until(s.deadline)+wire.ReplySlack, s.liveness)
+}
+
+// handle answers one frame from the supervisor. An error ends the session.
+func (s *incSession) handle(f wire.Frame) error {
+	if f.ID != s.id {
+		s.refuse("wrong handoff id")
+		return wire.Violation("frame for handoff %q in session %q", f.ID, s.id)
+	}
+	switch m := f.Msg.(type) {
+	case wire.Heartbeat:
+		return nil
+	case wire.ListenersRequest:
+		return s.i.sendListeners(s.conn, s.id)
+	case wire.PrepareHandoff:
+		return s.prepareHandoff(m)
+	case wire.SealRequest:
+		return s.sealRequest()
+	case wire.Commit:
+		return s.commit()
+	case wire.ResumeAfterAbort:
+		return s.resumeAfterAbort()
+	default:
+		s.refuse(fmt.Sprintf("unexpected %s", f.Msg.Type()))
+		return wire.Violation("unexpected %s from the supervisor", f.Msg.Type())
+	}
+}
+
+func (s *incSession) send(m wire.Message) error {
+	return s.conn.Send(m, s.id, wire.WriteTimeout)
+}
+
+// refuse tells the supervisor why the session is about to end. Best
+// effort: the session ends either way.
+func (s *incSession) refuse(reason string) {
+	s.send(wire.Error{Reason: reason})
+}
+
+// prepareHandoff drains the daemon within the drain grace and answers
+// Drained or DrainFailed. A failed drain does not end the session: the
+// SealRequest pipelined behind it is answered SealFailed.
+func (s *incSession) prepareHandoff(m wire.PrepareHandoff) error {
+	if s.state != stIdle {
+		s.refuse("prepare_handoff during a handoff")
+		return wire.Violation("prepare_handoff during a handoff")
+	}
+	s.deadline = time.Now().Add(time.Duration(m.DeadlineMS) * time.Millisecond)
+	grace := time.Duration(m.DrainGraceMS) * time.Millisecond
+	if m.DeadlineMS <= 0 || grace <= 0 {
+		s.refuse("prepare_handoff needs a positive deadline and drain grace")
+		return wire.Violation("prepare_handoff with deadline %dms, drain grace %dms", m.DeadlineMS, m.DrainGraceMS)
+	}
+	s.state = stDrainFailed // until Drain succeeds: resume on any exit
+	crash.Point("incumbent-before-drain")
+	rep, took, derr := s.i.withHeartbeats(s.conn, s.id, s.beat, func() (any, error) {
+		return s.drain(grace)
+	})
+	crash.Point("incumbent-after-drain")
+	if derr != nil {
+		return s.send(wire.DrainFailed{Reason: derr.Error()})
+	}
+	dr := rep.(DrainReport)
+	s.state = stDrained
+	return s.send(wire.Drained{OpenConnsRemaining: dr.OpenConnsRemaining, AcceptClosed: dr.AcceptClosed, TookNS: int64(took)})
+}
+
+// drain runs the daemon's Drain with grace as its time.
+func (s *incSession) drain(grace time.Duration) (DrainReport, error) {
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(s.ctx), grace)
+	defer cancel()
+	start := time.Now()
+	rep, err := s.d.Drain(dctx)
+	// A drain may use its whole grace and report what is left open
+	// (DrainReport.OpenConnsRemaining): the supervisor waits
+	// grace+wire.ReplySlack for the answer. A Drain that ignored its
+	// context and came back later than half that slack may find the
+	// supervisor gone and rolling back: it counts as failed, so the
+	// SealRequest queued behind does not seal.
+	if took := time.Since(start); err == nil && took > grace+wire.ReplySlack/2 {
+		err = fmt.Errorf("drain took %v, past its grace of %v: the supervisor may have stopped waiting", took.Round(time.Millisecond), grace)
+	}
+	return rep, err
+}
+
+// sealRequest seals the daemon after a good drain and, only once the seal
+// succeeded, releases the data-directory lock; it answers SealComplete or
+// SealFailed (the session goes on either way).
+func (s *incSession) sealRequest() error {
+	if s.state == stDrainFailed {
+		// Pipelined behind a drain that failed: nothing is sealed.
+		return s.send(wire.SealFailed{Reason: "not sealed: the drain failed"})
+	}
+	if s.state != stDrained {
+		s.refuse("seal_request before drained")
+		return wire.Violation("seal_request in state %d", s.state)
+	}
+	crash.Point("incumbent-before-seal")
+	rep, took, serr := s.i.withHeartbeats(s.conn, s.id, s.beat, func() (any, error) {
+		sctx, cancel := context.WithDeadline(context.WithoutCancel(s.ctx), s.deadline)
+		defer cancel()
+		return s.d.Seal(sctx)
+	})
+	if serr != nil {
+		s.state = stSealFailed
+		return s.send(wire.SealFailed{Reason: serr.Error()})
+	}
+	// The seal succeeded: only now may the lock go. If releasing it
+	// failed, whether it is still held is unknown: let no successor in.
+	if err := s.i.lock.release(false); err != nil {
+		s.i.log().Error("handoff: releasing the lock after seal", "err", err)
+		s.state = stSealFailed
+		return s.send(wire.SealFailed{Reason: "releasing the data-directory lock failed: " + err.Error()})
+	}
+	s.state = stSealed
+	crash.Point("incumbent-after-seal")
+	sr := rep.(SealReport)
+	return s.send(wire.SealComplete{LastRevisionPerShard: sr.LastRevisionPerShard, DataDirFingerprint: sr.DataDirFingerprint, TookNS: int64(took)})
+}
+
+// commit ends the session with errCommitted, once sealed.
+func (s *incSession) commit() error {
+	if s.state != stSealed {
+		s.refuse("commit before seal_complete")
+		return wire.Violation("commit before seal_complete")
+	}
+	crash.Point("incumbent-on-commit")
+	return errCommitted
+}
+
+// resumeAfterAbort resumes serving and answers Resumed, with the error if
+// resuming failed (which ends the session with it).
+func (s *incSession) resumeAfterAbort() error {
+	if s.state == stIdle {
+		// Idempotent: already serving. Make sure of it anyway.
+		return s.send(wire.Resumed{})
+	}
+	rerr := s.i.resume(s.ctx, s.d, s.deadline)
+	s.state = stIdle
+	msg := wire.Resumed{}
+	if rerr != nil {
+		msg.Error = rerr.Error()
+	}
+	if err := s.send(msg); err != nil && rerr == nil {
+		return err
+	}
+	return rerr
 }
 
 // withHeartbeats runs fn while sending heartbeats, and times it.

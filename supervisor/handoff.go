@@ -43,6 +43,7 @@ type run struct {
 	inc      *peer
 	succ     *peer
 	sealed   *wire.SealComplete
+	gapStart time.Time // PrepareHandoff is sent: the accept gap starts
 	out      Outcome
 	wg       sync.WaitGroup
 	stop     chan struct{}
@@ -242,11 +243,33 @@ func (r *run) journal(phase Phase) error {
 	return nil
 }
 
-// drive runs the handoff up to and including the commit. Any error is an
-// abort to roll back.
+// drive runs the handoff up to and including the commit, one phase after
+// the other. Any error is an abort to roll back.
 func (r *run) drive(incChild *child) error {
+	if err := r.helloIncumbent(incChild); err != nil {
+		return err
+	}
+	if err := r.spawnSuccessor(); err != nil {
+		return err
+	}
+	drained, err := r.drain()
+	if err != nil {
+		return err
+	}
+	if err := r.seal(); err != nil {
+		return err
+	}
+	ready, err := r.begin()
+	if err != nil {
+		return err
+	}
+	return r.commit(time.Duration(drained.TookNS + r.sealed.TookNS + ready.OpenTookNS))
+}
+
+// helloIncumbent opens the session with the incumbent, checks that it is
+// the supervisor's incumbent and completes the handshake.
+func (r *run) helloIncumbent(incChild *child) error {
 	s := r.s
-	// 1. Session with the incumbent.
 	t0 := time.Now()
 	dctx, cancel := context.WithDeadline(r.ctx, r.deadline)
 	conn, h, err := s.dialIncumbent(dctx)
@@ -269,11 +292,32 @@ func (r *run) drive(incChild *child) error {
 	}
 	r.out.Phases.IncumbentHello = time.Since(t0)
 	r.startReader(r.inc)
+	return nil
+}
 
-	// 2. Spawn the successor with the listeners and a socketpair, and
-	// finish its handshake before anything stops accepting.
-	s.setPhase(r.id, PhaseSpawning)
+// spawnSuccessor starts the successor with the listeners and a socketpair,
+// and finishes its handshake before anything stops accepting.
+func (r *run) spawnSuccessor() error {
+	r.s.setPhase(r.id, PhaseSpawning)
 	t1 := time.Now()
+	if err := r.startSuccessor(); err != nil {
+		return err
+	}
+	if err := r.journal(PhaseSpawning); err != nil {
+		return err
+	}
+	if err := r.handshakeSuccessor(); err != nil {
+		return err
+	}
+	r.out.Phases.Spawn = time.Since(t1)
+	crash.Point("supervisor-after-successor-hello")
+	return nil
+}
+
+// startSuccessor spawns the successor process and makes it r.succ, its
+// session on the parent's end of the socketpair.
+func (r *run) startSuccessor() error {
+	s := r.s
 	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return r.abortAs(ErrSuccessorFailed, "could not create the successor's control socketpair: %v", err)
@@ -297,55 +341,64 @@ func (r *run) drive(incChild *child) error {
 	s.mu.Lock()
 	s.succ = c
 	s.mu.Unlock()
-	if err := r.journal(PhaseSpawning); err != nil {
-		return err
-	}
+	return nil
+}
+
+// handshakeSuccessor takes the successor's Hello and acknowledges it; only
+// then does the successor's session get its reader.
+func (r *run) handshakeSuccessor() error {
 	sh, err := r.successorHello(r.succ)
 	if err != nil {
 		return err
 	}
-	s.mu.Lock()
-	c.buildID = sh.BuildID
-	s.mu.Unlock()
-	if err := s.ackHello(r.succ.conn, sh, r.id, r.deadline); err != nil {
+	r.s.mu.Lock()
+	r.succ.child.buildID = sh.BuildID
+	r.s.mu.Unlock()
+	if err := r.s.ackHello(r.succ.conn, sh, r.id, r.deadline); err != nil {
 		return r.abortAs(ErrSuccessorFailed, "handshake with the successor failed: %v", err)
 	}
 	// Only now, with the version set, may a reader use the connection.
 	r.startReader(r.succ)
-	r.out.Phases.Spawn = time.Since(t1)
-	crash.Point("supervisor-after-successor-hello")
+	return nil
+}
 
-	// 3. Drain. SealRequest is pipelined behind PrepareHandoff: the
-	// incumbent seals only after its own drain succeeded (after a failed
-	// drain it answers SealFailed), and one round trip leaves the gap.
-	s.setPhase(r.id, PhaseDraining)
-	gapStart := time.Now()
+// drain asks the incumbent to drain and starts the accept gap. SealRequest
+// is pipelined behind PrepareHandoff: the incumbent seals only after its
+// own drain succeeded (after a failed drain it answers SealFailed), and
+// one round trip leaves the gap.
+func (r *run) drain() (wire.Drained, error) {
+	r.s.setPhase(r.id, PhaseDraining)
+	r.gapStart = time.Now()
 	if err := r.send(r.inc, wire.PrepareHandoff{DeadlineMS: max(time.Until(r.deadline).Milliseconds(), 1), DrainGraceMS: r.spec.DrainGrace.Milliseconds()}); err != nil {
-		return err
+		return wire.Drained{}, err
 	}
 	if err := r.send(r.inc, wire.SealRequest{}); err != nil {
-		return err
+		return wire.Drained{}, err
 	}
 	fr, err := r.awaitUntil(r.inc, time.Now().Add(r.spec.DrainGrace+replySlack), wire.TypeDrained, wire.TypeDrainFailed)
 	if err != nil {
-		return err
+		return wire.Drained{}, err
 	}
 	if m, ok := fr.Msg.(wire.DrainFailed); ok {
-		r.out.Phases.Drain = time.Since(gapStart)
-		return r.abortAs(ErrDrainFailed, "the incumbent's drain failed: %s", m.Reason)
+		r.out.Phases.Drain = time.Since(r.gapStart)
+		return wire.Drained{}, r.abortAs(ErrDrainFailed, "the incumbent's drain failed: %s", m.Reason)
 	}
 	drained := fr.Msg.(wire.Drained)
-	r.out.Phases.Drain = time.Since(gapStart)
+	r.out.Phases.Drain = time.Since(r.gapStart)
 	if err := r.journal(PhaseDraining); err != nil {
-		return err
+		return wire.Drained{}, err
 	}
 	crash.Point("supervisor-after-drained")
+	return drained, nil
+}
 
-	// 4. Seal (already requested): the incumbent releases the lock
-	// before answering.
-	s.setPhase(r.id, PhaseSealing)
+// seal waits for the seal requested behind the drain and keeps the
+// SealComplete in r.sealed: the incumbent releases the lock before
+// answering.
+func (r *run) seal() error {
+	r.s.setPhase(r.id, PhaseSealing)
 	t3 := time.Now()
-	fr, err = r.awaitUntil(r.inc, r.deadline, wire.TypeSealComplete, wire.TypeSealFailed)
+	fr, err := r.awaitUntil(r.inc, r.deadline, wire.TypeSealComplete, wire.TypeSealFailed)
 	if err != nil {
 		return err
 	}
@@ -360,25 +413,35 @@ func (r *run) drive(incChild *child) error {
 		return err
 	}
 	crash.Point("supervisor-after-sealed")
+	return nil
+}
 
-	// 5. Begin: the successor takes the lock and opens the data.
-	s.setPhase(r.id, PhaseBegun)
+// begin has the successor take the lock and open the data, and checks its
+// Ready against the seal.
+func (r *run) begin() (wire.Ready, error) {
+	r.s.setPhase(r.id, PhaseBegun)
 	t4 := time.Now()
 	if err := r.send(r.succ, wire.Begin{}); err != nil {
-		return err
+		return wire.Ready{}, err
 	}
-	fr, err = r.awaitUntil(r.succ, r.deadline, wire.TypeReady)
+	fr, err := r.awaitUntil(r.succ, r.deadline, wire.TypeReady)
 	if err != nil {
-		return err
+		return wire.Ready{}, err
 	}
 	ready := fr.Msg.(wire.Ready)
 	r.out.Phases.BeginToReady = time.Since(t4)
-	if err := checkReady(ready, sc); err != nil {
-		return r.abortAs(ErrReadyRejected, "%v", err)
+	if err := checkReady(ready, *r.sealed); err != nil {
+		return wire.Ready{}, r.abortAs(ErrReadyRejected, "%v", err)
 	}
+	return ready, nil
+}
 
-	// 6. Commit: the successor first (it is the next incumbent), then
-	// the old incumbent, which exits.
+// commit commits the successor first (it is the next incumbent), then the
+// old incumbent, which exits; work is the daemons' own drain, seal and
+// open time, the part of the accept gap that is not the library's. It
+// can fail (and abort) only until the successor has taken its Commit.
+func (r *run) commit(work time.Duration) error {
+	s, c := r.s, r.succ.child
 	s.setPhase(r.id, PhaseCommitting)
 	if err := r.journal(PhaseCommitting); err != nil {
 		return err
@@ -387,12 +450,11 @@ func (r *run) drive(incChild *child) error {
 	if err := r.succ.conn.Send(wire.Commit{}, string(r.id), writeTimeout); err != nil {
 		return r.abortAs(ErrSuccessorFailed, "the successor vanished at the commit: %v", err)
 	}
-	r.out.Phases.AcceptGap = time.Since(gapStart)
-	work := time.Duration(drained.TookNS + sc.TookNS + ready.OpenTookNS)
+	r.out.Phases.AcceptGap = time.Since(r.gapStart)
 	r.out.Phases.DaemonWork = work
 	r.out.Phases.LibraryOverhead = max(r.out.Phases.AcceptGap-work, 0)
 	if err := r.inc.conn.Send(wire.Commit{}, string(r.id), writeTimeout); err != nil {
-		s.log.Warn("handoff: the old incumbent did not take its Commit (it will exit when it sees the session end and finds the lock taken)", "pid", incChild.pid, "err", err)
+		s.log.Warn("handoff: the old incumbent did not take its Commit (it will exit when it sees the session end and finds the lock taken)", "pid", r.inc.child.pid, "err", err)
 	}
 	s.mu.Lock()
 	s.inc = c
