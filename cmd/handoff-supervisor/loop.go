@@ -155,6 +155,7 @@ func (d *daemon) handleRequest(req request) {
 		req.reply <- "ok: " + string(raw)
 	case "handoff":
 		if msg := d.startHandoff(req.cmd.binary, req.reply, "trigger"); msg != "" {
+			d.log.Warn("handoff refused", "binary", req.cmd.binary, "from", "trigger", "why", msg)
 			req.reply <- "err: " + msg
 		}
 	default:
@@ -169,8 +170,8 @@ func (d *daemon) statusReport() statusReport {
 }
 
 // startHandoff starts a handoff to binary (empty: the configured one).
-// It returns why it cannot, or "" once the handoff runs; reply then gets
-// the outcome.
+// It returns why it cannot (for the caller to log), or "" once the
+// handoff runs; reply then gets the outcome.
 func (d *daemon) startHandoff(binary string, reply chan string, why string) string {
 	switch {
 	case d.reexecPending:
@@ -184,7 +185,6 @@ func (d *daemon) startHandoff(binary string, reply chan string, why string) stri
 	}
 	path, err := d.cfg.allowedBinary(binary)
 	if err != nil {
-		d.log.Warn("handoff refused", "binary", binary, "err", err, "from", why)
 		return err.Error()
 	}
 	spec := d.cfg.spawnSpec(path)
@@ -205,12 +205,13 @@ func (d *daemon) startColdStart(why string) {
 		exe = d.pin.exe()
 	}
 	if exe != d.knownGood {
-		d.log.Warn("the file at the known-good path was replaced since it proved good: starting the pinned known-good binary instead",
-			"binary", d.knownGood, "exe", exe, "inode", d.pin.ino)
+		d.log.Warn("starting the daemon: the file at the known-good path was replaced since it proved good, so the pinned known-good binary is started instead",
+			"binary", d.knownGood, "exe", exe, "inode", d.pin.ino, "why", why)
+	} else {
+		d.log.Info("starting the daemon", "binary", d.knownGood, "exe", exe, "why", why)
 	}
 	spec := d.cfg.spawnSpec(exe)
 	pinned := d.pin != nil
-	d.log.Info("starting the daemon", "binary", d.knownGood, "exe", exe, "why", why)
 	d.startOp(opColdStart, d.knownGood, why, nil, func(ctx context.Context, r *opResult) {
 		if !pinned {
 			r.pin, r.pinErr = openPin(spec.Binary)
@@ -235,7 +236,9 @@ func (d *daemon) startOp(kind opKind, binary, why string, reply chan string, fn 
 	}()
 }
 
-// finishOp records an op's result and answers whoever asked.
+// finishOp records an op's result and answers whoever asked. The library
+// logs how a handoff ended and that a daemon started: not logged again
+// here.
 func (d *daemon) finishOp(r opResult) {
 	d.op.cancel()
 	d.op = nil
@@ -256,15 +259,11 @@ func (d *daemon) finishOp(r opResult) {
 			return
 		}
 		if r.err != nil {
-			d.log.Error("handoff rolled back, and the incumbent failed to resume; it will be restarted", "id", o.ID, "err", r.err)
+			o = withResumeFailure(o, r.err)
 		}
 		if o.Committed {
 			d.setKnownGood(r.binary, r.pin, r.pinErr)
 			r.pin = nil
-			d.log.Info("handoff committed", "id", o.ID, "binary", r.binary, "build_id", o.BuildID, "from", r.why,
-				"total", o.Phases.Total, "accept_gap", o.Phases.AcceptGap)
-		} else {
-			d.log.Warn("handoff rolled back", "id", o.ID, "binary", r.binary, "from", r.why, "reason", o.AbortReason)
 		}
 		d.notify.ready(outcomeStatus(o, d.sup.Status()))
 		answer(handoffReply(o))
@@ -282,9 +281,16 @@ func (d *daemon) finishOp(r opResult) {
 			r.pin = nil
 		}
 		st := d.sup.Status()
-		d.log.Info("daemon restarted", "pid", r.pid, "binary", r.binary, "build_id", st.IncumbentBuildID)
 		d.notify.ready(fmt.Sprintf("serving: pid %d, build %s (restarted)", r.pid, st.IncumbentBuildID))
 	}
+}
+
+// withResumeFailure adds to a rolled-back outcome's reason that the
+// incumbent did not resume (err; the library logged both): it exits, and
+// the loop restarts the known-good binary. Whoever asked is told so.
+func withResumeFailure(o supervisor.Outcome, err error) supervisor.Outcome {
+	o.AbortReason += "; the old daemon did not resume (" + err.Error() + ") and will be restarted"
+	return o
 }
 
 // afterOp starts what waited for the op to end.
@@ -296,12 +302,12 @@ func (d *daemon) afterOp() {
 	d.maybeReexec()
 }
 
-// incumbentExited schedules a restart of the known-good binary.
+// incumbentExited schedules a restart of the known-good binary. The
+// library has logged the exit.
 func (d *daemon) incumbentExited(ex supervisor.IncumbentExit) {
 	delay := d.backoff.next(ex.Running)
 	why := fmt.Sprintf("daemon pid %d (%s) %s", ex.PID, ex.Binary, exitDescription(&ex))
-	d.log.Warn("the daemon exited outside a handoff; restarting the known-good binary",
-		"pid", ex.PID, "binary", ex.Binary, "exit", exitDescription(&ex), "known_good", d.knownGood, "in", delay)
+	d.log.Info("restart of the known-good binary scheduled", "binary", d.knownGood, "in", delay, "after_pid", ex.PID)
 	d.scheduleRestart(delay, why)
 }
 

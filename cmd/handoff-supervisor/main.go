@@ -2,7 +2,8 @@
 // the daemon, restarts it when it dies and replaces its binary without
 // dropping a connection, on a trigger (a unix socket, SIGHUP, or the
 // upgrade subcommand). Run it with --help for the commands, flags,
-// configuration keys, signals, metrics and a systemd unit.
+// configuration keys, signals, metrics and a systemd unit, and with
+// COMMAND --help for one command.
 package main
 
 import (
@@ -12,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime"
 	"runtime/debug"
 	"strings"
 )
@@ -21,29 +23,46 @@ func main() {
 	os.Exit(exitCode(err, os.Stderr))
 }
 
+// Exit statuses.
+const (
+	exitOK           = 0
+	exitFailure      = 1 // anything else, a handoff that rolled back included
+	exitUsage        = 2
+	exitNoSupervisor = 3 // nothing answers on the trigger socket
+)
+
 // exitCode prints err (unless the command already did) and picks the
-// exit status: 0 success, 2 usage error, 1 anything else.
+// exit status.
 func exitCode(err error, stderr io.Writer) int {
 	var ee *exitError
 	var ue *usageError
+	var ns *noSupervisorError
 	switch {
 	case err == nil:
-		return 0
+		return exitOK
 	case errors.As(err, &ee):
 		return ee.code
 	case errors.As(err, &ue):
-		fmt.Fprintf(stderr, "handoff-supervisor: %v\nRun 'handoff-supervisor --help' for usage.\n", err)
-		return 2
+		help := "handoff-supervisor --help"
+		if ue.cmd != "" {
+			help = "handoff-supervisor " + ue.cmd + " --help"
+		}
+		fmt.Fprintf(stderr, "handoff-supervisor: %v\nRun '%s' for usage.\n", err, help)
+		return exitUsage
+	case errors.As(err, &ns):
+		fmt.Fprintf(stderr, "handoff-supervisor: %v\n%s\n", err, ns.hint())
+		return exitNoSupervisor
 	default:
 		fmt.Fprintf(stderr, "handoff-supervisor: %v\n", err)
-		return 1
+		return exitFailure
 	}
 }
 
 // usageError is a mistake on the command line.
 type usageError struct {
 	msg string
-	err error // the flag package's error, if any
+	cmd string // the subcommand whose usage to point at, if any
+	err error  // the flag package's error, if any
 }
 
 func (e *usageError) Error() string {
@@ -68,20 +87,45 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runUpgrade(ctx, args[1:], stdout, stderr)
 	case "status":
 		return runStatus(ctx, args[1:], stdout, stderr)
-	case "version":
-		if len(args) > 1 {
-			return &usageError{msg: "version takes no arguments"}
-		}
-		_, err := fmt.Fprintf(stdout, "handoff-supervisor %s\n", version())
-		return err
+	case "version", "-version", "--version":
+		return runVersion(args[1:], stdout)
 	case "help", "-h", "-help", "--help":
-		_, err := io.WriteString(stdout, helpText)
-		return err
+		return runHelp(ctx, args[1:], stdout, stderr)
 	}
 	if strings.HasPrefix(args[0], "-") {
 		return runDaemon(ctx, args, stdout, stderr)
 	}
 	return &usageError{msg: fmt.Sprintf("unknown command %q", args[0])}
+}
+
+// runHelp prints the whole help, or with a command name that command's
+// usage (help upgrade is upgrade --help).
+func runHelp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	switch {
+	case len(args) == 0:
+		_, err := io.WriteString(stdout, helpText)
+		return err
+	case len(args) > 1:
+		return &usageError{msg: "help takes at most one command name"}
+	}
+	if _, ok := commandDocs[args[0]]; !ok {
+		return &usageError{msg: fmt.Sprintf("help: unknown command %q", args[0])}
+	}
+	err := run(ctx, []string{args[0], "--help"}, stdout, stderr)
+	var ee *exitError
+	if errors.As(err, &ee) && ee.code == exitOK {
+		return nil
+	}
+	return err
+}
+
+// runVersion prints the version of this binary.
+func runVersion(args []string, stdout io.Writer) error {
+	if err := parseFlags(versionFlags(), args, stdout); err != nil {
+		return err
+	}
+	_, err := fmt.Fprintf(stdout, "handoff-supervisor %s\n", version())
+	return err
 }
 
 // newFlagSet returns a flag set that prints nothing itself: parseFlags
@@ -93,18 +137,20 @@ func newFlagSet(name string) *flag.FlagSet {
 	return fs
 }
 
-// parseFlags parses args; --help prints the help text to stdout and ends
-// the command successfully.
+// parseFlags parses args; -h or --help prints the command's usage to
+// stdout and ends the command successfully.
 func parseFlags(fs *flag.FlagSet, args []string, stdout io.Writer) error {
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			io.WriteString(stdout, helpText)
-			return &exitError{0}
+			if err := writeCommandUsage(stdout, fs); err != nil {
+				return err
+			}
+			return &exitError{exitOK}
 		}
-		return &usageError{msg: fs.Name(), err: err}
+		return &usageError{msg: fs.Name(), cmd: fs.Name(), err: err}
 	}
 	if fs.NArg() > 0 {
-		return &usageError{msg: fmt.Sprintf("%s: unexpected argument %q", fs.Name(), fs.Arg(0))}
+		return &usageError{msg: fmt.Sprintf("%s: unexpected argument %q", fs.Name(), fs.Arg(0)), cmd: fs.Name()}
 	}
 	return nil
 }
@@ -117,24 +163,41 @@ func loadConfigFlag(path string) (*Config, error) {
 	return loadConfig(path)
 }
 
-// version is the module version of this binary, or the VCS revision it
-// was built from when it has none, and the Go version.
+// version is this binary's module version, the VCS revision it was built
+// from (and whether the tree had local changes) when the build recorded
+// them, and the Go version.
 func version() string {
-	bi, ok := debug.ReadBuildInfo()
-	if !ok {
-		return "(unknown version)"
+	bi, _ := debug.ReadBuildInfo()
+	return formatVersion(bi)
+}
+
+// formatVersion formats bi (nil: no build information) as
+// "v1.2.3 (revision 0123abcd..., modified, go1.26.1)".
+func formatVersion(bi *debug.BuildInfo) string {
+	if bi == nil {
+		return "(unknown version: the binary holds no build information) (" + runtime.Version() + ")"
 	}
 	v := bi.Main.Version
-	if v == "" || v == "(devel)" {
-		v = "devel"
-		for _, s := range bi.Settings {
-			switch {
-			case s.Key == "vcs.revision":
-				v += " " + s.Value[:min(12, len(s.Value))]
-			case s.Key == "vcs.modified" && s.Value == "true":
-				v += "+dirty"
-			}
+	if v == "" {
+		v = "(devel)"
+	}
+	var details []string
+	var modified bool
+	for _, s := range bi.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			details = append(details, "revision "+s.Value)
+		case "vcs.modified":
+			modified = s.Value == "true"
 		}
 	}
-	return v + " " + bi.GoVersion
+	if modified {
+		details = append(details, "modified")
+	}
+	goVersion := bi.GoVersion
+	if goVersion == "" {
+		goVersion = runtime.Version()
+	}
+	details = append(details, goVersion)
+	return v + " (" + strings.Join(details, ", ") + ")"
 }

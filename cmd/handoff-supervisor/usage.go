@@ -1,11 +1,119 @@
 package main
 
-import _ "embed"
+import (
+	_ "embed"
+	"flag"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+)
 
-// unitExample is a systemd unit for the supervisor, shown by --help.
+// unitExample is a systemd unit for the supervisor (Type=notify-reload),
+// shown by --help.
 //
 //go:embed handoff-supervisor.service.example
 var unitExample string
+
+// commandDoc is what a command's own usage says besides its flags.
+type commandDoc struct {
+	synopsis string // one line, naming every flag
+	summary  string // one sentence
+	exit     string // its exit statuses
+}
+
+// commandDocs holds every command that has flags, by flag set name.
+var commandDocs = map[string]commandDoc{
+	"run": {
+		synopsis: "handoff-supervisor [run] --config FILE",
+		summary:  "Supervise the daemon: bind the listeners (or take them from systemd), start the daemon, restart it when it dies, and hand off to a new binary on a trigger.",
+		exit:     "Exit status: 0 after a stop by SIGTERM or SIGINT; 1 failure; 2 bad usage.",
+	},
+	"upgrade": {
+		synopsis: "handoff-supervisor upgrade --config FILE [--binary PATH] [--timeout D]",
+		summary:  "Ask the running supervisor for a handoff, wait for its outcome and print it in one line.",
+		exit:     "Exit status: 0 committed; 1 rolled back, refused or failed; 2 bad usage; 3 no supervisor answers on trigger_socket.",
+	},
+	"status": {
+		synopsis: "handoff-supervisor status --config FILE [--json]",
+		summary:  "Print the running supervisor's phase, pids, build ids, uptimes and last handoff outcomes.",
+		exit:     "Exit status: 0 success; 1 failure; 2 bad usage; 3 no supervisor answers on trigger_socket.",
+	},
+	"version": {
+		synopsis: "handoff-supervisor version",
+		summary:  "Print this binary's module version, the VCS revision it was built from (and whether the tree was modified) and its Go version.",
+	},
+}
+
+// versionFlags defines the version command's flags: none but --help.
+func versionFlags() *flag.FlagSet { return newFlagSet("version") }
+
+// usageWidth is where command usage is wrapped.
+const usageWidth = 80
+
+// writeCommandUsage prints the usage of the command whose flags fs holds:
+// its synopsis, summary, every flag and its exit statuses.
+func writeCommandUsage(w io.Writer, fs *flag.FlagSet) error {
+	doc := commandDocs[fs.Name()]
+	var b strings.Builder
+	fmt.Fprintf(&b, "Usage: %s\n\n", doc.synopsis)
+	b.WriteString(wrap(doc.summary, "", usageWidth))
+	b.WriteString("\nFlags:\n")
+	type row struct {
+		name, usage string
+		at          int // where the synopsis names it
+	}
+	var rows []row
+	fs.VisitAll(func(f *flag.Flag) {
+		placeholder, usage := flag.UnquoteUsage(f)
+		name := "--" + f.Name
+		if placeholder != "" {
+			name += " " + strings.ToUpper(placeholder)
+		}
+		at := strings.Index(doc.synopsis, "--"+f.Name)
+		if at < 0 {
+			at = len(doc.synopsis)
+		}
+		rows = append(rows, row{name: name, usage: usage, at: at})
+	})
+	// In the synopsis' order; VisitAll's (by name) among the others.
+	sort.SliceStable(rows, func(i, j int) bool { return rows[i].at < rows[j].at })
+	rows = append(rows, row{name: "-h, --help", usage: "print this help and exit"})
+	col := 0
+	for _, r := range rows {
+		col = max(col, len(r.name))
+	}
+	indent := strings.Repeat(" ", 2+col+3)
+	for _, r := range rows {
+		first := fmt.Sprintf("  %-*s   ", col, r.name)
+		b.WriteString(first + strings.TrimPrefix(wrap(r.usage, indent, usageWidth), indent))
+	}
+	if doc.exit != "" {
+		b.WriteString("\n" + wrap(doc.exit, "", usageWidth))
+	}
+	b.WriteString("\nRun 'handoff-supervisor --help' for the configuration keys, signals, trigger\nprotocol, metrics and a systemd unit.\n")
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+// wrap breaks s into lines of at most width columns (a longer word gets
+// a line of its own), each starting with indent and ending in a newline.
+func wrap(s, indent string, width int) string {
+	var b strings.Builder
+	line := indent
+	for _, word := range strings.Fields(s) {
+		if line != indent && len(line)+1+len(word) > width {
+			b.WriteString(line + "\n")
+			line = indent
+		}
+		if line != indent {
+			line += " "
+		}
+		line += word
+	}
+	b.WriteString(line + "\n")
+	return b.String()
+}
 
 // helpText documents every command, flag, configuration key, signal,
 // the trigger protocol and the metrics.
@@ -18,8 +126,8 @@ Usage:
   handoff-supervisor [run] --config FILE
   handoff-supervisor upgrade --config FILE [--binary PATH] [--timeout D]
   handoff-supervisor status --config FILE [--json]
-  handoff-supervisor version
-  handoff-supervisor --help
+  handoff-supervisor version | --version
+  handoff-supervisor --help | help [COMMAND] | COMMAND --help
 
 Commands:
   run       (the default) Bind the listeners, or take them from systemd socket
@@ -27,7 +135,10 @@ Commands:
             trigger socket. Logs go to stderr.
               --config FILE   the configuration file (required)
   upgrade   Ask the running supervisor (over trigger_socket) for a handoff and
-            print its one-line answer. Exits 0 only if the handoff committed.
+            print its outcome in one line: "committed: handoff ID, now serving
+            pid PID, build B (...)", "rolled back: REASON (handoff ID)", or
+            the supervisor's "err: MESSAGE" when no handoff ran. Exits 0 only
+            if the handoff committed.
               --config FILE   the configuration file (required)
               --binary PATH   hand off to PATH instead of the configured binary;
                               it must be binary or one of allowed_binaries
@@ -37,10 +148,13 @@ Commands:
             last handoff outcomes.
               --config FILE   the configuration file (required)
               --json          print one JSON object instead
-  version   Print the version.
+  version   Print the module version, the VCS revision (and "modified" if the
+            tree had local changes) when the build recorded them, and the Go
+            version.
 
 Exit status: 0 success; 1 failure (including a handoff that rolled back);
-2 bad usage.
+2 bad usage; 3 (upgrade, status) no supervisor answers on trigger_socket:
+its socket file does not exist or nothing listens on it.
 
 Configuration (TOML; unknown keys and wrong types are errors that name the
 key and the line):
@@ -130,11 +244,16 @@ or "err: MESSAGE". Lines over 4096 bytes, and clients that send no line within
 allowed_uids are served (checked with SO_PEERCRED); others get
 "err: permission denied".
 
-systemd: works as Type=notify-reload: READY=1 once the daemon serves,
-RELOADING=1 with MONOTONIC_USEC when a handoff starts and READY=1 when it ends,
-EXTEND_TIMEOUT_USEC while a handoff makes progress, STOPPING=1, and STATUS=
-lines. Socket activation: sockets passed with LISTEN_FDS are matched to
-[[listeners]] by name (LISTEN_FDNAMES); the others are bound.
+systemd: works as Type=notify-reload (systemd 253 and later): READY=1 once the
+daemon serves, RELOADING=1 with MONOTONIC_USEC when a handoff starts and
+READY=1 when it ends, EXTEND_TIMEOUT_USEC while a handoff makes progress,
+STOPPING=1, and STATUS= lines. With older systemd (236 to 252), use Type=notify
+with ExecReload=/bin/kill -HUP $MAINPID and no ReloadSignal= (the source's
+handoff-supervisor-notify.service.example): the same notifications are sent
+and understood, but systemctl reload may return before the handoff has ended;
+upgrade waits for its outcome. Socket activation: sockets passed with
+LISTEN_FDS are matched to [[listeners]] by name (LISTEN_FDNAMES); the others
+are bound.
 
 Metrics (metrics_addr, /metrics):
   handoff_handoffs_total{outcome="committed|rolled_back"}  handoffs finished
@@ -150,6 +269,7 @@ Metrics (metrics_addr, /metrics):
   handoff_in_progress                     1 while a handoff runs
   plus the Go runtime's and the process's standard metrics.
 
-A systemd unit:
+A systemd unit (Type=notify-reload, systemd 253 and later; see above for
+older systemd):
 
 ` + unitExample
