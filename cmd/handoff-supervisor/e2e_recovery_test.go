@@ -187,7 +187,7 @@ func TestRestartPinnedKnownGood(t *testing.T) {
 		t.Fatal(err)
 	}
 	out, _, code := f.cli(t, "upgrade", "--config", f.cfg, "--binary", f.v2)
-	if code != 1 || !strings.Contains(out, "committed=false") {
+	if code != 1 || !strings.HasPrefix(out, "rolled back: ") {
 		t.Fatalf("upgrade to the broken file: exit %d, %q", code, out)
 	}
 	f.await(t, "READY=1", "rolled back")

@@ -86,7 +86,7 @@ func TestLongDrain(t *testing.T) {
 	if _, err := gate.Write([]byte{1}); err != nil {
 		t.Fatal(err)
 	}
-	if r := <-upgrade; r.err != nil || r.code != 0 || !strings.Contains(r.out, "committed=true") {
+	if r := <-upgrade; r.err != nil || r.code != 0 || !strings.Contains(r.out, "committed: handoff ") {
 		t.Fatalf("the held upgrade: %+v", r)
 	}
 	// In this order: await skips what does not match.

@@ -584,7 +584,7 @@ func TestEndToEnd(t *testing.T) {
 	// upgrade hands off to the configured binary and commits: a new
 	// process of the same build.
 	out, stderr, code := f.cli(t, "upgrade", "--config", f.cfg)
-	if code != 0 || !strings.HasPrefix(out, "ok: ") || !strings.Contains(out, "committed=true") {
+	if code != 0 || !strings.HasPrefix(out, "committed: handoff ") {
 		t.Fatalf("upgrade: exit %d, %q %q", code, out, stderr)
 	}
 	f.await(t, "RELOADING=1", "MONOTONIC_USEC=")
@@ -601,7 +601,7 @@ func TestEndToEnd(t *testing.T) {
 	// upgrade --binary to another allowed build: status (text and JSON)
 	// shows its pid and build id.
 	out, stderr, code = f.cli(t, "upgrade", "--config", f.cfg, "--binary", f.v2)
-	if code != 0 || !strings.HasPrefix(out, "ok: ") || !strings.Contains(out, "committed=true") {
+	if code != 0 || !strings.HasPrefix(out, "committed: handoff ") {
 		t.Fatalf("upgrade to v2: exit %d, %q %q", code, out, stderr)
 	}
 	f.await(t, "RELOADING=1", "MONOTONIC_USEC=")
@@ -620,7 +620,7 @@ func TestEndToEnd(t *testing.T) {
 
 	// A successor that crashes rolls back: upgrade fails, v2 serves on.
 	out, _, code = f.cli(t, "upgrade", "--config", f.cfg, "--binary", f.bad)
-	if code != 1 || !strings.HasPrefix(out, "ok: ") || !strings.Contains(out, "committed=false") {
+	if code != 1 || !strings.HasPrefix(out, "rolled back: ") {
 		t.Fatalf("upgrade to the bad build: exit %d, %q", code, out)
 	}
 	f.await(t, "RELOADING=1")
@@ -1006,7 +1006,7 @@ func TestAllowedUIDsMayTrigger(t *testing.T) {
 		t.Fatalf("status as an allowed uid: %v, %q", err, out)
 	}
 	out, err = asNobody("upgrade", "--config", f.cfg, "--binary", f.v2)
-	if err != nil || !strings.Contains(out, "committed=true") {
+	if err != nil || !strings.Contains(out, "committed: handoff ") {
 		t.Fatalf("upgrade as an allowed uid: %v, %q", err, out)
 	}
 	if build, _ := f.hello(t); build != "daemon-v2" {
