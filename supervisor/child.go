@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/handoff-go/handoff/internal/fdutil"
+	"github.com/handoff-go/handoff/internal/proc"
 	"github.com/handoff-go/handoff/internal/wire"
 )
 
@@ -47,8 +48,7 @@ func (c *child) kill(sig syscall.Signal) {
 	if c.exited() {
 		return
 	}
-	unix.Kill(-c.pid, sig)
-	unix.Kill(c.pid, sig)
+	proc.KillGroup(c.pid, sig)
 }
 
 // killAndReap kills the child and waits (bounded) for the waiter to reap it.
@@ -192,6 +192,5 @@ func (s *Supervisor) spawn(spec SpawnSpec, names []string, fds []int, sockFD int
 // killOrphan kills a process that is not (or no longer) our child, and
 // its process group.
 func killOrphan(pid int) {
-	unix.Kill(-pid, unix.SIGKILL)
-	unix.Kill(pid, unix.SIGKILL)
+	proc.KillGroup(pid, unix.SIGKILL)
 }

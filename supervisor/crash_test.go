@@ -6,7 +6,6 @@ import (
 	"bufio"
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -17,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/handoff-go/handoff/internal/proc"
 )
 
 // Crash points kill a daemon at a chosen step (HANDOFF_CRASH_AT); the
@@ -250,10 +251,6 @@ func atoi(t *testing.T, s string) int {
 
 // isZombie reports whether pid is gone or a zombie.
 func isZombie(pid int) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return true
-	}
-	i := strings.LastIndexByte(string(b), ')')
-	return i < 0 || i+2 >= len(b) || b[i+2] == 'Z'
+	st, err := proc.ReadStat(pid)
+	return err != nil || st.State == 'Z'
 }

@@ -9,11 +9,12 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/handoff-go/handoff/internal/proc"
 )
 
-// userHZ is the unit of utime and stime in /proc/<pid>/stat: USER_HZ, 100
-// on every architecture Linux and Go share.
-const userHZ = 100
+// userHZ is the unit of utime and stime in /proc/<pid>/stat.
+const userHZ = proc.UserHZ
 
 // procStats are one process's figures from /proc.
 type procStats struct {
@@ -35,24 +36,11 @@ func readProcStats(pid int) (procStats, error) {
 		return st, err
 	}
 	st.RSS, st.HWM = status["VmRSS"]*1024, status["VmHWM"]*1024 // "kB"
-	b, err := os.ReadFile(filepath.Join(dir, "stat"))
+	stat, err := proc.ReadStat(pid)
 	if err != nil {
 		return st, fmt.Errorf("read stat: %w", err)
 	}
-	// Fields after the command name, which is in parentheses and may hold
-	// spaces: state is field 3, utime 14, stime 15.
-	i := bytes.LastIndexByte(b, ')')
-	f := strings.Fields(string(b[i+1:]))
-	if i < 0 || len(f) < 13 {
-		return st, fmt.Errorf("/proc/%d/stat: unexpected format", pid)
-	}
-	for _, s := range f[11:13] {
-		ticks, err := strconv.ParseInt(s, 10, 64)
-		if err != nil {
-			return st, fmt.Errorf("/proc/%d/stat: %w", pid, err)
-		}
-		st.CPU += time.Duration(ticks) * time.Second / userHZ
-	}
+	st.CPU = stat.CPU
 	tasks, err := filepath.Glob(filepath.Join(dir, "task", "*", "status"))
 	if err != nil {
 		return st, fmt.Errorf("threads of %d: %w", pid, err)

@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/handoff-go/handoff/internal/proc"
 	"github.com/handoff-go/handoff/supervisor"
 	"golang.org/x/sys/unix"
 )
@@ -345,7 +346,7 @@ func (p *supervisorProc) close() error {
 		if p.daemonPID > 0 {
 			// The daemon outlives its supervisor by design; this
 			// one must not outlive the bench.
-			syscall.Kill(-p.daemonPID, syscall.SIGKILL)
+			proc.KillGroup(p.daemonPID, unix.SIGKILL)
 		}
 		<-p.done
 		return fmt.Errorf("supervisor pid %d did not exit in time: killed", p.cmd.Process.Pid)

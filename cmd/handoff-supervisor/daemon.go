@@ -10,10 +10,11 @@ import (
 	"os"
 	"os/signal"
 	"sync"
-	"syscall"
 	"time"
 
+	"github.com/handoff-go/handoff/internal/proc"
 	"github.com/handoff-go/handoff/supervisor"
+	"golang.org/x/sys/unix"
 )
 
 // errShuttingDown and errReexecuting tell trigger clients why they were
@@ -521,8 +522,7 @@ func (d *daemon) killAll(why string) {
 	for _, pid := range []int{st.IncumbentPID, st.SuccessorPID} {
 		if pid > 0 {
 			d.log.Warn("killing", "pid", pid, "why", why)
-			syscall.Kill(-pid, syscall.SIGKILL)
-			syscall.Kill(pid, syscall.SIGKILL)
+			proc.KillGroup(pid, unix.SIGKILL)
 		}
 	}
 }

@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/handoff-go/handoff/internal/proc"
 )
 
 // TestReexecRefusedConfig: SIGUSR2 with a config that no longer loads, or
@@ -86,23 +88,11 @@ func TestReexecConfigFallback(t *testing.T) {
 // procState returns the state letter of pid ("Z" for a zombie), or "" when
 // no such process exists.
 func procState(pid int) string {
-	state, _, _ := procStat(fmt.Sprintf("/proc/%d/stat", pid))
-	return state
-}
-
-// procStat reads the state letter and parent pid from a /proc/<pid>/stat
-// file; ok is false when the process is gone or the file is unreadable.
-func procStat(path string) (state string, ppid int, ok bool) {
-	raw, err := os.ReadFile(path)
+	st, err := proc.ReadStat(pid)
 	if err != nil {
-		return "", 0, false
+		return ""
 	}
-	// pid (comm) state ppid ...; comm may hold spaces and parentheses.
-	rest := string(raw[bytes.LastIndexByte(raw, ')')+1:])
-	if _, err := fmt.Sscan(rest, &state, &ppid); err != nil {
-		return "", 0, false
-	}
-	return state, ppid, true
+	return string(st.State)
 }
 
 // TestReexecReapsOldIncumbent: an old incumbent still finishing after a

@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/handoff-go/handoff/internal/proc"
+	"github.com/handoff-go/handoff/internal/testutil"
 	"github.com/handoff-go/handoff/supervisor"
 	"github.com/rogpeppe/go-internal/testscript"
 )
@@ -416,26 +418,18 @@ func (f *fixture) killDaemons(t *testing.T) {
 			continue
 		}
 		t.Errorf("daemon %s pid %d outlived the supervisor; killing it", s.build, s.pid)
-		syscall.Kill(-s.pid, syscall.SIGKILL)
-		syscall.Kill(s.pid, syscall.SIGKILL)
+		proc.KillGroup(s.pid, syscall.SIGKILL)
 	}
 }
 
 // childrenOf returns the pids whose parent is pid, from /proc.
 func childrenOf(t *testing.T, pid int) map[int]bool {
 	t.Helper()
-	stats, err := filepath.Glob("/proc/[0-9]*/stat")
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := map[int]bool{}
-	for _, p := range stats {
-		if _, ppid, ok := procStat(p); !ok || ppid != pid {
-			continue // gone meanwhile, or another's child
-		}
-		if child, err := strconv.Atoi(filepath.Base(filepath.Dir(p))); err == nil {
-			out[child] = true
-		}
+	pids, err := proc.Children(pid)
+	testutil.Must(t, err)
+	out := make(map[int]bool, len(pids))
+	for _, p := range pids {
+		out[p] = true
 	}
 	return out
 }

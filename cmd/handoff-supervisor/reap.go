@@ -1,14 +1,12 @@
 package main
 
 import (
-	"bytes"
-	"fmt"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"strconv"
 	"time"
 
+	"github.com/handoff-go/handoff/internal/proc"
 	"golang.org/x/sys/unix"
 )
 
@@ -19,36 +17,11 @@ import (
 // them by pid, so it never takes the exit of a process the Supervisor
 // waits for, nor of one it starts later.
 
-// childPIDs returns the pids whose parent is ppid, zombies included.
-func childPIDs(ppid int) ([]int, error) {
-	stats, err := filepath.Glob("/proc/[0-9]*/stat")
-	if err != nil {
-		return nil, err
-	}
-	var out []int
-	for _, p := range stats {
-		raw, err := os.ReadFile(p)
-		if err != nil {
-			continue // gone meanwhile
-		}
-		// pid (comm) state ppid ...; comm may hold spaces and parentheses.
-		var state string
-		var parent int
-		if _, err := fmt.Sscan(string(raw[bytes.LastIndexByte(raw, ')')+1:]), &state, &parent); err != nil || parent != ppid {
-			continue
-		}
-		if pid, err := strconv.Atoi(filepath.Base(filepath.Dir(p))); err == nil {
-			out = append(out, pid)
-		}
-	}
-	return out, nil
-}
-
 // reapLeftovers waits, each on a goroutine of its own that ends with the
 // child, for every child of this process but keep (the adopted daemon).
 // It must run before this image starts any process.
 func reapLeftovers(keep int, log *slog.Logger) {
-	pids, err := childPIDs(os.Getpid())
+	pids, err := proc.Children(os.Getpid())
 	if err != nil {
 		log.Error("re-exec: cannot list the children left by the previous image", "err", err)
 		return
@@ -87,8 +60,7 @@ func reap(pid int, log *slog.Logger) <-chan struct{} {
 // killAndReap kills the child pid with its process group and waits, at
 // most within, until it is reaped.
 func killAndReap(pid int, within time.Duration, log *slog.Logger) {
-	unix.Kill(-pid, unix.SIGKILL)
-	unix.Kill(pid, unix.SIGKILL)
+	proc.KillGroup(pid, unix.SIGKILL)
 	t := time.NewTimer(within)
 	defer t.Stop()
 	select {

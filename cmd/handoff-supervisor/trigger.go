@@ -17,6 +17,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/handoff-go/handoff/internal/peercred"
 	"github.com/handoff-go/handoff/supervisor"
 	"golang.org/x/sys/unix"
 )
@@ -111,26 +112,6 @@ type peerPolicy struct {
 
 func (p peerPolicy) permits(uid uint32) bool {
 	return uid == 0 || uid == p.self || slices.Contains(p.allowed, uid)
-}
-
-// peerCred returns the credentials of the process at the other end of c
-// (SO_PEERCRED: taken when it connected).
-func peerCred(c *net.UnixConn) (*unix.Ucred, error) {
-	rc, err := c.SyscallConn()
-	if err != nil {
-		return nil, fmt.Errorf("peer credentials: %w", err)
-	}
-	var cred *unix.Ucred
-	var credErr error
-	if err := rc.Control(func(fd uintptr) {
-		cred, credErr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-	}); err != nil {
-		return nil, fmt.Errorf("peer credentials: %w", err)
-	}
-	if credErr != nil {
-		return nil, fmt.Errorf("peer credentials: %w", credErr)
-	}
-	return cred, nil
 }
 
 // listenTrigger creates the trigger socket at path with mode 0600 and, for
@@ -367,7 +348,7 @@ func (s *triggerServer) acceptLoop(ctx context.Context) {
 // serveConn answers one client: peer check, one line in, one line out.
 func (s *triggerServer) serveConn(ctx context.Context, c *net.UnixConn) {
 	defer s.finish(c)
-	cred, err := peerCred(c)
+	cred, err := peercred.Get(c)
 	if err != nil {
 		s.reply(c, errReply(err))
 		return

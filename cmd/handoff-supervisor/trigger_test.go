@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -16,34 +15,16 @@ import (
 	"testing"
 	"time"
 
+	"github.com/handoff-go/handoff/internal/peercred"
+	"github.com/handoff-go/handoff/internal/testutil"
 	"github.com/handoff-go/handoff/supervisor"
 	"golang.org/x/sys/unix"
 )
 
-// shortDir is a temporary directory with a path short enough for unix
-// socket names (t.TempDir's can exceed 107 bytes with long test names).
-func shortDir(t *testing.T) string {
-	t.Helper()
-	dir, err := os.MkdirTemp("", "hs")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	return dir
-}
-
-// testLogger logs through t.
-func testLogger(t *testing.T) *slog.Logger {
-	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-type tWriter struct{ t *testing.T }
-
-func (w tWriter) Write(p []byte) (int, error) {
-	w.t.Helper()
-	w.t.Log(strings.TrimSuffix(string(p), "\n"))
-	return len(p), nil
-}
+var (
+	shortDir   = testutil.ShortDir
+	testLogger = testutil.TLogger
+)
 
 // startTrigger serves a trigger socket with handle; permit nil allows all.
 func startTrigger(t *testing.T, handle triggerHandler, permit func(uint32) bool) *triggerServer {
@@ -274,7 +255,7 @@ func TestPeerCred(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer sc.Close()
-	cred, err := peerCred(sc)
+	cred, err := peercred.Get(sc)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/handoff-go/handoff"
 	"github.com/handoff-go/handoff/examples/kvd/store"
+	"github.com/handoff-go/handoff/internal/testutil"
 	"github.com/handoff-go/handoff/supervisor"
 )
 
@@ -42,7 +43,7 @@ type kvdCluster struct {
 
 func startKVD(t *testing.T) *kvdCluster {
 	t.Helper()
-	dir := t.TempDir()
+	dir := testutil.ShortDir(t) // holds the control socket
 	logs, err := os.Create(filepath.Join(dir, "daemons.log"))
 	if err != nil {
 		t.Fatal(err)

@@ -7,6 +7,7 @@ import (
 	"flag"
 	"log/slog"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -69,4 +70,25 @@ func Logger() *slog.Logger {
 		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
 	return nil
+}
+
+// TLogger logs through t.Log at debug level: shown for a failing test and
+// with -v. It must not log after the test has ended.
+func TLogger(t testing.TB) *slog.Logger {
+	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type tWriter struct{ t testing.TB }
+
+func (w tWriter) Write(p []byte) (int, error) {
+	w.t.Helper()
+	w.t.Log(strings.TrimSuffix(string(p), "\n"))
+	return len(p), nil
+}
+
+// VerifyTestMain runs the tests of a package and then checks for leaked
+// goroutines (for packages that check once, in TestMain, rather than per
+// test with CheckLeaks).
+func VerifyTestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
 }
