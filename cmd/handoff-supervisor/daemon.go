@@ -328,12 +328,11 @@ func (st *startup) bringUp(ctx context.Context, files map[string]inheritedFile) 
 		d.scheduleRestart(0, "no daemon was running at the re-exec")
 	case !serving:
 		pin, pinErr := openPin(d.knownGood)
-		p, err := d.sup.ColdStart(ctx, cfg.spawnSpec(d.knownGood))
-		if err != nil {
+		// The library logs the start ("handoff: daemon started").
+		if _, err := d.sup.ColdStart(ctx, cfg.spawnSpec(d.knownGood)); err != nil {
 			pin.close()
 			return fmt.Errorf("start the daemon: %w", err)
 		}
-		d.log.Info("daemon started", "pid", p, "binary", d.knownGood)
 		d.setKnownGood(d.knownGood, pin, pinErr)
 	}
 	if d.pin == nil && serving {
