@@ -60,32 +60,13 @@ func (f *fixture) startSupervisorLogged(t *testing.T) (*supervisorProc, func() [
 	// The daemons share the pipe: do not wait for them past the
 	// supervisor's exit for long.
 	cmd.WaitDelay = 10 * time.Second
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	s := &supervisorProc{cmd: cmd, exited: make(chan struct{})}
-	go func() {
-		s.waitErr = cmd.Wait()
-		close(s.exited)
-	}()
+	// Registered first, so it runs after launch has stopped everything.
 	t.Cleanup(func() {
-		select {
-		case <-s.exited:
-		default:
-			cmd.Process.Signal(syscall.SIGTERM)
-			select {
-			case <-s.exited:
-			case <-time.After(15 * time.Second):
-				cmd.Process.Kill()
-				<-s.exited
-			}
-		}
-		f.killDaemons(t)
 		if t.Failed() {
 			t.Logf("supervisor output:\n%s", stderr.String())
 		}
 	})
-	f.await(t, "READY=1")
+	s := f.launch(t, cmd)
 	records := func() []logRecord {
 		t.Helper()
 		var out []logRecord

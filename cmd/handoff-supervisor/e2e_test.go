@@ -515,6 +515,13 @@ func (f *fixture) startSupervisor(t *testing.T, env []string, files ...*os.File)
 	cmd.Env = append(cmd.Env, env...)
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
 	cmd.ExtraFiles = files
+	return f.launch(t, cmd)
+}
+
+// launch starts the supervisor command cmd, stops it (and kills the
+// daemons) when the test ends, and waits for its READY=1.
+func (f *fixture) launch(t *testing.T, cmd *exec.Cmd) *supervisorProc {
+	t.Helper()
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
