@@ -78,7 +78,7 @@ func TestReadStatSelf(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.PID != os.Getpid() || st.PPID != os.Getppid() || st.State != 'R' || st.Start == 0 {
+	if st.PID != os.Getpid() || st.PPID != os.Getppid() || st.State == 'Z' || st.State == 'X' || st.State == 0 || st.Start == 0 {
 		t.Fatalf("ReadStat(self) = %+v; pid %d, ppid %d", st, os.Getpid(), os.Getppid())
 	}
 	if !Same(os.Getpid(), st.Start) || Same(os.Getpid(), st.Start+1) || StartTime(os.Getpid()) != st.Start {
