@@ -42,7 +42,9 @@ type DrainReport struct {
 }
 
 // SealReport is what Seal returns: the last durable revision of each shard
-// and a fingerprint of the data directory as sealed.
+// and a fingerprint of the data directory as sealed. Both may be empty: a
+// daemon without shards or revisions reports nothing, and the supervisor
+// then has nothing to compare the successor's Ready with.
 type SealReport struct {
 	// LastRevisionPerShard is the last durable revision of each shard, by shard index.
 	LastRevisionPerShard []uint64
