@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"path/filepath"
 	"slices"
 )
@@ -116,7 +117,7 @@ func (r *runner) bindMissing(il *InheritedListeners) error {
 	for _, n := range il.Names() {
 		have[n] = true
 	}
-	for _, name := range sortedKeys(r.cfg.Listen) {
+	for _, name := range slices.Sorted(maps.Keys(r.cfg.Listen)) {
 		if have[name] {
 			continue
 		}
@@ -234,15 +235,6 @@ func (r *runner) serve(ctx context.Context, inc *Incumbent, svc Service) error {
 		err = errors.Join(err, rerr)
 	}
 	return err
-}
-
-func sortedKeys(m map[string]string) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	return keys
 }
 
 func defaultControlSocket(dataDir string) string {

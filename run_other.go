@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
 	"runtime"
@@ -32,12 +33,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	log.Info("handoff: not supported on " + runtime.GOOS + ": running without handoff (a plain start, no lock, no control socket)")
 	il := &InheritedListeners{socks: map[string]any{}}
-	names := make([]string, 0, len(cfg.Listen))
-	for name := range cfg.Listen {
-		names = append(names, name)
-	}
-	slices.Sort(names)
-	for _, name := range names {
+	for _, name := range slices.Sorted(maps.Keys(cfg.Listen)) {
 		sock, err := listenAddr(cfg.Listen[name])
 		if err != nil {
 			il.Close()
