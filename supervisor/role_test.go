@@ -143,7 +143,7 @@ func checkCloseOnExec(fds ...int) error {
 }
 
 func checkEnvCleared() error {
-	for _, k := range []string{wire.EnvListenFDs, wire.EnvListenFDNames, wire.EnvListenPID, wire.EnvRole, wire.EnvSockFD} {
+	for _, k := range []string{wire.EnvListenFDs, wire.EnvListenFDNames, wire.EnvListenPID, wire.EnvRole, wire.EnvSockFD, wire.EnvControlSocket} {
 		if v, set := os.LookupEnv(k); set {
 			return fmt.Errorf("%s=%q still set after handoff.DetectRole", k, v)
 		}
