@@ -19,9 +19,22 @@ type Config struct {
 	// DataDir/.handoff.lock) whenever this process may write.
 	DataDir string
 
+	// Prepare, if set, readies what can be readied without writing: load
+	// the last snapshot, build indexes, warm caches. Run calls it before
+	// Open in every role, without the data-directory lock, so it must only
+	// read. A successor runs it after its handshake and before the
+	// incumbent is asked to drain, with heartbeats running and ctx bounded
+	// by the handoff's deadline: its time is not part of the pause clients
+	// see. Open then only catches up with what the incumbent wrote since
+	// (see Drainable). An error aborts the handoff before the incumbent
+	// was touched.
+	Prepare func(ctx context.Context) error
+
 	// Open opens the daemon's state on the listeners and returns the
 	// Service, not serving yet. A successor calls it after the lock is
-	// taken, with heartbeats running; its errors abort the handoff.
+	// taken, with heartbeats running; its errors abort the handoff. Open
+	// runs inside the pause: with Prepare set, it should only apply what
+	// changed since Prepare ran.
 	Open func(ctx context.Context, ls *InheritedListeners) (Service, error)
 
 	// Listen maps listener names to the address to bind when that name was

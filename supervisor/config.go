@@ -162,10 +162,14 @@ func newHandoffID() HandoffID {
 type PhaseTimings struct {
 	Spawn          time.Duration // spawn to the successor's Hello
 	IncumbentHello time.Duration // connect to the incumbent's Hello
-	Drain          time.Duration // PrepareHandoff sent to Drained (or DrainFailed) received
-	Seal           time.Duration // Drained to SealComplete (or SealFailed) received
-	BeginToReady   time.Duration // Begin sent to Ready received
-	Total          time.Duration // PerformHandoff call to its return
+	// WarmUp: the successor's Hello acknowledged to its ReadyToBegin (it
+	// prepared read-only meanwhile, the incumbent serving). Zero for a
+	// successor that speaks protocol version 1, which has no warm-up.
+	WarmUp       time.Duration
+	Drain        time.Duration // PrepareHandoff sent to Drained (or DrainFailed) received
+	Seal         time.Duration // Drained to SealComplete (or SealFailed) received
+	BeginToReady time.Duration // Begin sent to Ready received
+	Total        time.Duration // PerformHandoff call to its return
 	// AcceptGap: from PrepareHandoff (the incumbent stops accepting) to the
 	// successor being told it may serve. Connections wait in the kernel's
 	// accept queue meanwhile; none is refused.
