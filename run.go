@@ -10,6 +10,7 @@ import (
 	"maps"
 	"path/filepath"
 	"slices"
+	"time"
 )
 
 // Run is the front door: it detects this process's role and does the whole
@@ -17,10 +18,11 @@ import (
 //
 //   - Cold start (started by hand, or cold-started by the supervisor): the
 //     listeners are inherited or, for names not inherited, bound from
-//     Config.Listen; the data-directory lock is taken (a stale one left by
-//     a crash is broken); Config.Open opens the state; the control socket
-//     is bound; the service starts.
-//   - Successor (spawned by the supervisor for a handoff): handshake, wait
+//     Config.Listen; Config.Prepare runs; the data-directory lock is taken
+//     (a stale one left by a crash is broken); Config.Open opens the
+//     state; the control socket is bound; the service starts.
+//   - Successor (spawned by the supervisor for a handoff): handshake,
+//     Config.Prepare (the warm-up, while the incumbent still serves), wait
 //     for Begin, take the lock, Open with heartbeats running, announce
 //     Ready; the service starts only once the supervisor accepted it.
 //
@@ -88,6 +90,9 @@ func (r *runner) coldStart(ctx context.Context, il *InheritedListeners) (err err
 	if err := r.bindMissing(il); err != nil {
 		return err
 	}
+	if err := r.prepare(ctx); err != nil {
+		return err
+	}
 	lock, err := AcquireDataDirLockOrBreakStale(r.cfg.DataDir)
 	if err != nil {
 		return err
@@ -136,6 +141,9 @@ func (r *runner) succeed(ctx context.Context, s *Successor) error {
 	if err != nil {
 		return err
 	}
+	if err := r.warmUp(ctx, h); err != nil {
+		return err
+	}
 	b, err := h.WaitForBegin(ctx)
 	if err != nil {
 		return err
@@ -164,6 +172,39 @@ func (r *runner) succeed(ctx context.Context, s *Successor) error {
 	}
 	r.log.Info("handoff: successor committed, serving", "handoff", b.HandoffID())
 	return r.serve(ctx, inc, svc)
+}
+
+// prepare runs Config.Prepare, if set.
+func (r *runner) prepare(ctx context.Context) error {
+	if r.cfg.Prepare == nil {
+		return nil
+	}
+	t0 := time.Now()
+	if err := r.cfg.Prepare(ctx); err != nil {
+		return fmt.Errorf("handoff: prepare: %w", err)
+	}
+	r.log.Info("handoff: prepared", "took", time.Since(t0))
+	return nil
+}
+
+// warmUp runs Config.Prepare in a successor: after the handshake, before
+// the incumbent is asked to drain, with heartbeats running and bounded by
+// the handoff's deadline. If it fails the supervisor is told why, and the
+// handoff aborts without the incumbent having stopped for it.
+func (r *runner) warmUp(ctx context.Context, h *HandshookSuccessor) error {
+	if r.cfg.Prepare == nil {
+		return nil
+	}
+	guard := h.StartHeartbeats()
+	wctx, cancel := context.WithDeadline(ctx, h.Deadline())
+	err := r.prepare(wctx)
+	cancel()
+	guard.Stop()
+	if err != nil {
+		h.giveUp("the successor's warm-up failed: " + err.Error())
+		return fmt.Errorf("%w: %w", ErrAborted, err)
+	}
+	return nil
 }
 
 func (r *runner) open(ctx context.Context, il *InheritedListeners) (Service, error) {

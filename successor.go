@@ -17,16 +17,27 @@ import (
 // consumed value, an error.
 //
 //	Successor --Handshake--> HandshookSuccessor --WaitForBegin--> BegunSuccessor --AnnounceAndBind--> Incumbent
+//
+// Between Handshake and WaitForBegin is the warm-up: the incumbent still
+// serves (it has not been asked to drain), and the successor may prepare
+// whatever it can without the lock, read-only: load the last snapshot,
+// build indexes. WaitForBegin tells the supervisor the warm-up is over
+// (ReadyToBegin); only then does the incumbent drain. A warm-up longer
+// than the supervisor's liveness timeout needs StartHeartbeats.
 
-// HandshookSuccessor has exchanged Hello/HelloAck with the supervisor and
-// waits for Begin.
+// HandshookSuccessor has exchanged Hello/HelloAck with the supervisor; it
+// may warm up, then waits for Begin.
 type HandshookSuccessor struct {
-	inherited *InheritedListeners
-	conn      *wire.Conn
-	id        string
-	buildID   string
-	deadline  time.Time
-	beat      time.Duration // heartbeat interval for the supervisor's liveness
+	inherited  *InheritedListeners
+	conn       *wire.Conn
+	id         string
+	buildID    string
+	deadline   time.Time
+	beat       time.Duration // heartbeat interval for the supervisor's liveness
+	handshaken time.Time
+
+	mu    sync.Mutex
+	guard *HeartbeatGuard
 }
 
 // BegunSuccessor may take the data-directory lock and open its data.
@@ -90,7 +101,7 @@ func (s *Successor) Handshake(buildID string) (*HandshookSuccessor, error) {
 			deadline = time.Now().Add(time.Duration(m.DeadlineMS) * time.Millisecond)
 		}
 		beat := wire.HeartbeatInterval(time.Duration(m.LivenessMS) * time.Millisecond)
-		return &HandshookSuccessor{inherited: s.inherited, conn: conn, id: f.ID, buildID: buildID, deadline: deadline, beat: beat}, nil
+		return &HandshookSuccessor{inherited: s.inherited, conn: conn, id: f.ID, buildID: buildID, deadline: deadline, beat: beat, handshaken: time.Now()}, nil
 	case wire.Abort:
 		conn.Close()
 		return nil, fmt.Errorf("%w: %s", ErrAborted, m.Reason)
@@ -106,16 +117,63 @@ func (s *Successor) Handshake(buildID string) (*HandshookSuccessor, error) {
 // HandoffID returns the id the supervisor gave this handoff.
 func (s *HandshookSuccessor) HandoffID() string { return s.id }
 
-// WaitForBegin blocks until the supervisor sends Begin, which it does only
-// after the incumbent has sealed and released the lock. It returns an error
-// matching ErrAborted if the handoff was aborted or the supervisor went
-// away; the successor must then exit without serving. It consumes s.
+// Deadline is when the supervisor gives up on this handoff: a warm-up
+// must end well before it.
+func (s *HandshookSuccessor) Deadline() time.Time { return s.deadline }
+
+// StartHeartbeats keeps the supervisor's liveness timer fed during the
+// warm-up, as BegunSuccessor.StartHeartbeats does while opening. The
+// heartbeats stop with the guard or when WaitForBegin is called; calling
+// it again returns the running guard.
+func (s *HandshookSuccessor) StartHeartbeats() *HeartbeatGuard {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.guard == nil && s.conn != nil {
+		s.guard = &HeartbeatGuard{h: startHeartbeats(s.conn, s.id, s.beat)}
+	}
+	return s.guard
+}
+
+// giveUp tells the supervisor the warm-up failed, so that it aborts with
+// reason instead of waiting for the process to exit. It consumes s.
+func (s *HandshookSuccessor) giveUp(reason string) {
+	s.mu.Lock()
+	conn, g := s.conn, s.guard
+	s.conn = nil
+	s.mu.Unlock()
+	g.Stop()
+	if conn == nil {
+		return
+	}
+	conn.Send(wire.Abort{Reason: reason}, s.id, wire.WriteTimeout)
+	conn.Close()
+}
+
+// WaitForBegin ends the warm-up and blocks until the supervisor sends
+// Begin, which it does only after the incumbent has drained, sealed and
+// released the lock. It stops the warm-up's heartbeats and, from protocol
+// version 2 on, sends ReadyToBegin first: the incumbent is asked to drain
+// only then. It returns an error matching ErrAborted if the handoff was
+// aborted or the supervisor went away; the successor must then exit
+// without serving. It consumes s.
 func (s *HandshookSuccessor) WaitForBegin(ctx context.Context) (*BegunSuccessor, error) {
-	if s == nil || s.conn == nil {
+	if s == nil {
 		return nil, errConsumed
 	}
-	conn := s.conn
+	s.mu.Lock()
+	conn, g := s.conn, s.guard
 	s.conn = nil
+	s.mu.Unlock()
+	if conn == nil {
+		return nil, errConsumed
+	}
+	g.Stop()
+	if conn.Version() >= wire.WarmUpVersion {
+		if err := conn.Send(wire.ReadyToBegin{WarmUpNS: int64(time.Since(s.handshaken))}, s.id, wire.WriteTimeout); err != nil {
+			conn.Close()
+			return nil, fmt.Errorf("%w: sending ReadyToBegin: %w", ErrAborted, err)
+		}
+	}
 	stop := context.AfterFunc(ctx, func() { conn.UnixConn().SetReadDeadline(time.Now()) })
 	defer stop()
 	for {

@@ -127,7 +127,15 @@ func testDaemon() int {
 			return 3
 		}
 		if k.hangAt == "after-hello" {
-			select {}
+			select {} // silent: no heartbeats
+		}
+		if k.failAt == "warm-up" || k.hangAt == "warm-up" {
+			h.StartHeartbeats() // WaitForBegin would stop them
+			appendEvent(k.dir, "warm-up %d", os.Getpid())
+			if k.failAt == "warm-up" {
+				return 3
+			}
+			select {} // heartbeats go on; ReadyToBegin never comes
 		}
 		b, err := h.WaitForBegin(ctx)
 		if err != nil {
@@ -298,6 +306,7 @@ func (d *testDrainable) handle(c net.Conn) {
 }
 
 func (d *testDrainable) Drain(ctx context.Context) (handoff.DrainReport, error) {
+	appendEvent(d.k.dir, "drain %d", os.Getpid())
 	if d.k.slowDrain > 0 && fireOnce(d.k.dir, "slow-drain") {
 		// A long drain that ignores ctx and succeeds even after its grace.
 		time.Sleep(d.k.slowDrain)
@@ -528,6 +537,7 @@ func rawSuccessor(mode string) int {
 	conn.SetVersion(ack.Version)
 	var frames []wire.Message
 	id := f.ID
+	warm := ack.Version >= wire.WarmUpVersion
 	switch mode {
 	case "id":
 		id = "not-" + f.ID
@@ -536,9 +546,19 @@ func rawSuccessor(mode string) int {
 		frames = []wire.Message{wire.Commit{}}
 	case "ready":
 		frames = []wire.Message{wire.Heartbeat{}, wire.Heartbeat{}, wire.Heartbeat{}, wire.Ready{HealthzOK: true}}
+	case "warm-commit": // Commit during the warm-up
+		frames = []wire.Message{wire.Heartbeat{}, wire.Commit{}}
+		warm = false
 	default:
 		dlog("raw: unknown mode %q", mode)
 		return 2
+	}
+	if warm {
+		// End the warm-up at once, so that the frames break a later phase.
+		if err := conn.Send(wire.ReadyToBegin{}, f.ID, time.Second); err != nil {
+			dlog("raw send ready_to_begin: %v", err)
+			return 2
+		}
 	}
 	for _, m := range frames {
 		if err := conn.Send(m, id, time.Second); err != nil {

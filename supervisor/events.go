@@ -13,6 +13,7 @@ type Phase string
 const (
 	PhaseIdle        Phase = "idle"
 	PhaseSpawning    Phase = "spawning"     // successor started, waiting for its Hello
+	PhaseWarmingUp   Phase = "warming_up"   // successor preparing read-only; the incumbent serves
 	PhaseDraining    Phase = "draining"     // PrepareHandoff sent
 	PhaseSealing     Phase = "sealing"      // SealRequest sent
 	PhaseBegun       Phase = "begun"        // Begin sent, waiting for Ready

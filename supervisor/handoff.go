@@ -252,6 +252,9 @@ func (r *run) drive(incChild *child) error {
 	if err := r.spawnSuccessor(); err != nil {
 		return err
 	}
+	if err := r.warmUp(); err != nil {
+		return err
+	}
 	drained, err := r.drain()
 	if err != nil {
 		return err
@@ -359,6 +362,28 @@ func (r *run) handshakeSuccessor() error {
 	}
 	// Only now, with the version set, may a reader use the connection.
 	r.startReader(r.succ)
+	return nil
+}
+
+// warmUp waits for the successor's ReadyToBegin (protocol version 2 on):
+// it prepares read-only while the incumbent serves, sending heartbeats,
+// bounded by the deadline. If it dies, stalls or gives up, the handoff
+// aborts before the incumbent was asked for anything but its Hello.
+func (r *run) warmUp() error {
+	if r.succ.conn.Version() < wire.WarmUpVersion {
+		return nil
+	}
+	r.s.setPhase(r.id, PhaseWarmingUp)
+	t0 := time.Now()
+	fr, err := r.awaitUntil(r.succ, r.deadline, wire.TypeReadyToBegin, wire.TypeAbort)
+	r.out.Phases.WarmUp = time.Since(t0)
+	if err != nil {
+		return err
+	}
+	if m, ok := fr.Msg.(wire.Abort); ok {
+		return r.abortAs(ErrSuccessorFailed, "the successor (pid %d) gave up during its warm-up: %s", r.succ.child.pid, m.Reason)
+	}
+	crash.Point("supervisor-after-warm-up")
 	return nil
 }
 

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -119,9 +120,12 @@ func TestHandoffAbortsRollBack(t *testing.T) {
 	}{
 		{"successor exits before handshake", nil, []string{"TD_FAIL_AT=before-hello"}, Config{}, 0, "successor (pid", ErrSuccessorFailed},
 		{"successor exits after handshake", nil, []string{"TD_FAIL_AT=after-hello"}, Config{}, 0, "successor (pid", ErrSuccessorFailed},
+		{"successor exits during warm-up", nil, []string{"TD_FAIL_AT=warm-up"}, Config{}, 0, "successor (pid", ErrSuccessorFailed},
 		{"successor exits after begin", nil, []string{"TD_FAIL_AT=after-begin"}, Config{}, 0, "successor (pid", ErrSuccessorFailed},
 		// Silent successors: nothing arrives, the liveness timer aborts.
-		{"successor hangs silently after hello", nil, []string{"TD_HANG_AT=after-hello"}, short, 0, "(liveness timeout) while the supervisor waited for [ready]", ErrTimeout},
+		{"successor hangs silently in its warm-up", nil, []string{"TD_HANG_AT=after-hello"}, short, 0, "(liveness timeout) while the supervisor waited for [ready_to_begin abort]", ErrTimeout},
+		// A warm-up that heartbeats but never ends: the deadline aborts.
+		{"successor warms up past the deadline", nil, []string{"TD_HANG_AT=warm-up"}, short, 5 * time.Second, "did not send [ready_to_begin abort]: the handoff deadline passed", ErrTimeout},
 		{"successor hangs silently after begin", nil, []string{"TD_HANG_AT=after-begin"}, short, 0, "(liveness timeout) while the supervisor waited for [ready]", ErrTimeout},
 		// A successor that holds the lock and heartbeats but never sends
 		// Ready: the overall deadline aborts; it is killed and the
@@ -167,6 +171,18 @@ func TestHandoffAbortsRollBack(t *testing.T) {
 			if pid := c.servingPID(); pid != before {
 				t.Fatalf("pid %d serves after the rollback, want the incumbent %d", pid, before)
 			}
+			// A handoff that failed before the warm-up ended never asked
+			// the incumbent to drain.
+			drained := slices.Contains(events(t, c.dir), fmt.Sprintf("drain %d", before))
+			if early := out.Phases.Drain == 0; drained == early {
+				t.Fatalf("the incumbent drained: %v, but the phases say drained: %v (%+v)", drained, !early, out.Phases)
+			}
+			untouched := slices.ContainsFunc(tc.env, func(e string) bool {
+				return slices.Contains([]string{"TD_FAIL_AT=before-hello", "TD_FAIL_AT=after-hello", "TD_FAIL_AT=warm-up", "TD_HANG_AT=after-hello", "TD_HANG_AT=warm-up"}, e)
+			})
+			if untouched && drained {
+				t.Fatalf("the incumbent was asked to drain although the successor failed before its warm-up ended")
+			}
 			if err := holdsLockPID(c.dir, before); err != nil {
 				t.Fatal(err)
 			}
@@ -180,6 +196,16 @@ func TestHandoffAbortsRollBack(t *testing.T) {
 			c.verify(l)
 		})
 	}
+}
+
+// events returns the lines of the test daemons' event log in dir.
+func events(t *testing.T, dir string) []string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(dir, "events"))
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		t.Fatal(err)
+	}
+	return strings.Split(strings.TrimSpace(string(b)), "\n")
 }
 
 // holdsLockPID checks in /proc/locks that pid, alone, holds dir's lock.

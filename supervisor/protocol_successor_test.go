@@ -26,6 +26,7 @@ func TestSuccessorProtocolViolations(t *testing.T) {
 		{"id", `heartbeat for handoff "not-`},
 		{"commit", "unexpected commit while waiting for the incumbent"},
 		{"ready", "unexpected ready while waiting for the incumbent"},
+		{"warm-commit", "unexpected commit (waiting for [ready_to_begin abort])"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.mode, func(t *testing.T) {

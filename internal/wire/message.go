@@ -15,9 +15,14 @@ import (
 // with HandshakeVersion; every later frame carries the negotiated version.
 const (
 	MinVersion       uint16 = 1
-	MaxVersion       uint16 = 1
+	MaxVersion       uint16 = 2
 	HandshakeVersion uint16 = 1
 )
+
+// WarmUpVersion is the first version with the successor's warm-up: from
+// it on, a successor sends ReadyToBegin after its handshake and the
+// supervisor asks the incumbent to drain only once it arrived.
+const WarmUpVersion uint16 = 2
 
 // Type names a message on the wire.
 type Type string
@@ -32,6 +37,7 @@ const (
 	TypeSealRequest      Type = "seal_request"
 	TypeSealComplete     Type = "seal_complete"
 	TypeSealFailed       Type = "seal_failed"
+	TypeReadyToBegin     Type = "ready_to_begin"
 	TypeBegin            Type = "begin"
 	TypeReady            Type = "ready"
 	TypeCommit           Type = "commit"
@@ -106,6 +112,13 @@ type SealFailed struct {
 	Reason string `json:"reason"` // Seal's error text, or why sealing was refused
 }
 
+// ReadyToBegin ends the successor's warm-up (version 2 on): it prepared
+// what it could without the lock and waits for Begin. The supervisor
+// starts the incumbent's drain only after it.
+type ReadyToBegin struct {
+	WarmUpNS int64 `json:"warm_up_ns"` // how long the warm-up took, in nanoseconds
+}
+
 // Begin tells the successor the lock is free: take it and open the data.
 type Begin struct{}
 
@@ -175,6 +188,9 @@ func (SealComplete) Type() Type { return TypeSealComplete }
 // Type returns TypeSealFailed.
 func (SealFailed) Type() Type { return TypeSealFailed }
 
+// Type returns TypeReadyToBegin.
+func (ReadyToBegin) Type() Type { return TypeReadyToBegin }
+
 // Type returns TypeBegin.
 func (Begin) Type() Type { return TypeBegin }
 
@@ -214,6 +230,7 @@ var factories = map[Type]func() Message{
 	TypeSealRequest:      func() Message { return &SealRequest{} },
 	TypeSealComplete:     func() Message { return &SealComplete{} },
 	TypeSealFailed:       func() Message { return &SealFailed{} },
+	TypeReadyToBegin:     func() Message { return &ReadyToBegin{} },
 	TypeBegin:            func() Message { return &Begin{} },
 	TypeReady:            func() Message { return &Ready{} },
 	TypeCommit:           func() Message { return &Commit{} },
@@ -376,6 +393,8 @@ func deref(p Message) Message {
 	case *SealComplete:
 		return *m
 	case *SealFailed:
+		return *m
+	case *ReadyToBegin:
 		return *m
 	case *Begin:
 		return *m

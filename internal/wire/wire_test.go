@@ -25,6 +25,7 @@ var sample = []Message{
 	SealRequest{},
 	SealComplete{LastRevisionPerShard: []uint64{7, 0, 1 << 63}, DataDirFingerprint: "abc", TookNS: 99},
 	SealFailed{Reason: "fsync: input/output error"},
+	ReadyToBegin{WarmUpNS: 1234567},
 	Begin{},
 	Ready{ListeningOn: []string{"127.0.0.1:8080"}, HealthzOK: true, AdvertisedRevisionPerShard: []uint64{7}, OpenTookNS: 5},
 	Commit{},
