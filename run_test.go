@@ -27,16 +27,36 @@ import (
 // (HANDOFF_TEST_ROLE=run): a line server on the listener "line" that
 // answers every line with "ok <pid>". RUN_DIR is its data directory;
 // RUN_LISTEN, if set, is the address Run binds when "line" was not
-// inherited. RUN_FAIL_OPEN makes Open fail, RUN_UNHEALTHY makes Readiness
-// report unhealthy. It appends "<event> <pid>" lines to RUN_DIR/events.
+// inherited. RUN_FAIL_PREPARE makes Prepare fail, RUN_FAIL_OPEN makes
+// Open fail, RUN_UNHEALTHY makes Readiness report unhealthy. It appends
+// "<event> <pid>" lines to RUN_DIR/events; Prepare's event says whether
+// another process held the data-directory lock meanwhile.
 func runDaemon() int {
 	dir := os.Getenv("RUN_DIR")
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
 	defer stop()
+	prepared := false
 	cfg := Config{
 		DataDir: dir,
 		Logger:  testutil.Logger(),
+		Prepare: func(context.Context) error {
+			if os.Getenv("RUN_FAIL_PREPARE") != "" {
+				return errors.New("RUN_FAIL_PREPARE")
+			}
+			ev := "prepared-lock-free"
+			if l, err := AcquireDataDirLock(dir); errors.Is(err, ErrLockHeld) {
+				ev = "prepared-lock-held"
+			} else if err == nil {
+				l.Release()
+			}
+			runEvent(dir, ev)
+			prepared = true
+			return nil
+		},
 		Open: func(_ context.Context, ls *InheritedListeners) (Service, error) {
+			if !prepared {
+				return nil, errors.New("Open before Prepare")
+			}
 			if os.Getenv("RUN_FAIL_OPEN") != "" {
 				return nil, errors.New("RUN_FAIL_OPEN")
 			}
@@ -245,6 +265,9 @@ func TestRunUnderSupervisor(t *testing.T) {
 	defer cancel()
 	pid, err := sup.ColdStart(ctx, spec())
 	must(t, err)
+	if !hasEvent(t, data, "prepared-lock-free", pid) {
+		t.Fatalf("cold start: Prepare did not run before the lock was taken: %v", events(t, data))
+	}
 	if got := ask(t, "tcp", addr); got != pid {
 		t.Fatalf("cold start: answered by %d, want %d", got, pid)
 	}
@@ -256,12 +279,31 @@ func TestRunUnderSupervisor(t *testing.T) {
 		if got := ask(t, "tcp", addr); got != out.PID {
 			t.Fatalf("handoff %d: answered by %d, want the successor %d", i, got, out.PID)
 		}
+		// The successor warmed up while the incumbent held the lock: before
+		// the drain.
+		if !hasEvent(t, data, "prepared-lock-held", out.PID) {
+			t.Fatalf("handoff %d: the successor did not prepare while the incumbent held the lock: %v", i, events(t, data))
+		}
+		if out.Phases.WarmUp <= 0 {
+			t.Fatalf("handoff %d: no warm-up phase timed: %+v", i, out.Phases)
+		}
 		old := pid
 		waitFor(t, "the old daemon to exit", func() bool { return hasEvent(t, data, "exit", old) })
 		if !hasEvent(t, data, "shutdown", old) || !hasEvent(t, data, "sealed", old) {
 			t.Fatalf("handoff %d: the old daemon exited without seal and shutdown: %v", i, events(t, data))
 		}
 		pid = out.PID
+	}
+	// A warm-up that fails aborts before the incumbent was asked to drain.
+	out, err := sup.PerformHandoff(ctx, spec("RUN_FAIL_PREPARE=1"))
+	if err != nil || out.Committed || !strings.Contains(out.AbortReason, "warm-up failed: handoff: prepare: RUN_FAIL_PREPARE") {
+		t.Fatalf("failing warm-up: %v %+v, want a rollback naming the warm-up's error", err, out)
+	}
+	if hasEvent(t, data, "drained", pid) || hasEvent(t, data, "resumed", pid) || out.Phases.Drain != 0 {
+		t.Fatalf("failing warm-up: the incumbent was drained: %v %+v", events(t, data), out.Phases)
+	}
+	if got := ask(t, "tcp", addr); got != pid {
+		t.Fatalf("failing warm-up: answered by %d, want the incumbent %d", got, pid)
 	}
 	for _, knob := range []string{"RUN_FAIL_OPEN=1", "RUN_UNHEALTHY=1"} {
 		out, err := sup.PerformHandoff(ctx, spec(knob))
