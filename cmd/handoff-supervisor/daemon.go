@@ -383,6 +383,14 @@ func (st *startup) finish() {
 		}
 		in.close() // whatever was passed and not taken
 	}
+	if l, err := currentFDLimit(); err != nil {
+		d.log.Warn("cannot check RLIMIT_NOFILE", "err", err)
+	} else {
+		if advice := l.advice(); advice != "" {
+			d.log.Warn(lowFDLimitMsg, "soft_limit", l.soft, "hard_limit", l.hard, "open", l.open, "handoff_opens", handoffFDs, "advice", advice)
+		}
+		d.trigger.limitConns(l.triggerConns())
+	}
 	d.trigger.start()
 	if d.metricsSrv != nil {
 		d.metricsSrv.start()

@@ -39,12 +39,20 @@ const (
 	lineTimeout = 5 * time.Second
 	// replyTimeout bounds writing the reply.
 	replyTimeout = 5 * time.Second
-	// maxTriggerConns bounds the connections served at once.
-	maxTriggerConns = 16
+	// maxTriggerConns and minTriggerConns bound the connections served at
+	// once; within them the run command sets the bound by what
+	// RLIMIT_NOFILE leaves (fdLimit.triggerConns). Idle clients hold a
+	// connection for at most lineTimeout; each costs a descriptor and a
+	// goroutine.
+	maxTriggerConns = 2048
+	minTriggerConns = 4
 	// drainTimeout bounds reading what a client sent past its line before
 	// closing, so that our close does not reset the connection under
 	// the reply.
 	drainTimeout = 200 * time.Millisecond
+	// lineBuffer is the read buffer of a line reader; longer lines are
+	// gathered from several reads, up to the reader's bound.
+	lineBuffer = 256
 )
 
 // errLineTooLong: the client's line exceeds maxLine.
@@ -78,7 +86,7 @@ func parseCommand(line string) (command, error) {
 // readLine reads one line of at most max bytes (newline excluded). A last
 // line without a newline counts when the client closed its side.
 func readLine(r io.Reader, max int) (string, error) {
-	br := bufio.NewReaderSize(io.LimitReader(r, int64(max)+1), max+1)
+	br := bufio.NewReaderSize(io.LimitReader(r, int64(max)+1), lineBuffer)
 	line, err := br.ReadString('\n')
 	if strings.HasSuffix(line, "\n") {
 		return strings.TrimSuffix(line, "\n"), nil
@@ -227,6 +235,10 @@ type triggerHandler func(ctx context.Context, cmd command) string
 // goroutine per connection are joined by pause and close. It can be
 // paused without closing the socket (clients queue in the kernel), for a
 // re-exec that passes the socket on.
+//
+// The accept loop never waits for a client: each connection is served on
+// a goroutine of its own, its line bounded by lineTimeout, and one past
+// the bound on connections is refused with one line and closed at once.
 type triggerServer struct {
 	ln     *net.UnixListener
 	path   string
@@ -243,7 +255,7 @@ type triggerServer struct {
 	cancel  context.CancelCauseFunc
 	conns   map[*net.UnixConn]struct{}
 	wg      sync.WaitGroup
-	sem     chan struct{}
+	sem     chan struct{} // one token per connection served; its capacity is the bound
 }
 
 func newTriggerServer(ln *net.UnixListener, path string, policy peerPolicy, handle triggerHandler, log *slog.Logger) *triggerServer {
@@ -253,6 +265,12 @@ func newTriggerServer(ln *net.UnixListener, path string, policy peerPolicy, hand
 		conns:       map[*net.UnixConn]struct{}{},
 		sem:         make(chan struct{}, maxTriggerConns),
 	}
+}
+
+// limitConns bounds the connections served at once to n (at least one);
+// it must be called before the first start.
+func (s *triggerServer) limitConns(n int) {
+	s.sem = make(chan struct{}, max(n, 1))
 }
 
 // start serves until pause or close.
@@ -304,6 +322,7 @@ func (s *triggerServer) close(cause error) error {
 func (s *triggerServer) acceptLoop(ctx context.Context) {
 	defer s.wg.Done()
 	delay := 5 * time.Millisecond
+	saturated := false // refusing connections, logged once until a slot frees
 	for {
 		c, err := s.ln.AcceptUnix()
 		if err != nil {
@@ -325,9 +344,13 @@ func (s *triggerServer) acceptLoop(ctx context.Context) {
 		delay = 5 * time.Millisecond
 		select {
 		case s.sem <- struct{}{}:
+			saturated = false
 		default:
-			s.reply(c, "err: too many trigger connections; retry")
-			s.finish(c)
+			if !saturated {
+				s.log.Warn("trigger socket: too many connections at once; refusing new ones until some end", "limit", cap(s.sem))
+				saturated = true
+			}
+			refuse(c, fmt.Sprintf("err: too many trigger connections (%d open); retry", cap(s.sem)))
 			continue
 		}
 		s.mu.Lock()
@@ -397,6 +420,21 @@ func (s *triggerServer) reply(c *net.UnixConn, line string) {
 	if _, err := io.WriteString(c, line+"\n"); err != nil {
 		s.log.Warn("trigger: reply not delivered", "err", err)
 	}
+}
+
+// refuse answers c with line and closes it, without ever waiting: one
+// non-blocking write, which a fresh connection's empty buffer takes
+// whole, and no draining of what the client sent. The client still reads
+// the line: a unix socket delivers what was queued before it reports the
+// reset that closing over unread data causes.
+func refuse(c *net.UnixConn, line string) {
+	if rc, err := c.SyscallConn(); err == nil {
+		rc.Write(func(fd uintptr) bool {
+			unix.Write(int(fd), []byte(line+"\n"))
+			return true
+		})
+	}
+	c.Close()
 }
 
 // finish closes c after reading (bounded) whatever the client still sent:

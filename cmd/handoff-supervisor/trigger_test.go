@@ -29,6 +29,14 @@ var (
 // startTrigger serves a trigger socket with handle; permit nil allows all.
 func startTrigger(t *testing.T, handle triggerHandler, permit func(uint32) bool) *triggerServer {
 	t.Helper()
+	s := newTestTrigger(t, handle, permit)
+	s.start()
+	return s
+}
+
+// newTestTrigger is startTrigger without the start.
+func newTestTrigger(t *testing.T, handle triggerHandler, permit func(uint32) bool) *triggerServer {
+	t.Helper()
 	path := filepath.Join(shortDir(t), "trigger")
 	ln, err := listenTrigger(path, nil)
 	if err != nil {
@@ -39,7 +47,6 @@ func startTrigger(t *testing.T, handle triggerHandler, permit func(uint32) bool)
 		s.permit = permit
 	}
 	s.lineTimeout = 300 * time.Millisecond
-	s.start()
 	t.Cleanup(func() { s.close(errShuttingDown) })
 	return s
 }
@@ -198,6 +205,67 @@ func TestTriggerSlowClient(t *testing.T) {
 	}
 	if _, err := r.ReadByte(); err != io.EOF {
 		t.Fatalf("slow client not cut off: %v", err)
+	}
+}
+
+// TestTriggerRefusesPastBound: past the bound on connections a client is
+// answered with one err: line at once, whether it sent its command or
+// not, and the accept loop never waits for it: 50 refused clients that
+// stay silent and keep their connections open are answered within a
+// second in all, and a slot that frees serves the next client.
+func TestTriggerRefusesPastBound(t *testing.T) {
+	s := newTestTrigger(t, echoHandler, nil)
+	s.lineTimeout = time.Minute // the silent clients keep their slots
+	s.limitConns(2)
+	s.start()
+	served := func() int {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return len(s.conns)
+	}
+	var open []net.Conn
+	t.Cleanup(func() {
+		for _, c := range open {
+			c.Close()
+		}
+	})
+	dial := func() net.Conn {
+		t.Helper()
+		c, err := net.Dial("unix", s.path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		open = append(open, c)
+		return c
+	}
+	first := dial()
+	dial()
+	testutil.WaitFor(t, "two connections served", func() bool { return served() == 2 })
+
+	const want = "err: too many trigger connections (2 open); retry\n"
+	start := time.Now()
+	for i := range 50 {
+		c := dial()
+		c.SetReadDeadline(time.Now().Add(2 * time.Second))
+		if line, err := bufio.NewReader(c).ReadString('\n'); err != nil || line != want {
+			t.Fatalf("refused client %d got %q, %v after %v", i+1, line, err, time.Since(start))
+		}
+	}
+	if took := time.Since(start); took > time.Second {
+		t.Errorf("50 refusals took %v", took)
+	}
+	// One that sent its command before being refused reads the answer.
+	c := dial()
+	io.WriteString(c, "status\n")
+	c.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if line, err := bufio.NewReader(c).ReadString('\n'); err != nil || line != want {
+		t.Fatalf("refused client with a command got %q, %v", line, err)
+	}
+
+	first.Close()
+	testutil.WaitFor(t, "a slot to free", func() bool { return served() == 1 })
+	if got := exchange(t, s.path, "status\n"); got != "ok: status " {
+		t.Fatalf("after a slot freed: %q", got)
 	}
 }
 
