@@ -45,7 +45,7 @@ var (
 // process. It matches ErrLockHeld with errors.Is.
 type LockHeldError struct {
 	Dir       string // the data directory whose lock is held
-	HolderPID int    // the pid recorded in the pid file; 0 when it could not be read
+	HolderPID int    // the holder, from the kernel's lock table (or the pid file); 0 when unknown
 	// StaleHolder: HolderPID is dead, yet the lock is held through a
 	// descriptor that another process inherited or has not yet closed.
 	StaleHolder bool

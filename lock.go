@@ -14,7 +14,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/handoff-go/handoff/internal/atomicfile"
 	"github.com/handoff-go/handoff/internal/proc"
 	"github.com/handoff-go/handoff/internal/wire"
 	"golang.org/x/sys/unix"
@@ -25,10 +24,13 @@ import (
 const staleWait = 2 * time.Second
 
 // DataDirLock is an exclusive flock on <dir>/.handoff.lock. At most one
-// process holds it; the holder's pid is recorded in <dir>/.handoff.pid for
-// people and error messages, but the flock alone decides who holds it. The
-// lock file is never unlinked: a second inode would let two processes each
-// believe they hold the lock.
+// process holds it, and the flock alone decides who: the holder's pid for
+// error messages comes from the kernel's lock table (/proc/locks). The pid
+// is also written to <dir>/.handoff.pid for people, advisory only: it is
+// not fsync'd (after a crash no process holds the lock anyway) and taking
+// the lock does not fail when it cannot be written, so a full disk does
+// not keep a daemon from starting. The lock file is never unlinked: a
+// second inode would let two processes each believe they hold the lock.
 type DataDirLock struct {
 	dir string
 	mu  sync.Mutex
@@ -112,9 +114,10 @@ func acquire(dir string) (*DataDirLock, error) {
 			return nil, fmt.Errorf("handoff: open lock file: %w", err)
 		}
 		if err := flock(f); err != nil {
+			holder := holderPID(f, dir)
 			f.Close()
 			if errors.Is(err, unix.EWOULDBLOCK) {
-				return nil, &LockHeldError{Dir: dir, HolderPID: readPID(dir)}
+				return nil, &LockHeldError{Dir: dir, HolderPID: holder}
 			}
 			return nil, fmt.Errorf("handoff: flock %s: %w", path, err)
 		}
@@ -133,12 +136,8 @@ func acquire(dir string) (*DataDirLock, error) {
 			}
 			return nil, fmt.Errorf("handoff: lock file %s keeps being replaced", path)
 		}
-		l := &DataDirLock{dir: dir, f: f, ino: fst.Ino}
-		if err := writePIDFile(dir, os.Getpid()); err != nil {
-			f.Close()
-			return nil, err
-		}
-		return l, nil
+		writePIDFile(dir, os.Getpid())
+		return &DataDirLock{dir: dir, f: f, ino: fst.Ino}, nil
 	}
 }
 
@@ -224,6 +223,38 @@ func readPID(dir string) int {
 	return pid
 }
 
-func writePIDFile(dir string, pid int) error {
-	return atomicfile.WriteFile(filepath.Join(dir, wire.PIDFileName), []byte(strconv.Itoa(pid)+"\n"), 0o644)
+// holderPID is the pid holding the flock on f's file: the one the kernel
+// lists (the process that took the lock) if it is alive. If it is dead, a
+// descriptor it passed on holds the lock: the pid file may name the live
+// process that has it. Failing both, the dead one, else 0.
+func holderPID(f *os.File, dir string) int {
+	var kernel int
+	var st unix.Stat_t
+	var statErr error
+	if err := rawControl(f, func(fd uintptr) { statErr = unix.Fstat(int(fd), &st) }); err == nil && statErr == nil {
+		if pids := proc.FlockHolders(st.Ino); len(pids) > 0 {
+			kernel = pids[0]
+		}
+	}
+	if kernel > 0 && proc.Alive(kernel) {
+		return kernel
+	}
+	if recorded := readPID(dir); recorded > 0 && (kernel == 0 || proc.Alive(recorded)) {
+		return recorded
+	}
+	return kernel
+}
+
+// writePIDFile records pid for people, best effort: a temporary file
+// renamed over, so a reader never sees half a pid, and nothing fsync'd.
+func writePIDFile(dir string, pid int) {
+	path := filepath.Join(dir, wire.PIDFileName)
+	tmp := path + ".tmp-" + strconv.Itoa(pid)
+	if err := os.WriteFile(tmp, []byte(strconv.Itoa(pid)+"\n"), 0o644); err != nil {
+		os.Remove(tmp)
+		return
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+	}
 }

@@ -244,3 +244,56 @@ func TestLockRejectsEmptyDir(t *testing.T) {
 		t.Fatalf("missing dir: %v", err)
 	}
 }
+
+// The holder's pid comes from the kernel's lock table: a lost or never
+// written pid file does not hide who holds the lock.
+func TestLockHolderWithoutPIDFile(t *testing.T) {
+	dir := t.TempDir()
+	cmd, _ := startLockChild(t, dir, false)
+	must(t, os.Remove(filepath.Join(dir, wire.PIDFileName)))
+	_, err := AcquireDataDirLock(dir)
+	var held *LockHeldError
+	if !errors.As(err, &held) || held.HolderPID != cmd.Process.Pid {
+		t.Fatalf("lock held by pid %d, no pid file: %v (%+v), want that pid named", cmd.Process.Pid, err, held)
+	}
+}
+
+// Taking the lock needs no free space: the pid file is advisory, and a
+// full filesystem only leaves it unwritten. The test mounts a small tmpfs
+// and fills it, so it needs root.
+func TestLockOnFullFilesystem(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount a small tmpfs")
+	}
+	dir := t.TempDir()
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size=64k"); err != nil {
+		t.Skipf("cannot mount a tmpfs here: %v", err)
+	}
+	t.Cleanup(func() { syscall.Unmount(dir, syscall.MNT_DETACH) })
+	fill, err := os.Create(filepath.Join(dir, "fill"))
+	must(t, err)
+	_, err = fill.Write(make([]byte, 1<<20))
+	fill.Close()
+	if !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("filling the tmpfs: %v, want ENOSPC", err)
+	}
+	l, err := AcquireDataDirLock(dir)
+	if err != nil {
+		t.Fatalf("lock on a full filesystem: %v", err)
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	out := filepath.Join(t.TempDir(), "out")
+	cmd.Env = append(os.Environ(), "HANDOFF_TEST_ROLE=child", "TC_MODE=lock", "TC_DIR="+dir, "TC_OUT="+out)
+	must(t, cmd.Start())
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	waitFor(t, "the child's lock attempt", func() bool { _, err := os.Stat(out); return err == nil })
+	if b, _ := os.ReadFile(out); !strings.Contains(string(b), strconv.Itoa(os.Getpid())) {
+		t.Fatalf("a second process on the full filesystem: %q, want the lock held by us (pid %d)", b, os.Getpid())
+	}
+	must(t, l.Release())
+	l, err = AcquireDataDirLockOrBreakStale(dir)
+	if err != nil {
+		t.Fatalf("break-stale lock on a full filesystem: %v", err)
+	}
+	must(t, l.Release())
+}

@@ -3,6 +3,7 @@
 package proc
 
 import (
+	"bufio"
 	"bytes"
 	"os"
 	"os/exec"
@@ -153,4 +154,37 @@ func FuzzParseStat(f *testing.F) {
 			t.Fatalf("with fields appended: %+v, %v; want %+v", again, err, st)
 		}
 	})
+}
+
+func TestParseFlockHolders(t *testing.T) {
+	in := `1: POSIX  ADVISORY  WRITE 77 fd:01:1234567 0 EOF
+2: FLOCK  ADVISORY  WRITE 4242 fd:01:1234567 0 EOF
+2: -> FLOCK  ADVISORY  WRITE 4243 fd:01:1234567 0 EOF
+3: FLOCK  ADVISORY  WRITE 5000 fd:01:12345670 0 EOF
+4: FLOCK  ADVISORY  WRITE 4242 08:02:1234567 0 EOF
+5: FLOCK  ADVISORY  WRITE -1 fd:01:1234567 0 EOF
+garbage
+`
+	got := parseFlockHolders(bufio.NewScanner(strings.NewReader(in)), 1234567)
+	if !slices.Equal(got, []int{4242}) {
+		t.Fatalf("holders %v, want [4242]", got)
+	}
+}
+
+func TestFlockHoldersSeesThisProcess(t *testing.T) {
+	f, err := os.CreateTemp(t.TempDir(), "lock")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		t.Fatal(err)
+	}
+	var st syscall.Stat_t
+	if err := syscall.Fstat(int(f.Fd()), &st); err != nil {
+		t.Fatal(err)
+	}
+	if got := FlockHolders(st.Ino); !slices.Contains(got, os.Getpid()) {
+		t.Fatalf("holders %v, want this process %d among them", got, os.Getpid())
+	}
 }
