@@ -11,8 +11,12 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
+
+	"github.com/handoff-go/handoff/examples/kvd/store"
 )
 
 type options struct {
@@ -22,24 +26,78 @@ type options struct {
 	every    time.Duration
 	idle     time.Duration
 	json     bool
+
+	// The kvd mode.
+	kvd        bool
+	sizes      []int
+	valueSize  int
+	writeRate  int
+	probeEvery time.Duration
+	plotDir    string
 }
+
+// Defaults that differ in the kvd mode.
+const (
+	kvdDefaultHandoffs = 10
+	kvdDefaultEvery    = 500 * time.Millisecond
+	kvdDefaultSizes    = "1000,10000,100000,1000000"
+)
+
+// flagsOf lists which flags belong to one mode only.
+var (
+	pingOnlyFlags = []string{"rate", "clients", "idle"}
+	kvdOnlyFlags  = []string{"sizes", "value-size", "write-rate", "probe-every", "plot"}
+)
 
 func parseFlags(args []string, stderr io.Writer) (options, error) {
 	var o options
 	fs := flag.NewFlagSet("handoff-bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.IntVar(&o.handoffs, "handoffs", 100, "handoffs, and restarts of each baseline, to perform")
+	fs.IntVar(&o.handoffs, "handoffs", 100, fmt.Sprintf("handoffs, and restarts of each baseline, to perform (-kvd: per size; default %d)", kvdDefaultHandoffs))
 	fs.IntVar(&o.rate, "rate", 1000, "requests per second across all clients, each on a fresh connection")
 	fs.IntVar(&o.clients, "clients", 8, "concurrent client goroutines")
-	fs.DurationVar(&o.every, "every", 200*time.Millisecond, "time from the start of one handoff or restart to the start of the next")
+	fs.DurationVar(&o.every, "every", 200*time.Millisecond, fmt.Sprintf("time from the start of one handoff or restart to the start of the next (-kvd: rest before each; default %v)", kvdDefaultEvery))
 	fs.DurationVar(&o.idle, "idle", 5*time.Second, "how long the supervisor's CPU time is measured while idle")
 	fs.BoolVar(&o.json, "json", false, "print the results as JSON")
+	fs.BoolVar(&o.kvd, "kvd", false, "measure examples/kvd instead: handoff and stop-then-start for each data size")
+	sizes := fs.String("sizes", kvdDefaultSizes, "-kvd: data sizes, in keys, comma-separated (1k and 1M allowed)")
+	fs.IntVar(&o.valueSize, "value-size", 1024, "-kvd: bytes per value")
+	fs.IntVar(&o.writeRate, "write-rate", 100, "-kvd: PUTs per second, each on a fresh connection, checked afterwards")
+	fs.DurationVar(&o.probeEvery, "probe-every", time.Millisecond, "-kvd: time between two probes (GET /healthz, each on a fresh connection)")
+	fs.StringVar(&o.plotDir, "plot", "", "-kvd: write kvd-gap-vs-size.svg and .png into this `directory`")
 	if err := fs.Parse(args); err != nil {
 		return o, err
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	wrong := kvdOnlyFlags
+	if o.kvd {
+		wrong = pingOnlyFlags
+		if !set["handoffs"] {
+			o.handoffs = kvdDefaultHandoffs
+		}
+		if !set["every"] {
+			o.every = kvdDefaultEvery
+		}
+		var err error
+		if o.sizes, err = parseSizes(*sizes); err != nil {
+			return o, fmt.Errorf("-sizes %q: %w", *sizes, err)
+		}
+	}
+	for _, name := range wrong {
+		if set[name] {
+			return o, fmt.Errorf("-%s does not apply %s -kvd", name, map[bool]string{true: "with", false: "without"}[o.kvd])
+		}
 	}
 	switch {
 	case fs.NArg() > 0:
 		return o, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	case o.valueSize < 1 || o.valueSize > store.MaxValueLen:
+		return o, fmt.Errorf("-value-size %d: must be between 1 and %d", o.valueSize, store.MaxValueLen)
+	case o.writeRate < 1 || o.writeRate > 1000:
+		return o, fmt.Errorf("-write-rate %d: must be between 1 and 1000 PUTs per second", o.writeRate)
+	case o.probeEvery < 100*time.Microsecond || o.probeEvery > time.Second:
+		return o, fmt.Errorf("-probe-every %v: must be between 100µs and 1s", o.probeEvery)
 	case o.handoffs < 1 || o.handoffs > 10000:
 		return o, fmt.Errorf("-handoffs %d: must be between 1 and 10000", o.handoffs)
 	case o.rate < 1 || o.rate > 50000:
@@ -52,6 +110,39 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		return o, fmt.Errorf("-idle %v: must be between 0 and 1m", o.idle)
 	}
 	return o, nil
+}
+
+// maxSizeKeys bounds one -sizes entry: 10M keys of 1 KiB are 10 GiB in
+// each of two processes.
+const maxSizeKeys = 10_000_000
+
+// parseSizes reads "1000,10k,1M": ascending, without repeats, at most ten.
+func parseSizes(s string) ([]int, error) {
+	var sizes []int
+	for f := range strings.SplitSeq(s, ",") {
+		f = strings.TrimSpace(f)
+		mult := 1
+		switch {
+		case strings.HasSuffix(f, "k"):
+			f, mult = strings.TrimSuffix(f, "k"), 1000
+		case strings.HasSuffix(f, "M"):
+			f, mult = strings.TrimSuffix(f, "M"), 1_000_000
+		}
+		n, err := strconv.Atoi(f)
+		if err != nil {
+			return nil, fmt.Errorf("not a number of keys: %w", err)
+		}
+		if n < 1 || n > maxSizeKeys/mult {
+			return nil, fmt.Errorf("%d×%d keys: must be between 1 and %d", n, mult, maxSizeKeys)
+		}
+		sizes = append(sizes, n*mult)
+	}
+	slices.Sort(sizes)
+	sizes = slices.Compact(sizes)
+	if len(sizes) > 10 {
+		return nil, fmt.Errorf("%d sizes: at most 10", len(sizes))
+	}
+	return sizes, nil
 }
 
 // bench is one run: its options, its work directory and this binary.
@@ -88,10 +179,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("log: %w", err)
 	}
 	defer logf.Close()
+	if o.kvd {
+		return runKVDMode(ctx, o, self, dir, logf, stdout, stderr)
+	}
 	b := &bench{o: o, self: self, dir: dir, log: logf, stderr: stderr}
 	res, err := b.run(ctx)
 	if err != nil {
-		return errors.Join(err, b.logTail())
+		return errors.Join(err, logTail(b.log))
 	}
 	if o.json {
 		return res.writeJSON(stdout)
@@ -101,8 +195,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 }
 
 // logTail returns the end of the children's log as an error, if not empty.
-func (b *bench) logTail() error {
-	data, err := os.ReadFile(b.log.Name())
+func logTail(logf *os.File) error {
+	data, err := os.ReadFile(logf.Name())
 	if err != nil || len(data) == 0 {
 		return nil
 	}
@@ -200,7 +294,7 @@ func (b *bench) drive(ctx context.Context, addr string, restart func() (opSample
 // runHandoff measures the library: a supervisor process hands the daemon
 // off under load, then sits idle while its CPU time is measured.
 func (b *bench) runHandoff(ctx context.Context, res *result) (modeResult, error) {
-	sup, ready, err := startSupervisorProc(b.self, b.dir, b.log)
+	sup, ready, err := startSupervisorProc(b.self, b.dir, nil, b.log)
 	if err != nil {
 		return modeResult{}, err
 	}

@@ -14,6 +14,7 @@ const (
 	envDir       = "HANDOFF_BENCH_DIR"       // work directory (supervisor, daemon)
 	envAddr      = "HANDOFF_BENCH_ADDR"      // address to bind (plain)
 	envReusePort = "HANDOFF_BENCH_REUSEPORT" // "1": bind with SO_REUSEPORT (plain)
+	envSpawn     = "HANDOFF_BENCH_SPAWN"     // JSON spawnConfig: the daemon to supervise instead of roleDaemon (supervisor)
 
 	roleSupervisor = "supervisor" // the embedded supervisor.Supervisor, driven over stdin/stdout
 	roleDaemon     = "daemon"     // the daemon the supervisor hands off
@@ -22,9 +23,9 @@ const (
 
 // runRole runs one re-executed role and returns the exit code.
 func runRole(role string) int {
-	dir, addr, reusePort := os.Getenv(envDir), os.Getenv(envAddr), os.Getenv(envReusePort) == "1"
+	dir, addr, reusePort, spawn := os.Getenv(envDir), os.Getenv(envAddr), os.Getenv(envReusePort) == "1", os.Getenv(envSpawn)
 	// Children of this process must not inherit the role.
-	for _, k := range []string{envRole, envDir, envAddr, envReusePort} {
+	for _, k := range []string{envRole, envDir, envAddr, envReusePort, envSpawn} {
 		os.Unsetenv(k)
 	}
 	var err error
@@ -33,7 +34,7 @@ func runRole(role string) int {
 		// No signal handler: the bench drives it through stdin, and
 		// closing stdin stops it. It leads its own process group, so a
 		// terminal's Ctrl-C reaches only the bench.
-		err = runSupervisor(context.Background(), dir, os.Stdin, os.Stdout)
+		err = runSupervisor(context.Background(), dir, spawn, os.Stdin, os.Stdout)
 	case roleDaemon, rolePlain:
 		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
 		if role == roleDaemon {

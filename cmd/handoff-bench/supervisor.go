@@ -55,13 +55,22 @@ type supStats struct {
 	Error      string    `json:"error,omitempty"`
 }
 
+// spawnConfig tells the supervisor process to start another daemon than
+// this binary's own (the kvd mode starts kvd). It travels as JSON in
+// envSpawn.
+type spawnConfig struct {
+	Binary   string   `json:"binary"`
+	Args     []string `json:"args"`
+	Listener string   `json:"listener"` // the name the daemon takes its listener by
+}
+
 // runSupervisor holds a loopback TCP listener in an embedded
-// supervisor.Supervisor, cold-starts this binary as the daemon and performs a
-// handoff for each "handoff" line on in. End of input or "stop" stops the
-// daemon and returns.
-func runSupervisor(ctx context.Context, dir string, in io.Reader, out io.Writer) error {
+// supervisor.Supervisor, cold-starts the daemon (this binary, or what
+// spawn, if not empty, says) and performs a handoff for each "handoff" line
+// on in. End of input or "stop" stops the daemon and returns.
+func runSupervisor(ctx context.Context, dir, spawn string, in io.Reader, out io.Writer) error {
 	enc := json.NewEncoder(out)
-	s, addr, pid, spec, err := startSupervised(ctx, dir)
+	s, addr, pid, spec, err := startSupervised(ctx, dir, spawn)
 	if err != nil {
 		return errors.Join(err, enc.Encode(supReady{Error: err.Error()}))
 	}
@@ -105,16 +114,25 @@ func runSupervisor(ctx context.Context, dir string, in io.Reader, out io.Writer)
 
 // startSupervised binds the listener, builds the supervisor and cold-starts
 // the daemon.
-func startSupervised(ctx context.Context, dir string) (*supervisor.Supervisor, string, int, supervisor.SpawnSpec, error) {
+func startSupervised(ctx context.Context, dir, spawn string) (*supervisor.Supervisor, string, int, supervisor.SpawnSpec, error) {
 	var spec supervisor.SpawnSpec
 	if dir == "" {
 		return nil, "", 0, spec, fmt.Errorf("%s is not set", envDir)
 	}
-	self, err := os.Executable()
-	if err != nil {
-		return nil, "", 0, spec, fmt.Errorf("find own binary: %w", err)
+	name := listenerName
+	if spawn != "" {
+		var sc spawnConfig
+		if err := json.Unmarshal([]byte(spawn), &sc); err != nil {
+			return nil, "", 0, spec, fmt.Errorf("%s: %w", envSpawn, err)
+		}
+		spec, name = supervisor.SpawnSpec{Binary: sc.Binary, Args: sc.Args}, sc.Listener
+	} else {
+		self, err := os.Executable()
+		if err != nil {
+			return nil, "", 0, spec, fmt.Errorf("find own binary: %w", err)
+		}
+		spec = supervisor.SpawnSpec{Binary: self, Env: []string{envRole + "=" + roleDaemon, envDir + "=" + dir}}
 	}
-	spec = supervisor.SpawnSpec{Binary: self, Env: []string{envRole + "=" + roleDaemon, envDir + "=" + dir}}
 	s, err := supervisor.New(supervisor.Config{
 		ControlSocket: filepath.Join(dir, controlName),
 		Logger:        slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
@@ -129,7 +147,7 @@ func startSupervised(ctx context.Context, dir string) (*supervisor.Supervisor, s
 		return nil, "", 0, spec, fmt.Errorf("listen: %w", err)
 	}
 	addr := ln.Addr().String()
-	err = s.AddListener(listenerName, ln)
+	err = s.AddListener(name, ln)
 	ln.Close() // the supervisor keeps its own duplicate
 	if err != nil {
 		s.Close()
@@ -228,8 +246,16 @@ type supervisorProc struct {
 }
 
 // startSupervisorProc starts the supervisor process and waits for its
-// daemon to serve.
-func startSupervisorProc(self, dir string, logf *os.File) (*supervisorProc, supReady, error) {
+// daemon to serve. spawn, if not nil, says which daemon it starts.
+func startSupervisorProc(self, dir string, spawn *spawnConfig, logf *os.File) (*supervisorProc, supReady, error) {
+	env := append(os.Environ(), envRole+"="+roleSupervisor, envDir+"="+dir)
+	if spawn != nil {
+		b, err := json.Marshal(spawn)
+		if err != nil {
+			return nil, supReady{}, fmt.Errorf("spawn config: %w", err)
+		}
+		env = append(env, envSpawn+"="+string(b))
+	}
 	inR, inW, err := os.Pipe()
 	if err != nil {
 		return nil, supReady{}, fmt.Errorf("pipe: %w", err)
@@ -241,7 +267,7 @@ func startSupervisorProc(self, dir string, logf *os.File) (*supervisorProc, supR
 		return nil, supReady{}, fmt.Errorf("pipe: %w", err)
 	}
 	cmd := exec.Command(self)
-	cmd.Env = append(os.Environ(), envRole+"="+roleSupervisor, envDir+"="+dir)
+	cmd.Env = env
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = inR, outW, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	err = cmd.Start()
