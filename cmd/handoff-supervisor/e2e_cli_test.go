@@ -53,8 +53,18 @@ func (r logRecord) str(key string) string { s, _ := r[key].(string); return s }
 // object (the test daemons write to the same stderr) are left out.
 func (f *fixture) startSupervisorLogged(t *testing.T) (*supervisorProc, func() []logRecord) {
 	t.Helper()
+	return f.startSupervisorLoggedVia(t, nil)
+}
+
+// startSupervisorLoggedVia is startSupervisorLogged with the command
+// line run through a wrapper (e.g. prlimit ... --), if any.
+func (f *fixture) startSupervisorLoggedVia(t *testing.T, wrapper []string) (*supervisorProc, func() []logRecord) {
+	t.Helper()
 	f.editConfig(t, "journal ", "log_format       = \"json\"\njournal ")
 	cmd := supervisorCmd(t.Context(), t, "--config", f.cfg)
+	if len(wrapper) > 0 {
+		cmd.Path, cmd.Args = wrapper[0], append(wrapper, cmd.Args...)
+	}
 	var stderr syncBuffer
 	cmd.Stdout, cmd.Stderr = &stderr, &stderr
 	// The daemons share the pipe: do not wait for them past the

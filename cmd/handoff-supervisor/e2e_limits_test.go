@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -90,5 +91,61 @@ func TestStatusPastIdleTriggerConnections(t *testing.T) {
 	line, err := bufio.NewReader(c).ReadString('\n')
 	if err != nil || !strings.HasPrefix(line, "err: no command line within") {
 		t.Fatalf("an idle connection got %q, %v", line, err)
+	}
+}
+
+// TestLowFDLimitWarning starts a supervisor process under RLIMIT_NOFILE
+// 20 (soft and hard, as ulimit -n 20 sets them), under which a handoff
+// cannot run: it starts, and says at start what the limit is and what a
+// handoff needs; the handoff then indeed fails. Under the usual limit it
+// says nothing of the kind.
+func TestLowFDLimitWarning(t *testing.T) {
+	prlimit, err := exec.LookPath("prlimit")
+	if err != nil {
+		t.Skipf("needs prlimit (util-linux) to start the supervisor under a low RLIMIT_NOFILE: %v", err)
+	}
+	for _, tc := range []struct {
+		name    string
+		wrapper []string
+		warn    bool
+	}{
+		{"ulimit -n 20", []string{prlimit, "--nofile=20:20", "--"}, true},
+		{"usual limit", nil, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t)
+			sup, records := f.startSupervisorLoggedVia(t, tc.wrapper)
+			_, pid := f.hello(t)
+			defer f.stopAndCheck(t, sup, pid)
+			// "supervisor ready" follows the check in the log.
+			testutil.WaitFor(t, "the ready log line", func() bool {
+				n, _ := count(records(), func(r logRecord) bool { return r.msg() == "supervisor ready" })
+				return n == 1
+			})
+			var warning logRecord
+			n, which := count(records(), func(r logRecord) bool {
+				if r.msg() == lowFDLimitMsg {
+					warning = r
+					return true
+				}
+				return false
+			})
+			if !tc.warn {
+				if n != 0 {
+					t.Fatalf("warned under the usual limit:%s", which)
+				}
+				return
+			}
+			if n != 1 || warning.int("soft_limit") != 20 || warning.int("hard_limit") != 20 ||
+				warning.int("handoff_opens") != handoffFDs || warning.int("open") < 10 ||
+				!strings.Contains(warning.str("advice"), fmt.Sprintf("raise the hard limit (now 20) to at least %d", warning.int("open")+handoffFDs+1)) {
+				t.Fatalf("want one warning naming the limit (20) and what a handoff needs, got %d:%s", n, which)
+			}
+			t.Logf("%s: %s", warning.msg(), warning.str("advice"))
+			out, _, code := f.cli(t, "upgrade", "--config", f.cfg)
+			if code != exitFailure || !strings.Contains(out, "too many open files") {
+				t.Fatalf("upgrade under the low limit: exit %d, %q", code, out)
+			}
+		})
 	}
 }

@@ -78,8 +78,9 @@ func (l fdLimit) advice() string {
 		return fmt.Sprintf("the supervisor holds %d descriptors and a handoff opens about %d more, but its soft limit is %d (lowered since it started: Go raised it to just under the hard limit %d then); raise the soft limit (prlimit)",
 			l.open, handoffFDs, l.soft, l.hard)
 	}
-	return fmt.Sprintf("the supervisor holds %d descriptors of the %d its limit allows and a handoff opens about %d more: raise the hard limit to at least %d (LimitNOFILE= in the unit, ulimit -n); Go already raised the soft limit to just under the hard limit %d, and daemons start with the soft limit the supervisor was started with",
-		l.open, l.soft, handoffFDs, need+1, l.hard)
+	return fmt.Sprintf("the supervisor holds %d descriptors of the %d its limit allows and a handoff opens about %d more: raise the hard limit (now %d) to at least %d (LimitNOFILE= in the unit, ulimit -n); "+
+		"raising only the soft limit does not help, as Go raises it to just under the hard limit at start; the daemons start with the soft limit the supervisor was started with",
+		l.open, l.soft, handoffFDs, l.hard, need+1)
 }
 
 // triggerConns is how many trigger connections to serve at once: half of
