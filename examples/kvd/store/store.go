@@ -2,14 +2,20 @@ package store
 
 import (
 	"bytes"
+	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
+	"slices"
 	"sync"
+	"time"
+
+	"github.com/handoff-go/handoff/internal/crash"
 )
 
-// File names inside the data directory.
+// File names inside the data directory. LogFileName is also the oldest
+// log segment's (see segmentName).
 const (
 	LogFileName      = "kv.wal"
 	SnapshotFileName = "kv.snap"
@@ -22,7 +28,7 @@ type state int
 
 const (
 	stateOpen    state = iota
-	stateSealing       // Seal is waiting for the last batch or writing the snapshot
+	stateSealing       // Seal is waiting for the last batch and the compactor
 	stateSealed
 	stateFailed
 	stateClosed
@@ -30,21 +36,49 @@ const (
 
 // options are the seams tests and benchmarks use.
 type options struct {
-	syncFile        func(*os.File) error // fsync of the log and the snapshot
-	maxBatchRecords int                  // 0: no limit (group commit); 1: one fsync per write
-	onEnqueue       func()               // called after a write joined a batch
+	syncFile        func(*os.File) error // fsync of log segments and snapshots
+	syncDir         func(dir string) error
+	maxBatchRecords int    // 0: no limit (group commit); 1: one fsync per write
+	segmentBytes    int64  // rotate once the active segment holds this much
+	noAutoCompact   bool   // compact only when Compact is called
+	onEnqueue       func() // called after a write joined a batch
+	// compactChunk is called between chunks of a compaction with its
+	// context (a test blocks there until the compaction is cancelled).
+	compactChunk func(context.Context)
+	// onCompacted is called after every compaction attempt with its error.
+	onCompacted func(error)
 }
 
 func defaultOptions() options {
-	return options{syncFile: (*os.File).Sync}
+	return options{syncFile: (*os.File).Sync, syncDir: syncDir, segmentBytes: DefaultSegmentBytes}
 }
 
-// Recovery tells what Open or Reopen found on disk.
+// Recovery tells what Open, Warm.Open or Reopen found on disk. Warm-up
+// figures are Prepare's (read without the lock, while the previous writer
+// may still have been writing); catch-up figures are what was applied
+// after, with the lock held: the part of a handoff's pause that depends on
+// the data.
 type Recovery struct {
 	SnapshotRevision uint64 // revision of the snapshot loaded; 0 if there was none
-	Replayed         int    // log records applied on top of the snapshot
-	// TornTailAt is the log offset where a torn tail was cut off, and
-	// TornTailBytes how many bytes were cut; both 0 when the log was intact.
+	Replayed         int    // log records applied on top of the snapshot, warm-up and catch-up together
+
+	WarmRecords  int           // log records Prepare applied
+	WarmBytes    int64         // log bytes Prepare read
+	WarmDuration time.Duration // Prepare's time, snapshot included
+
+	CaughtUpRecords int           // log records applied after the warm-up position
+	CaughtUpBytes   int64         // log bytes read after it
+	CatchUpDuration time.Duration // Open's or Reopen's time
+
+	// FullLoad is set when the log did not continue from the warm-up's
+	// position (compactions deleted segments it had not read) and the
+	// directory was loaded in full instead; FullLoadReason says why.
+	FullLoad       bool
+	FullLoadReason string
+
+	// TornTailFile is the segment whose torn tail was cut off at offset
+	// TornTailAt, TornTailBytes bytes; all empty when the log was intact.
+	TornTailFile  string
 	TornTailAt    int64
 	TornTailBytes int64
 }
@@ -55,134 +89,118 @@ type Store struct {
 	dir  string
 	opts options
 
+	// life serialises Seal, Reopen, Close and Compact's start against each
+	// other; it is taken before mu.
+	life sync.Mutex
+
 	mu         sync.RWMutex
-	progress   *sync.Cond // broadcast after every commit
+	progress   *sync.Cond // broadcast after every commit and hand-over of the write turn
 	state      state
-	refuse     error // why writes are refused; nil while open
-	f          *os.File
-	size       int64 // bytes of the log that are durable
+	refuse     error    // why writes are refused; nil while open
+	f          *os.File // the active segment, appended to; nil unless open
+	seq        uint64   // the active segment's sequence number
+	size       int64    // bytes of the active segment that are durable
+	lastCRC    uint32   // checksum of the active segment's last record; 0 if it has none
+	segs       []segment
+	snapRev    uint64 // revision of the newest snapshot this process verified or wrote
+	snapBytes  int64  // its size, if this process wrote it (compaction policy)
 	data       map[string][]byte
 	rev        uint64 // last durable revision
 	next       uint64 // last revision handed out
 	queue      []*batch
-	committing bool // a writer is committing the head of the queue
-	fp         string
-	fpRev      uint64 // fp is valid while rev == fpRev
+	committing bool      // a writer holds the write turn (commits the head of the queue, or rotates)
+	sealedAt   *position // after Seal: the end of the log, its segment open read-only, for Reopen
+	comp       *compactor
 	recovery   Recovery
 	fsyncs     uint64 // log fsyncs, for the benchmark
+	compStats  CompactionStats
+	rotateErr  error
 }
 
 // batch is a group of records committed with one write and one fsync.
 type batch struct {
-	buf  []byte
-	recs []record
-	lead chan struct{} // closed when the batch's first writer must commit it
-	done chan struct{} // closed when the batch is durable or failed
-	err  error         // set before done is closed
+	buf     []byte
+	recs    []record
+	lastCRC uint32        // checksum of its last record
+	lead    chan struct{} // closed when the batch's first writer must commit it
+	done    chan struct{} // closed when the batch is durable or failed
+	err     error         // set before done is closed
 }
 
 // Open opens the store in dir, creating the directory and the log if
-// needed, and recovers: it loads the snapshot, replays the log on top,
-// and cuts a torn log tail off (see Recovery). Damage elsewhere fails with
-// a *CorruptError. Hold the data-directory lock before calling it.
+// needed, and recovers: it loads the snapshot, replays the log segments on
+// top, and cuts a torn tail off the last one (see Recovery). Damage
+// elsewhere fails with a *CorruptError. Hold the data-directory lock
+// before calling it. Open is Prepare followed by Warm.Open.
 func Open(dir string) (*Store, error) {
 	return open(dir, defaultOptions())
 }
 
 func open(dir string, opts options) (*Store, error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("store: create data directory: %w", err)
-	}
-	s := &Store{dir: dir, opts: opts}
-	s.progress = sync.NewCond(&s.mu)
-	if err := s.load(); err != nil {
+	w, err := Prepare(dir)
+	if err != nil {
 		return nil, err
 	}
-	return s, nil
+	return w.open(opts)
 }
 
-// load reads the snapshot and the log into s. Called with s.mu held (or
-// before s is shared).
-func (s *Store) load() error {
-	stale, _ := filepath.Glob(filepath.Join(s.dir, SnapshotFileName+".tmp-*"))
-	for _, p := range stale {
-		os.Remove(p) // a snapshot that was never renamed into place
-	}
-	rev, data, fp, err := readSnapshot(filepath.Join(s.dir, SnapshotFileName))
-	if err != nil {
-		return err
-	}
-	rc := Recovery{SnapshotRevision: rev}
-	path := filepath.Join(s.dir, LogFileName)
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o600)
-	if err != nil {
-		return fmt.Errorf("store: open log: %w", err)
-	}
-	fi, err := f.Stat()
-	if err != nil {
-		f.Close()
-		return fmt.Errorf("store: stat log: %w", err)
-	}
-	var prev uint64 // revision of the previous record in the file
-	res, err := replay(f, fi.Size(), path, rev, func(off int64, r record) error {
-		if prev != 0 && r.rev != prev+1 {
-			return &CorruptError{Path: path, Offset: off, Err: fmt.Errorf("revision %d follows %d", r.rev, prev)}
-		}
-		prev = r.rev
-		if r.rev <= rev {
-			return nil // already in the snapshot
-		}
-		if r.rev != rev+1 {
-			return &CorruptError{Path: path, Offset: off, Err: fmt.Errorf("log continues at revision %d, state is at %d", r.rev, rev)}
-		}
-		apply(data, r)
-		rev = r.rev
-		rc.Replayed++
-		return nil
-	})
-	if err != nil {
-		f.Close()
-		return err
-	}
-	keep := res.validEnd
-	if rc.Replayed == 0 {
-		// Every record left is in the snapshot: start the log afresh, so
-		// that the next write's revision follows the last record's.
-		keep = 0
-	}
-	if keep < fi.Size() {
-		if err := f.Truncate(keep); err != nil {
+// becomeWriterLocked makes s the writer of the state l loaded: it appends
+// to the last segment (cut to its last good record) or creates the first.
+// l is consumed. Called with s.mu held or before s is shared.
+func (s *Store) becomeWriterLocked(l *loader, rc *Recovery) (err error) {
+	defer l.close()
+	var f *os.File
+	defer func() {
+		if err != nil && f != nil {
 			f.Close()
-			return fmt.Errorf("store: cut %s at offset %d: %w", path, keep, err)
 		}
-		if err := f.Sync(); err != nil {
+	}()
+	seq, size := l.pos.seq, l.pos.off
+	if l.pos.f == nil {
+		// No log yet: create the first segment and make its name durable.
+		if f, err = createSegment(s.dir, 0); err != nil {
+			return err
+		}
+		if err = s.opts.syncDir(s.dir); err != nil {
+			return err
+		}
+		seq, size = 0, 0
+	} else {
+		path := segmentPath(s.dir, seq)
+		if f, err = os.OpenFile(path, os.O_RDWR|os.O_APPEND, 0); err != nil {
+			return fmt.Errorf("store: open log segment for writing: %w", err)
+		}
+		if l.torn.bytes > 0 {
+			if err = f.Truncate(size); err != nil {
+				return fmt.Errorf("store: cut %s at offset %d: %w", path, size, err)
+			}
+			if err = s.opts.syncFile(f); err != nil {
+				return fmt.Errorf("store: fsync %s after cutting it: %w", path, err)
+			}
+			rc.TornTailFile, rc.TornTailAt, rc.TornTailBytes = l.torn.path, l.torn.at, l.torn.bytes
+		}
+		if l.pos.lastRev != 0 && l.pos.lastRev < l.snapRev {
+			// The segment ends below the snapshot (records the snapshot
+			// holds, their damaged rest cut off): the next revision would
+			// not follow its last one, so the writer starts a new segment.
+			l.closed = append(l.closed, segment{seq: seq, lastRev: l.pos.lastRev, size: size})
+			nf, err := createSegment(s.dir, seq+1)
+			if err != nil {
+				return err
+			}
 			f.Close()
-			return fmt.Errorf("store: fsync %s after cutting it: %w", path, err)
+			f = nf
+			if err = s.opts.syncDir(s.dir); err != nil {
+				return err
+			}
+			seq, size, l.pos.lastCRC = seq+1, 0, 0
 		}
 	}
-	if res.torn {
-		rc.TornTailAt, rc.TornTailBytes = res.validEnd, fi.Size()-res.validEnd
-	}
-	if err := syncDir(s.dir); err != nil { // the log's name is durable
-		f.Close()
-		return err
-	}
-	s.f, s.size, s.data, s.rev, s.next = f, keep, data, rev, rev
-	s.state, s.refuse, s.recovery = stateOpen, nil, rc
-	s.fp, s.fpRev = "", 0
-	if rc.Replayed == 0 && fp != "" {
-		s.fp, s.fpRev = fp, rev
-	}
+	s.f, s.seq, s.size, s.lastCRC = f, seq, size, l.pos.lastCRC
+	s.segs, s.snapRev, s.snapBytes = l.closed, l.snapRev, l.snapBytes
+	s.rev, s.next = l.rev, l.rev
+	s.state, s.refuse = stateOpen, nil
 	return nil
-}
-
-func apply(data map[string][]byte, r record) {
-	switch r.op {
-	case opPut:
-		data[r.key] = r.value
-	case opDelete:
-		delete(data, r.key)
-	}
 }
 
 // Put stores value under key and returns the write's revision once it is
@@ -227,10 +245,12 @@ func (s *Store) write(r record) (uint64, error) {
 		s.queue = append(s.queue, b)
 		first = true
 	}
+	at := len(b.buf)
 	b.buf = appendRecord(b.buf, r)
+	b.lastCRC = binary.LittleEndian.Uint32(b.buf[at+4:])
 	b.recs = append(b.recs, r)
 	if !s.committing {
-		// Nobody commits: the queue was empty and b is its head.
+		// Nobody holds the turn: the queue was empty and b is its head.
 		s.committing = true
 		close(b.lead)
 	}
@@ -259,9 +279,10 @@ func (s *Store) fits(b *batch, r record) bool {
 	return len(b.buf)+r.encodedLen() <= maxBatchBytes
 }
 
-// commitHead writes and fsyncs the batch at the head of the queue, then
-// hands the turn to the next batch's first writer. Only the writer whose
-// batch's lead channel was closed calls it.
+// commitHead writes and fsyncs the batch at the head of the queue, starts
+// a new segment if the active one is full, then hands the turn to the
+// next batch's first writer. Only the writer whose batch's lead channel
+// was closed calls it.
 func (s *Store) commitHead() {
 	s.mu.Lock()
 	b := s.queue[0]
@@ -276,28 +297,37 @@ func (s *Store) commitHead() {
 	}
 
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	s.fsyncs++
 	if err != nil {
 		// Never retry: the kernel may have dropped the pages it failed to
 		// write. Fail this batch and every batch queued behind it.
-		s.state = stateFailed
-		s.refuse = fmt.Errorf("%w: writing the log: %w", ErrFailed, err)
-		b.err = s.refuse
+		b.err = s.failQueueLocked(fmt.Errorf("writing the log: %w", err))
 		close(b.done)
-		for _, q := range s.queue {
-			q.err = s.refuse
-			close(q.done)
-		}
-		s.queue = nil
-	} else {
-		for _, r := range b.recs {
-			apply(s.data, r)
-		}
-		s.size += int64(len(b.buf))
-		s.rev = b.recs[len(b.recs)-1].rev
-		close(b.done)
+		s.handTurnLocked()
+		s.mu.Unlock()
+		return
 	}
+	for _, r := range b.recs {
+		applyTo(s.data, r)
+	}
+	s.size += int64(len(b.buf))
+	s.lastCRC = b.lastCRC
+	s.rev = b.recs[len(b.recs)-1].rev
+	close(b.done)
+	full := s.size >= s.opts.segmentBytes
+	s.mu.Unlock()
+
+	if full {
+		s.rotate() // a failure is kept in rotateErr; the next batch tries again
+	}
+	s.mu.Lock()
+	s.handTurnLocked()
+	s.mu.Unlock()
+}
+
+// handTurnLocked passes the write turn to the next batch's first writer,
+// or frees it. Called with s.mu held by the turn's holder.
+func (s *Store) handTurnLocked() {
 	if len(s.queue) > 0 {
 		close(s.queue[0].lead)
 	} else {
@@ -306,7 +336,73 @@ func (s *Store) commitHead() {
 	s.progress.Broadcast()
 }
 
-// waitIdleLocked waits until no batch is being committed. New writes must
+// failQueueLocked puts the store in the failed state for cause and fails
+// every queued batch. It returns the error writes get from now on. Called
+// with s.mu held.
+func (s *Store) failQueueLocked(cause error) error {
+	s.state = stateFailed
+	s.refuse = fmt.Errorf("%w: %w", ErrFailed, cause)
+	for _, q := range s.queue {
+		q.err = s.refuse
+		close(q.done)
+	}
+	s.queue = nil
+	return s.refuse
+}
+
+// rotate closes the active segment and starts the next: a new file and an
+// fsync of the directory, so that the name of the file the next batch goes
+// to is durable. The caller holds the write turn, so no batch is being
+// written. If the file cannot be created the store keeps appending to the
+// old segment (the next full batch tries again); if the directory's fsync
+// fails the store fails (the fsync is not retried).
+func (s *Store) rotate() error {
+	s.mu.RLock()
+	seq, old, size, rev := s.seq, s.f, s.size, s.rev
+	s.mu.RUnlock()
+	nf, err := createSegment(s.dir, seq+1)
+	if err != nil {
+		s.mu.Lock()
+		s.rotateErr = err
+		s.mu.Unlock()
+		return err
+	}
+	crash.Point("kvd-rotate-created")
+	if err := s.opts.syncDir(s.dir); err != nil {
+		nf.Close()
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.failQueueLocked(fmt.Errorf("starting log segment %s: %w", segmentName(seq+1), err))
+	}
+	s.mu.Lock()
+	s.segs = append(s.segs, segment{seq: seq, lastRev: rev, size: size})
+	s.f, s.seq, s.size, s.lastCRC = nf, seq+1, 0, 0
+	s.rotateErr = nil
+	c := s.comp
+	s.mu.Unlock()
+	old.Close() // fsync'd with its last batch
+	if c != nil {
+		c.kickNow()
+	}
+	return nil
+}
+
+// takeTurn waits for the write turn and takes it; it fails if the store
+// stops taking writes meanwhile.
+func (s *Store) takeTurn() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for s.committing && s.state == stateOpen {
+		s.progress.Wait()
+	}
+	if s.state != stateOpen {
+		return s.refuse
+	}
+	s.committing = true
+	return nil
+}
+
+// waitIdleLocked waits until nobody holds the write turn. New writes must
 // already be refused, or it may wait for ever. Called with s.mu held.
 func (s *Store) waitIdleLocked() {
 	for s.committing {
@@ -354,24 +450,22 @@ func (s *Store) Revisions() []uint64 {
 	return []uint64{s.Revision()}
 }
 
-// Recovery reports what the last Open or Reopen found on disk.
+// Recovery reports what the last Open, Warm.Open or Reopen found on disk.
 func (s *Store) Recovery() Recovery {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	return s.recovery
 }
 
-// Fingerprint identifies the key/value state and its revision: equal
-// states have equal fingerprints. After Seal it is the fingerprint of the
-// snapshot written; a store reopened from that snapshot reports the same.
-// Computing it for a store written since costs a pass over the data.
+// Fingerprint identifies the state by where it ends in the log: the
+// revision, the active segment, its durable length and the checksum of its
+// last record. It costs nothing to compute. A store that sealed and the
+// store that caught up with it (Warm.Open) or reloaded the directory
+// report the same; any write changes it.
 func (s *Store) Fingerprint() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.fp == "" || s.fpRev != s.rev {
-		s.fp, s.fpRev = stateFingerprint(s.rev, s.data), s.rev
-	}
-	return s.fp
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return fmt.Sprintf("r%d-%s@%d-%08x", s.rev, segmentName(s.seq), s.size, s.lastCRC)
 }
 
 // Sync waits until every write accepted so far is durable, and returns the
@@ -390,11 +484,11 @@ func (s *Store) Sync() error {
 }
 
 // Check is a health check: it returns nil if the store is open, takes
-// writes, and its log on disk is the file it writes, of the size it
-// wrote (nobody else truncated, replaced or appended to it).
+// writes, and its active log segment on disk is the file it writes, of the
+// size it wrote (nobody else truncated, replaced or appended to it).
 func (s *Store) Check() error {
 	s.mu.RLock()
-	st, refuse, f, size, busy := s.state, s.refuse, s.f, s.size, s.committing
+	st, refuse, f, seq, size, busy := s.state, s.refuse, s.f, s.seq, s.size, s.committing
 	s.mu.RUnlock()
 	if st != stateOpen {
 		return refuse
@@ -404,61 +498,74 @@ func (s *Store) Check() error {
 		return fmt.Errorf("store: check: stat log: %w", err)
 	}
 	if fi.Size() < size || (fi.Size() > size && !busy) {
-		return fmt.Errorf("store: check: log is %d bytes on disk, %d written", fi.Size(), size)
+		return fmt.Errorf("store: check: log segment %s is %d bytes on disk, %d written", segmentName(seq), fi.Size(), size)
 	}
-	pi, err := os.Stat(filepath.Join(s.dir, LogFileName))
+	pi, err := os.Stat(segmentPath(s.dir, seq))
 	if err != nil {
+		if busy {
+			return nil // rotating: f may be the segment just closed
+		}
 		return fmt.Errorf("store: check: %w", err)
 	}
-	if !os.SameFile(fi, pi) {
+	if !os.SameFile(fi, pi) && !busy {
 		return errors.New("store: check: the log file was replaced")
 	}
 	return nil
 }
 
-// Seal makes the store read-only for a handoff: new writes fail with
-// ErrSealed, the batch in flight is committed, a snapshot is written
-// atomically, the log is emptied and fsync'd, and the files are closed.
-// Revision and Fingerprint then describe the sealed state. Seal on a sealed
-// store does nothing.
+// Seal makes the store read-only for a handoff, in a time that does not
+// depend on the data: new writes fail with ErrSealed, the batch in flight
+// is committed (every acknowledged write is fsync'd already), a running
+// compaction is cancelled and waited for, and the log file is closed.
+// Revision and Fingerprint then describe the sealed state; reads go on.
+// Seal on a sealed store does nothing.
 //
-// If Seal fails before the snapshot is in place, the store is open again
-// (the log is intact) and the error says why. If it fails after, the log
-// may be in an unknown state on disk and the store fails (ErrFailed).
+// If Seal fails the store is open again, unless the last batch failed
+// (ErrFailed).
 func (s *Store) Seal() error {
+	s.life.Lock()
+	defer s.life.Unlock()
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	switch s.state {
 	case stateSealed:
+		s.mu.Unlock()
 		return nil
-	case stateSealing:
-		return errors.New("store: Seal is already running")
 	case stateFailed, stateClosed:
-		return s.refuse
+		err := s.refuse
+		s.mu.Unlock()
+		return err
 	}
 	s.state, s.refuse = stateSealing, ErrSealed
 	s.waitIdleLocked()
 	if s.state == stateFailed { // the last batch failed
-		return s.refuse
-	}
-	fp, err := writeSnapshot(filepath.Join(s.dir, SnapshotFileName), s.rev, s.data, s.opts.syncFile)
-	if err != nil {
-		// The log is intact and still describes the state: keep serving.
-		s.state, s.refuse = stateOpen, nil
+		err := s.refuse
+		s.mu.Unlock()
 		return err
 	}
-	s.fp, s.fpRev = fp, s.rev
-	// The snapshot is durable; the log's records are all in it.
-	if err := s.f.Truncate(0); err != nil {
-		return s.failLocked(fmt.Errorf("store: empty the log after the snapshot: %w", err))
+	// Reopen continues from here; the open file reads this segment even
+	// if a successor's compaction deletes it.
+	rf, err := os.Open(segmentPath(s.dir, s.seq))
+	if err != nil {
+		s.state, s.refuse = stateOpen, nil
+		s.mu.Unlock()
+		return fmt.Errorf("store: seal: %w", err)
 	}
-	if err := s.opts.syncFile(s.f); err != nil {
-		return s.failLocked(fmt.Errorf("store: fsync the emptied log: %w", err))
+	c := s.comp
+	s.comp = nil
+	s.mu.Unlock()
+
+	c.stop()
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.sealedAt = &position{seq: s.seq, f: rf, off: s.size, lastRev: s.rev, lastCRC: s.lastCRC}
+	if s.size == 0 {
+		s.sealedAt.lastRev = 0
 	}
-	s.size = 0
 	err = s.f.Close()
 	s.f = nil
 	if err != nil {
+		s.closeSealedLocked()
 		return s.failLocked(fmt.Errorf("store: close the log: %w", err))
 	}
 	s.state = stateSealed
@@ -477,47 +584,109 @@ func (s *Store) failLocked(cause error) error {
 	return s.refuse
 }
 
-// Sealed reports whether the store is sealed (read-only, files closed).
+func (s *Store) closeSealedLocked() {
+	if s.sealedAt != nil {
+		if s.sealedAt.f != nil {
+			s.sealedAt.f.Close()
+		}
+		s.sealedAt = nil
+	}
+}
+
+// Sealed reports whether the store is sealed (read-only, log closed).
 func (s *Store) Sealed() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.mu.RLock()
+	defer s.mu.RUnlock()
 	return s.state == stateSealed
 }
 
-// Reopen makes a sealed store writable again after an aborted handoff. It
-// reads the directory again, like Open, because another process may have
-// written after the seal. On an open store it does nothing, so it is
-// idempotent. A failed store cannot be reopened (restart the process to
-// recover from disk), nor can a closed one.
+// Reopen makes a sealed store writable again after an aborted handoff.
+// Another process (a successor that later died) may have written after
+// the seal, so it applies what the log holds after the sealed position,
+// like Warm.Open (a torn tail is cut, other damage refused, and a chain
+// broken by the successor's compactions means a full load). Hold the
+// data-directory lock. On an open store it does nothing, so it is
+// idempotent; if it fails the store stays sealed, and the next Reopen
+// loads the directory in full. A failed store cannot be reopened (restart
+// the process to recover from disk), nor can a closed one.
 func (s *Store) Reopen() error {
+	s.life.Lock()
+	defer s.life.Unlock()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	switch s.state {
 	case stateOpen:
 		return nil
 	case stateSealed:
-		return s.load()
-	case stateSealing:
-		return errors.New("store: Reopen during Seal")
 	case stateFailed:
 		return fmt.Errorf("store: cannot reopen: %w", s.refuse)
 	default:
 		return ErrClosed
 	}
+	start := time.Now()
+	if err := removeStaleTemps(s.dir); err != nil {
+		return err
+	}
+	var l *loader
+	rc := Recovery{SnapshotRevision: s.snapRev}
+	if at := s.sealedAt; at != nil && at.f != nil {
+		l = &loader{dir: s.dir, snapRev: s.snapRev, snapBytes: s.snapBytes, rev: s.rev, closed: slices.Clone(s.segs), pos: *at}
+		s.sealedAt.f = nil // l owns it now
+	} else {
+		rc.FullLoad, rc.FullLoadReason = true, "a previous Reopen failed"
+		var err error
+		if l, err = load(s.dir, true); err != nil {
+			return err
+		}
+		rc.SnapshotRevision, rc.Replayed, rc.CaughtUpRecords, rc.CaughtUpBytes = l.snapRev, l.records, l.records, l.bytes
+	}
+	if !rc.FullLoad {
+		var err error
+		if l, err = catchUpOrReload(l, &rc); err != nil {
+			return err
+		}
+	}
+	fresh, pending := l.data, l.pending
+	if err := s.becomeWriterLocked(l, &rc); err != nil {
+		return err // still sealed; the next Reopen loads in full
+	}
+	if fresh != nil {
+		s.data = fresh
+	} else {
+		for _, r := range pending {
+			applyTo(s.data, r)
+		}
+	}
+	s.closeSealedLocked()
+	rc.CatchUpDuration = time.Since(start)
+	s.recovery = rc
+	s.startCompactorLocked()
+	return nil
 }
 
-// Close refuses new writes (ErrClosed), waits for the batch in flight and
-// closes the log without writing a snapshot: the next Open replays the
-// log. Close is idempotent. Use Seal instead to hand the data over.
+// Close refuses new writes (ErrClosed), waits for the batch in flight,
+// stops the compactor and closes the log. The next Open replays the log.
+// Close is idempotent. Use Seal instead to hand the data over.
 func (s *Store) Close() error {
+	s.life.Lock()
+	defer s.life.Unlock()
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if s.state == stateClosed {
+		s.mu.Unlock()
 		return nil
 	}
 	s.state, s.refuse = stateClosed, ErrClosed
 	s.waitIdleLocked()
 	s.state, s.refuse = stateClosed, ErrClosed // a failing last batch set them
+	c := s.comp
+	s.comp = nil
+	s.mu.Unlock()
+
+	c.stop()
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closeSealedLocked()
 	if s.f == nil {
 		return nil
 	}

@@ -325,7 +325,7 @@ func TestSealThenOpenYieldsSameState(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			before := s.Fingerprint()
+			before, size := s.Fingerprint(), fileSize(t, filepath.Join(dir, LogFileName))
 			if err := s.Seal(); err != nil {
 				t.Fatal(err)
 			}
@@ -333,8 +333,12 @@ func TestSealThenOpenYieldsSameState(t *testing.T) {
 			if fp != before {
 				t.Errorf("Seal's fingerprint %s differs from the open store's %s", fp, before)
 			}
-			if got := fileSize(t, filepath.Join(dir, LogFileName)); got != 0 {
-				t.Errorf("log is %d bytes after Seal, want 0", got)
+			// Seal writes nothing: the log is the state.
+			if got := fileSize(t, filepath.Join(dir, LogFileName)); got != size {
+				t.Errorf("log is %d bytes after Seal, %d before", got, size)
+			}
+			if _, err := os.Stat(filepath.Join(dir, SnapshotFileName)); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("Seal wrote a snapshot (stat: %v)", err)
 			}
 
 			r := openT(t, dir, defaultOptions())
@@ -344,8 +348,8 @@ func TestSealThenOpenYieldsSameState(t *testing.T) {
 			if r.Revision() != rev || r.Fingerprint() != fp {
 				t.Errorf("reopened at %d %s, sealed at %d %s", r.Revision(), r.Fingerprint(), rev, fp)
 			}
-			if rc := r.Recovery(); rc.SnapshotRevision != rev || rc.Replayed != 0 || rc.TornTailBytes != 0 {
-				t.Errorf("Recovery = %+v, want the snapshot at %d and nothing replayed", rc, rev)
+			if rc := r.Recovery(); rc.SnapshotRevision != 0 || rc.Replayed != len(tt.ops) || rc.TornTailBytes != 0 || rc.FullLoad {
+				t.Errorf("Recovery = %+v, want no snapshot and %d records replayed", rc, len(tt.ops))
 			}
 		})
 	}
@@ -617,56 +621,52 @@ func TestFsyncFailureFailsBatch(t *testing.T) {
 	}
 }
 
+// TestSealFailure: a seal that cannot finish (its last batch's fsync
+// failed) fails, refuses writes, and a restart recovers every write that
+// was acknowledged.
 func TestSealFailure(t *testing.T) {
 	errInjected := errors.New("injected EIO")
-	tests := []struct {
-		name       string
-		failCall   int   // which fsync during Seal fails: 1 snapshot, 2 emptied log
-		wantFailed bool  // the store is failed afterwards (else open again)
-		wantSnap   bool  // a snapshot file exists afterwards
-		want       error // Seal's error
-	}{
-		{"snapshot fsync", 1, false, false, errInjected},
-		{"log fsync after the snapshot", 2, true, true, ErrFailed},
+	dir := t.TempDir()
+	entered, release := make(chan struct{}), make(chan struct{})
+	calls := 0
+	opts := defaultOptions()
+	opts.syncFile = func(f *os.File) error {
+		if calls++; calls == 2 {
+			close(entered)
+			<-release
+			return errInjected
+		}
+		return f.Sync()
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			dir := t.TempDir()
-			sealing, calls := false, 0
-			opts := defaultOptions()
-			opts.syncFile = func(f *os.File) error {
-				if sealing {
-					if calls++; calls == tt.failCall {
-						return errInjected
-					}
-				}
-				return f.Sync()
-			}
-			s := openT(t, dir, opts)
-			mustPut(t, s, "k", "v")
-			sealing = true
-			err := s.Seal()
-			sealing = false
-			if !errors.Is(err, tt.want) {
-				t.Fatalf("Seal = %v, want %v", err, tt.want)
-			}
-			_, statErr := os.Stat(filepath.Join(dir, SnapshotFileName))
-			if (statErr == nil) != tt.wantSnap {
-				t.Errorf("snapshot present = %v, want %v", statErr == nil, tt.wantSnap)
-			}
-			if tmp, _ := filepath.Glob(filepath.Join(dir, SnapshotFileName+".tmp-*")); len(tmp) > 0 {
-				t.Errorf("temporary snapshot left behind: %v", tmp)
-			}
-			_, putErr := s.Put("k2", []byte("v2"))
-			if tt.wantFailed != errors.Is(putErr, ErrFailed) || (!tt.wantFailed && putErr != nil) {
-				t.Errorf("Put after the failed Seal = %v, store failed: want %v", putErr, tt.wantFailed)
-			}
-			s.Close()
-			r := openT(t, dir, defaultOptions())
-			if v, ok := r.Get("k"); !ok || string(v) != "v" {
-				t.Errorf("after restart k = %q, %v; want the acknowledged %q", v, ok, "v")
-			}
-		})
+	s := openT(t, dir, opts)
+	mustPut(t, s, "k", "v")
+	put := make(chan error, 1)
+	go func() {
+		_, err := s.Put("unacked", []byte("x"))
+		put <- err
+	}()
+	wait(t, entered, "the second fsync")
+	sealed := make(chan error, 1)
+	go func() { sealed <- s.Seal() }()
+	close(release)
+	select {
+	case err := <-sealed:
+		if !errors.Is(err, ErrFailed) || !errors.Is(err, errInjected) {
+			t.Errorf("Seal = %v, want ErrFailed wrapping the fsync error", err)
+		}
+	case <-time.After(waitBound):
+		t.Fatal("Seal did not return")
+	}
+	if err := <-put; !errors.Is(err, ErrFailed) {
+		t.Errorf("the write whose fsync failed returned %v", err)
+	}
+	if _, err := s.Put("k2", []byte("v2")); !errors.Is(err, ErrFailed) {
+		t.Errorf("Put after the failed Seal = %v, want ErrFailed", err)
+	}
+	s.Close()
+	r := openT(t, dir, defaultOptions())
+	if v, ok := r.Get("k"); !ok || string(v) != "v" {
+		t.Errorf("after restart k = %q, %v; want the acknowledged %q", v, ok, "v")
 	}
 }
 
@@ -786,41 +786,55 @@ func appendBytes(t *testing.T, path string, p []byte) {
 	}
 }
 
-// TestDamagedRecordsAlreadyInSnapshot: a crash between the snapshot's
-// rename and the log's truncation leaves records the snapshot holds; damage
-// there loses nothing, and the log starts afresh so revisions stay
-// consecutive in it.
+// TestDamagedRecordsAlreadyInSnapshot: the single-file layout wrote the
+// snapshot, then emptied kv.wal; a crash between the two left records the
+// snapshot holds. Damage there loses nothing; the log's good part is kept
+// (the compactor deletes it), and the writer starts a new segment so that
+// revisions stay consecutive in each.
 func TestDamagedRecordsAlreadyInSnapshot(t *testing.T) {
 	dir := t.TempDir()
-	s := openT(t, dir, defaultOptions())
-	ends := logEnds(t, s, 5)
-	want := contents(s)
+	want := map[string]string{}
+	var log []byte
+	var ends []int64
+	for i := range 5 {
+		k, v := fmt.Sprintf("k%02d", i), fmt.Sprintf("value-%d", i)
+		log = appendRecord(log, record{op: opPut, rev: uint64(i + 1), key: k, value: []byte(v)})
+		ends = append(ends, int64(len(log)))
+		want[k] = v
+	}
+	writeFile(t, filepath.Join(dir, SnapshotFileName), encodeSnapshotV1(5, want))
 	path := filepath.Join(dir, LogFileName)
-	stale, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Seal(); err != nil {
-		t.Fatal(err)
-	}
-	appendBytes(t, path, stale)
+	writeFile(t, path, log)
 	flipByte(t, path, ends[2]+recordHeaderLen+1)
 
-	s = openT(t, dir, defaultOptions())
+	s := openT(t, dir, defaultOptions())
 	if got := contents(s); !maps.Equal(got, want) || s.Revision() != 5 {
 		t.Fatalf("recovered revision %d, %v; want 5, %v", s.Revision(), got, want)
 	}
-	if got := fileSize(t, path); got != 0 {
-		t.Errorf("log is %d bytes after recovery, want 0: every record is in the snapshot", got)
+	if rc := s.Recovery(); rc.TornTailAt != ends[2] || rc.Replayed != 0 {
+		t.Errorf("Recovery = %+v, want the damage from %d cut and nothing replayed", rc, ends[2])
 	}
 	if rev := mustPut(t, s, "after", "recovery"); rev != 6 {
 		t.Errorf("revision after recovery = %d, want 6", rev)
 	}
+	if got := s.Stats().ActiveSegment; got != segmentName(1) {
+		t.Errorf("writing to %s, want a new segment %s", got, segmentName(1))
+	}
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
+	}
+	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("%s, covered by the snapshot, is still there (stat: %v)", LogFileName, err)
 	}
 	s = openT(t, dir, defaultOptions())
 	if rc := s.Recovery(); s.Revision() != 6 || rc.Replayed != 1 {
 		t.Errorf("second open: revision %d, recovery %+v; want 6 with one record replayed", s.Revision(), rc)
+	}
+}
+
+func writeFile(t *testing.T, path string, b []byte) {
+	t.Helper()
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		t.Fatal(err)
 	}
 }

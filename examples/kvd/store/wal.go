@@ -33,6 +33,7 @@ type record struct {
 	rev   uint64
 	key   string
 	value []byte // put only
+	crc   uint32 // the checksum it was read with (set by replay only)
 }
 
 // encodedLen is an upper bound of the bytes appendRecord adds for r.
@@ -125,26 +126,51 @@ func uvarintLen(n uint64) int {
 // replayResult is what replay found.
 type replayResult struct {
 	validEnd int64 // offset just past the last good record
-	torn     bool  // bytes after validEnd are a torn tail
+	torn     bool  // bytes after validEnd are a torn tail (or, tailStop, not complete yet)
 }
 
 // minRecordLen is the length of the shortest record.
 const minRecordLen = recordHeaderLen + minPayload
 
-// replay reads the records of a log of size bytes from r and hands each to
-// apply with its offset. floor is the revision already durable elsewhere
-// (the snapshot's). It stops at a torn tail (reported, not an error) and
-// fails with a *CorruptError on damage elsewhere; see damagedAt for which
-// is which.
-func replay(r io.ReaderAt, size int64, path string, floor uint64, apply func(off int64, rec record) error) (replayResult, error) {
-	br := bufio.NewReaderSize(io.NewSectionReader(r, 0, size), 1<<16)
+// tailMode says what damage in a segment means.
+type tailMode int
+
+const (
+	// tailCut: the last segment, read by the lock holder. Damage is a torn
+	// tail, cut off, or corruption; see damagedAt.
+	tailCut tailMode = iota
+	// tailStop: the last segment, read without the lock while its writer
+	// may be in the middle of a batch. Reading stops at the first record
+	// that is not complete and intact; that is not an error.
+	tailStop
+	// tailNone: a closed segment. It was complete before the next one was
+	// created, so any damage is corruption.
+	tailNone
+)
+
+// replay reads the records of a log segment from offset start to size
+// and hands each to apply with its offset. last is the highest revision
+// known durable before start (the snapshot's, or the last record's). What
+// damage means depends on mode. Damage that is not a torn tail fails with a
+// *CorruptError naming the offset.
+func replay(r io.ReaderAt, start, size int64, path string, last uint64, mode tailMode, apply func(off int64, rec record) error) (replayResult, error) {
+	damaged := func(off int64, why error) (replayResult, error) {
+		switch mode {
+		case tailStop:
+			return replayResult{validEnd: off, torn: true}, nil
+		case tailNone:
+			return replayResult{}, &CorruptError{Path: path, Offset: off, Err: fmt.Errorf("%w in a closed segment, which is complete", why)}
+		default:
+			return damagedAt(r, off, size, last, path, why)
+		}
+	}
+	br := bufio.NewReaderSize(io.NewSectionReader(r, start, size-start), 1<<16)
 	var hdr [recordHeaderLen]byte
 	var payload []byte
-	var off int64
-	last := floor // highest revision known durable before off
+	off := start
 	for off < size {
 		if size-off < recordHeaderLen {
-			return replayResult{validEnd: off, torn: true}, nil // no room for a record
+			return damaged(off, fmt.Errorf("%d bytes, too few for a record header", size-off))
 		}
 		if _, err := io.ReadFull(br, hdr[:]); err != nil {
 			return replayResult{}, fmt.Errorf("store: read %s at offset %d: %w", path, off, err)
@@ -152,11 +178,11 @@ func replay(r io.ReaderAt, size int64, path string, floor uint64, apply func(off
 		n := int64(binary.LittleEndian.Uint32(hdr[:4]))
 		sum := binary.LittleEndian.Uint32(hdr[4:])
 		if n < minPayload || n > maxPayload {
-			return damagedAt(r, off, size, last, path, fmt.Errorf("invalid record length %d", n))
+			return damaged(off, fmt.Errorf("invalid record length %d", n))
 		}
 		end := off + recordHeaderLen + n
 		if end > size {
-			return damagedAt(r, off, size, last, path, fmt.Errorf("record of %d bytes overruns the end of the log", n))
+			return damaged(off, fmt.Errorf("record of %d bytes overruns the end of the log", n))
 		}
 		if int64(cap(payload)) < n {
 			payload = make([]byte, n)
@@ -166,13 +192,14 @@ func replay(r io.ReaderAt, size int64, path string, floor uint64, apply func(off
 			return replayResult{}, fmt.Errorf("store: read %s at offset %d: %w", path, off, err)
 		}
 		if crc32.Checksum(payload, castagnoli) != sum {
-			return damagedAt(r, off, size, last, path, errors.New("checksum mismatch"))
+			return damaged(off, errors.New("checksum mismatch"))
 		}
 		rec, err := decodePayload(payload)
 		if err != nil {
 			// The checksum matched: this was written like this.
 			return replayResult{}, &CorruptError{Path: path, Offset: off, Err: err}
 		}
+		rec.crc = sum
 		if err := apply(off, rec); err != nil {
 			return replayResult{}, err
 		}
