@@ -43,7 +43,8 @@ type run struct {
 	inc      *peer
 	succ     *peer
 	sealed   *wire.SealComplete
-	gapStart time.Time // PrepareHandoff is sent: the accept gap starts
+	gapStart time.Time  // PrepareHandoff is sent: the accept gap starts
+	ahead    chan error // the journal write journalAhead started
 	out      Outcome
 	wg       sync.WaitGroup
 	stop     chan struct{}
@@ -225,6 +226,30 @@ func (r *run) close() {
 	for _, p := range r.read {
 		p.conn.Close()
 	}
+}
+
+// journalAhead writes the journal record of phase on a goroutine of its
+// own, while the successor opens, so that its fsyncs stay off the accept
+// gap; journalJoin waits for it. Writing "committing" before Ready was
+// checked is safe: a restarted supervisor that reads it adopts the
+// successor only if the successor answers on the control socket, which it
+// takes over only after its Commit; otherwise the incumbent answers and
+// resumes, as for any phase before the commit.
+func (r *run) journalAhead(phase Phase) {
+	ch := make(chan error, 1)
+	r.ahead = ch
+	go func() { ch <- r.journal(phase) }()
+}
+
+// journalJoin waits for the write journalAhead started, if any; every
+// other journal write comes after it.
+func (r *run) journalJoin() error {
+	if r.ahead == nil {
+		return nil
+	}
+	err := <-r.ahead
+	r.ahead = nil
+	return err
 }
 
 func (r *run) journal(phase Phase) error {
@@ -410,9 +435,9 @@ func (r *run) drain() (wire.Drained, error) {
 	}
 	drained := fr.Msg.(wire.Drained)
 	r.out.Phases.Drain = time.Since(r.gapStart)
-	if err := r.journal(PhaseDraining); err != nil {
-		return wire.Drained{}, err
-	}
+	// No journal write here nor after the seal: recovery treats every
+	// phase before the commit alike (kill the successor, resume the
+	// incumbent), and the spawning record already names the successor.
 	crash.Point("supervisor-after-drained")
 	return drained, nil
 }
@@ -434,9 +459,6 @@ func (r *run) seal() error {
 	sc := fr.Msg.(wire.SealComplete)
 	r.sealed = &sc
 	r.out.Phases.Seal = time.Since(t3)
-	if err := r.journal(PhaseSealing); err != nil {
-		return err
-	}
 	crash.Point("supervisor-after-sealed")
 	return nil
 }
@@ -449,6 +471,7 @@ func (r *run) begin() (wire.Ready, error) {
 	if err := r.send(r.succ, wire.Begin{}); err != nil {
 		return wire.Ready{}, err
 	}
+	r.journalAhead(PhaseCommitting)
 	fr, err := r.awaitUntil(r.succ, r.deadline, wire.TypeReady)
 	if err != nil {
 		return wire.Ready{}, err
@@ -468,7 +491,7 @@ func (r *run) begin() (wire.Ready, error) {
 func (r *run) commit(work time.Duration) error {
 	s, c := r.s, r.succ.child
 	s.setPhase(r.id, PhaseCommitting)
-	if err := r.journal(PhaseCommitting); err != nil {
+	if err := r.journalJoin(); err != nil {
 		return err
 	}
 	crash.Point("supervisor-before-commit")
@@ -744,6 +767,7 @@ func (r *run) violation(p *peer, format string, args ...any) error {
 func (r *run) rollback(ae *abortError) error {
 	s := r.s
 	s.setPhase(r.id, PhaseRollingBack)
+	r.journalJoin() // its error no longer matters: the record is replaced now
 	if err := r.journal(PhaseRollingBack); err != nil {
 		s.log.Error("handoff: journal write failed during rollback", "err", err)
 	}

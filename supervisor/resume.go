@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/handoff-go/handoff/internal/peercred"
 	"github.com/handoff-go/handoff/internal/proc"
 	"github.com/handoff-go/handoff/internal/wire"
 )
@@ -42,9 +44,16 @@ func (s *Supervisor) ResumeFromJournal(ctx context.Context) error {
 	}
 	s.log.Info("handoff: resuming from journal", "phase", rec.Phase, "handoff", rec.HandoffID, "incumbent", rec.IncumbentPID, "successor", rec.SuccessorPID)
 
+	// The committing record is written while the successor opens, before
+	// its Ready is checked: the handoff committed only if the successor
+	// took over the control socket, which it does after its Commit.
+	committing := rec.Phase == PhaseCommitting
+	if committing && proc.Same(rec.SuccessorPID, rec.SuccessorStart) && s.controlSocketOwner() != rec.SuccessorPID {
+		committing = false
+	}
 	// Before the commit a successor never serves: kill it first, so that
 	// the incumbent can retake a lock it may hold and answer.
-	if rec.Phase != PhaseCommitting && proc.Same(rec.SuccessorPID, rec.SuccessorStart) {
+	if !committing && proc.Same(rec.SuccessorPID, rec.SuccessorStart) {
 		s.log.Warn("handoff: killing the orphaned successor", "pid", rec.SuccessorPID)
 		if err := killOrphanAndWait(ctx, rec.SuccessorPID, rec.SuccessorStart); err != nil {
 			return err
@@ -65,7 +74,7 @@ func (s *Supervisor) ResumeFromJournal(ctx context.Context) error {
 	stopCancel := context.AfterFunc(ctx, func() { conn.UnixConn().Close() })
 	defer stopCancel()
 	live := h.PID
-	committed := rec.Phase == PhaseCommitting && live == rec.SuccessorPID
+	committed := committing && live == rec.SuccessorPID
 	switch {
 	case committed && rec.IncumbentPID != live && proc.Same(rec.IncumbentPID, rec.IncumbentStart):
 		// Sealed, its lock gone to the successor: it cannot serve again.
@@ -114,6 +123,22 @@ func (s *Supervisor) ResumeFromJournal(ctx context.Context) error {
 	}
 	conn.Close()
 	return s.Adopt(ctx, live, spec)
+}
+
+// controlSocketOwner is the pid of the process that listens on the
+// control socket (SO_PEERCRED of a connection holds the listener's
+// credentials from its listen call, whether or not it accepts), or 0.
+func (s *Supervisor) controlSocketOwner() int {
+	c, err := net.DialTimeout("unix", s.cfg.ControlSocket, s.cfg.HelloTimeout)
+	if err != nil {
+		return 0
+	}
+	defer c.Close()
+	cred, err := peercred.Get(c.(*net.UnixConn))
+	if err != nil {
+		return 0
+	}
+	return int(cred.Pid)
 }
 
 // findDaemon connects to the control socket and reads the daemon's Hello.
