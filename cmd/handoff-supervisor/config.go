@@ -289,8 +289,11 @@ func (c *Config) validate(kl keyLines) error {
 
 	absPath("control_socket", c.ControlSocket, true)
 	absPath("trigger_socket", c.TriggerSocket, true)
-	if c.ControlSocket != "" && c.ControlSocket == c.TriggerSocket {
-		fail("trigger_socket", "must differ from control_socket")
+	if err := checkSocketPathLen(c.ControlSocket, controlTmpExtra, "the daemon"); err != nil {
+		failErr("control_socket", err, "%.40q...", c.ControlSocket)
+	}
+	if err := checkSocketPathLen(c.TriggerSocket, triggerTmpExtra, "the supervisor"); err != nil {
+		failErr("trigger_socket", err, "%.40q...", c.TriggerSocket)
 	}
 	absPath("binary", c.Binary, true)
 	absPath("journal", c.Journal, false)
@@ -360,7 +363,90 @@ func (c *Config) validate(kl keyLines) error {
 		addrs[a] = i
 		c.listenAddrs[i] = a
 	}
+	for _, e := range c.pathClashes() {
+		fail(e.key, "%s", e.msg)
+	}
 	return errors.Join(errs...)
+}
+
+// A unix socket path must fit in a socket address: sun_path holds 108
+// bytes, the terminating NUL included. The trigger and control sockets
+// are first bound under a temporary name beside their path, which must
+// fit too: ".t<pid>-<name>" (listenTrigger) and ".<name>.tmp-<pid>" (the
+// handoff package, in the daemon). A Linux pid has at most 7 digits
+// (pid_max is at most 4194304).
+const (
+	sunPathMax      = 107
+	maxPIDDigits    = 7
+	triggerTmpExtra = len(".t") + maxPIDDigits + len("-")
+	controlTmpExtra = len(".") + len(".tmp-") + maxPIDDigits
+)
+
+// checkSocketPathLen checks that p, and the temporary name extra bytes
+// longer that binder binds first, fit in a socket address.
+func checkSocketPathLen(p string, extra int, binder string) error {
+	if len(p)+extra <= sunPathMax {
+		return nil
+	}
+	return fmt.Errorf("is %d bytes long; at most %d fit: a unix socket address holds %d bytes, and %s first binds a temporary name up to %d bytes longer beside it",
+		len(p), sunPathMax-extra, sunPathMax, binder, extra)
+}
+
+// pathClash is a path key that names the same file as another key, or a
+// file inside it.
+type pathClash struct{ key, msg string }
+
+// pathClashes checks that the files the supervisor and its daemons create
+// or replace (the sockets, the journal, the unix listeners) and the
+// configuration file are all distinct, and that none lies inside another:
+// each is a file, not a directory. It reports each clash once, at the
+// later key. Listeners on the same address are reported by validate.
+func (c *Config) pathClashes() []pathClash {
+	type file struct {
+		key, what, path string
+		addr            listenAddr // for a listener
+	}
+	var files []file
+	if c.path != "" {
+		if abs, err := filepath.Abs(c.path); err == nil {
+			files = append(files, file{what: "the configuration file", path: abs})
+		}
+	}
+	for _, k := range []struct{ key, path string }{{"control_socket", c.ControlSocket}, {"trigger_socket", c.TriggerSocket}, {"journal", c.Journal}} {
+		files = append(files, file{key: k.key, what: k.key, path: k.path})
+	}
+	for i, a := range c.listenAddrs {
+		if a.Network == "unix" || a.Network == "unixgram" {
+			key := fmt.Sprintf("listeners.%d.addr", i)
+			files = append(files, file{key, fmt.Sprintf("%s (listener %q)", displayKey(key), c.Listeners[i].Name), a.Address, a})
+		}
+	}
+	usable := func(p string) bool { return p != "/" && filepath.IsAbs(p) && filepath.Clean(p) == p }
+	clash := func(a, b file) string {
+		switch {
+		case !usable(a.path) || !usable(b.path):
+			return ""
+		case a.path == b.path && a.addr != (listenAddr{}) && a.addr == b.addr:
+			return ""
+		case a.path == b.path:
+			return fmt.Sprintf("%q is also %s; each needs a path of its own", b.path, a.what)
+		case strings.HasPrefix(b.path, a.path+"/"):
+			return fmt.Sprintf("%q lies inside %s (%s), which is a file, not a directory", b.path, a.what, a.path)
+		case strings.HasPrefix(a.path, b.path+"/"):
+			return fmt.Sprintf("%q would have to be a directory holding %s (%s)", b.path, a.what, a.path)
+		}
+		return ""
+	}
+	var out []pathClash
+	for j, b := range files {
+		for _, a := range files[:j] {
+			if msg := clash(a, b); msg != "" {
+				out = append(out, pathClash{b.key, msg})
+				break
+			}
+		}
+	}
+	return out
 }
 
 // checkListenerName enforces what LISTEN_FDNAMES and our re-exec

@@ -2,6 +2,7 @@ package main
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -113,7 +114,20 @@ func TestParseConfigErrors(t *testing.T) {
 		{"relative binary", "control_socket = \"/run/c\"\ntrigger_socket = \"/run/t\"\nbinary = \"bin/d\"\n", []string{"d.toml:3: key binary:", "absolute"}},
 		{"unclean path", head + "journal = \"/var/lib/../j\"\n", []string{"d.toml:4: key journal:", "clean"}},
 		{"relative allowed", head + "allowed_binaries = [\"/ok\", \"rel\"]\n", []string{"d.toml:4: key allowed_binaries:", "\"rel\" must be an absolute path"}},
-		{"same sockets", "control_socket = \"/run/c\"\ntrigger_socket = \"/run/c\"\nbinary = \"/bin/d\"\n", []string{"d.toml:2: key trigger_socket: must differ"}},
+		{"same sockets", "control_socket = \"/run/c\"\ntrigger_socket = \"/run/c\"\nbinary = \"/bin/d\"\n", []string{"d.toml:2: key trigger_socket: \"/run/c\" is also control_socket"}},
+		{"trigger is the journal", "journal = \"/run/t\"\n" + head, []string{"d.toml:1: key journal: \"/run/t\" is also trigger_socket"}},
+		{"journal is the control socket", head + "journal = \"/run/c\"\n", []string{"d.toml:4: key journal: \"/run/c\" is also control_socket"}},
+		{"trigger is a listener", head + "[[listeners]]\nname = \"a\"\naddr = \"unix:/run/t\"\n", []string{"d.toml:6: key listeners[0].addr: \"/run/t\" is also trigger_socket"}},
+		{"trigger inside a listener", "control_socket = \"/run/c\"\ntrigger_socket = \"/run/l.sock/t\"\nbinary = \"/bin/d\"\n[[listeners]]\nname = \"a\"\naddr = \"unixgram:/run/l.sock\"\n",
+			[]string{"d.toml:6: key listeners[0].addr: \"/run/l.sock\" would have to be a directory holding trigger_socket (/run/l.sock/t)"}},
+		{"journal inside the control socket", head + "journal = \"/run/c/j\"\n", []string{"d.toml:4: key journal: \"/run/c/j\" lies inside control_socket (/run/c), which is a file, not a directory"}},
+		{"control is a listener", head + "[[listeners]]\nname = \"web\"\naddr = \"unix:/run/c\"\n", []string{"d.toml:6: key listeners[0].addr: \"/run/c\" is also control_socket"}},
+		{"long trigger", "control_socket = \"/run/c\"\ntrigger_socket = \"/" + strings.Repeat("t", 97) + "\"\nbinary = \"/bin/d\"\n",
+			[]string{"d.toml:2: key trigger_socket: ", "is 98 bytes long; at most 97 fit: a unix socket address holds 107 bytes, and the supervisor first binds a temporary name up to 10 bytes longer beside it"}},
+		{"long control", "control_socket = \"/" + strings.Repeat("c", 94) + "\"\ntrigger_socket = \"/run/t\"\nbinary = \"/bin/d\"\n",
+			[]string{"d.toml:1: key control_socket: ", "is 95 bytes long; at most 94 fit: a unix socket address holds 107 bytes, and the daemon first binds a temporary name up to 13 bytes longer beside it"}},
+		{"long listener", head + "[[listeners]]\nname = \"a\"\naddr = \"unix:/" + strings.Repeat("l", 107) + "\"\n",
+			[]string{"d.toml:6: key listeners[0].addr: ", "unix socket path is 108 bytes long; at most 107 fit"}},
 		{"bad env", head + "env = [\"NOEQUALS\"]\n", []string{"d.toml:4: key env:", "KEY=value"}},
 		{"drain too long", head + "drain_grace_secs = 60\ndeadline_secs = 60\n", []string{"d.toml:4: key drain_grace_secs:", "shorter than deadline_secs"}},
 		{"negative secs", head + "deadline_secs = -1\n", []string{"d.toml:4: key deadline_secs:", "out of range"}},
@@ -152,6 +166,20 @@ func TestParseConfigErrors(t *testing.T) {
 				t.Errorf("error %q holds no *ConfigError", msg)
 			}
 		})
+	}
+}
+
+// TestParseConfigNamesItself: a socket or journal path that is the
+// configuration file itself is refused.
+func TestParseConfigNamesItself(t *testing.T) {
+	for _, key := range []string{"trigger_socket", "control_socket", "journal"} {
+		paths := map[string]string{"control_socket": "/run/c", "trigger_socket": "/run/t", "journal": "/var/lib/j"}
+		paths[key] = "/etc/handoff/h.toml"
+		doc := fmt.Sprintf("control_socket = %q\ntrigger_socket = %q\njournal = %q\nbinary = \"/bin/d\"\n", paths["control_socket"], paths["trigger_socket"], paths["journal"])
+		_, err := parseConfig("/etc/handoff/h.toml", []byte(doc))
+		if want := "key " + key + ": \"/etc/handoff/h.toml\" is also the configuration file"; err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s is the config file: %v, want %q", key, err, want)
+		}
 	}
 }
 

@@ -106,7 +106,7 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return cfgErr
 	}
 	if inherited == nil {
-		if err := cfg.checkBinary(); err != nil {
+		if err := cfg.preflight(); err != nil {
 			return err
 		}
 	}

@@ -251,7 +251,8 @@ func reexecEnv(fds string, st reexecState) ([]string, error) {
 // reexecCheck refuses a re-exec that the new image could not carry
 // through: a configuration file that no longer loads (the new image reads
 // it), or one that changes what lives on across the exec (listeners,
-// control socket), or a missing supervisor or daemon binary.
+// control socket), or a missing supervisor or daemon binary, or paths the
+// preflight refuses.
 func (d *daemon) reexecCheck() error {
 	if d.exe != "/proc/self/exe" {
 		if _, err := canonicalBinary(d.exe); err != nil {
@@ -262,7 +263,7 @@ func (d *daemon) reexecCheck() error {
 	if err != nil {
 		return fmt.Errorf("the configuration no longer loads: %w", err)
 	}
-	if err := cfg.checkBinary(); err != nil {
+	if err := cfg.preflight(); err != nil {
 		return err
 	}
 	if why := d.cfg.reexecChange(cfg); why != "" {
