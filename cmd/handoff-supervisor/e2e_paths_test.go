@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -172,4 +173,134 @@ func TestReplacesStaleSockets(t *testing.T) {
 	sup := f.startSupervisor(t, nil)
 	_, pid := f.hello(t)
 	f.stopAndCheck(t, sup, pid)
+}
+
+// mountTmpfs mounts a tmpfs of size bytes at dir (made if missing) for the
+// rest of the test, and skips the test where it cannot (not root, or no
+// mount permission).
+func mountTmpfs(t *testing.T, dir string, size int) {
+	t.Helper()
+	if os.Getuid() != 0 {
+		t.Skipf("needs root to mount a tmpfs (running as uid %d)", os.Getuid())
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size="+strconv.Itoa(size)); err != nil {
+		t.Skipf("cannot mount a tmpfs at %s: %v", dir, err)
+	}
+	t.Cleanup(func() {
+		if err := syscall.Unmount(dir, syscall.MNT_DETACH); err != nil {
+			t.Errorf("unmount %s: %v", dir, err)
+		}
+	})
+}
+
+// TestRefusesUnwritableJournal starts supervisor processes whose journal
+// cannot be replaced: its directory read-only (a read-only mount as root,
+// mode 0555 otherwise) with a journal in it, full, not a directory, or
+// the journal a directory itself. Each is refused before anything starts,
+// naming the key, the path and why, and an existing journal is left
+// exactly as it was.
+func TestRefusesUnwritableJournal(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		// setup returns the journal path to configure and a file that
+		// must survive ("" for none).
+		setup func(t *testing.T, f *fixture) (journal, keep string)
+		want  []string // {cfg}, {dir} replaced
+	}{
+		{"read-only directory", func(t *testing.T, f *fixture) (string, string) {
+			dir := filepath.Join(f.dir, "state")
+			j := filepath.Join(dir, "journal")
+			if os.Getuid() != 0 {
+				testutil.Must(t, os.Mkdir(dir, 0o755))
+				precious(t, j)
+				testutil.Must(t, os.Chmod(dir, 0o555))
+				t.Cleanup(func() { os.Chmod(dir, 0o755) })
+				return j, j
+			}
+			mountTmpfs(t, dir, 1<<20)
+			precious(t, j)
+			if err := syscall.Mount("", dir, "", syscall.MS_REMOUNT|syscall.MS_RDONLY, ""); err != nil {
+				t.Skipf("cannot remount %s read-only: %v", dir, err)
+			}
+			return j, j
+		}, []string{"{cfg}:8: key journal: the journal {dir}/state/journal cannot be written: the supervisor replaces it through a temporary file in {dir}/state, and creating one failed: "}},
+		{"full filesystem", func(t *testing.T, f *fixture) (string, string) {
+			dir := filepath.Join(f.dir, "state")
+			mountTmpfs(t, dir, 64<<10)
+			j := filepath.Join(dir, "journal")
+			precious(t, j)
+			fill, err := os.Create(filepath.Join(dir, "fill"))
+			testutil.Must(t, err)
+			defer fill.Close()
+			for {
+				if _, err := fill.Write(make([]byte, 4096)); err != nil {
+					if !errors.Is(err, syscall.ENOSPC) {
+						t.Fatal(err)
+					}
+					break
+				}
+			}
+			return j, j
+		}, []string{"{cfg}:8: key journal: the journal {dir}/state/journal cannot be written: ", "no space left on device"}},
+		{"directory is a file", func(t *testing.T, f *fixture) (string, string) {
+			p := filepath.Join(f.dir, "state")
+			precious(t, p)
+			return filepath.Join(p, "journal"), p
+		}, []string{"{cfg}:8: key journal: a parent of {dir}/state/journal is not a directory"}},
+		{"journal is a directory", func(t *testing.T, f *fixture) (string, string) {
+			p := filepath.Join(f.dir, "state")
+			testutil.Must(t, os.Mkdir(p, 0o755))
+			return p, ""
+		}, []string{"{cfg}:8: key journal: {dir}/state exists and is a directory, not a regular file"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t)
+			journal, keep := tc.setup(t, f)
+			f.editConfig(t, filepath.Join(f.dir, "journal"), journal)
+			stderr := f.runRefused(t)
+			for _, w := range tc.want {
+				w = strings.ReplaceAll(strings.ReplaceAll(w, "{cfg}", f.cfg), "{dir}", f.dir)
+				if !strings.Contains(stderr, w) {
+					t.Errorf("stderr lacks %q:\n%s", w, stderr)
+				}
+			}
+			if keep != "" {
+				checkPrecious(t, keep)
+			}
+			if ents, err := os.ReadDir(filepath.Dir(journal)); err == nil {
+				for _, e := range ents {
+					if strings.Contains(e.Name(), ".probe-") {
+						t.Errorf("probe file left behind: %s", e.Name())
+					}
+				}
+			}
+		})
+	}
+}
+
+// TestJournalCheckKeepsJournal: the check of a writable journal leaves
+// the journal exactly as it was and nothing beside it.
+func TestJournalCheckKeepsJournal(t *testing.T) {
+	dir := t.TempDir()
+	j := filepath.Join(dir, "journal")
+	precious(t, j)
+	c := &Config{path: "h.toml", Journal: j}
+	if err := c.checkJournal(); err != nil {
+		t.Fatal(err)
+	}
+	checkPrecious(t, j)
+	ents, err := os.ReadDir(dir)
+	testutil.Must(t, err)
+	if len(ents) != 1 {
+		t.Fatalf("files beside the journal after the check: %v", ents)
+	}
+	// Absent, it is not created either.
+	testutil.Must(t, os.Remove(j))
+	testutil.Must(t, c.checkJournal())
+	if ents, _ := os.ReadDir(dir); len(ents) != 0 {
+		t.Fatalf("files after checking an absent journal: %v", ents)
+	}
 }
