@@ -34,6 +34,7 @@ type options struct {
 	writeRate  int
 	probeEvery time.Duration
 	plotDir    string
+	kvdRev     string
 }
 
 // Defaults that differ in the kvd mode.
@@ -46,7 +47,7 @@ const (
 // flagsOf lists which flags belong to one mode only.
 var (
 	pingOnlyFlags = []string{"rate", "clients", "idle"}
-	kvdOnlyFlags  = []string{"sizes", "value-size", "write-rate", "probe-every", "plot"}
+	kvdOnlyFlags  = []string{"sizes", "value-size", "write-rate", "probe-every", "plot", "kvd-rev"}
 )
 
 func parseFlags(args []string, stderr io.Writer) (options, error) {
@@ -65,6 +66,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.writeRate, "write-rate", 100, "-kvd: PUTs per second, each on a fresh connection, checked afterwards")
 	fs.DurationVar(&o.probeEvery, "probe-every", time.Millisecond, "-kvd: time between two probes (GET /healthz, each on a fresh connection)")
 	fs.StringVar(&o.plotDir, "plot", "", "-kvd: write kvd-gap-vs-size.svg and .png into this `directory`")
+	fs.StringVar(&o.kvdRev, "kvd-rev", "", "-kvd: build kvd from this `commit` (git archive) instead of the working tree")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"archive/tar"
 	"context"
 	"debug/buildinfo"
 	"errors"
@@ -95,8 +96,9 @@ func (b *kvdBench) run(ctx context.Context) (*kvdResult, error) {
 	return res, nil
 }
 
-// build compiles examples/kvd into the work directory and returns the
-// revision it was built from, as the binary's build information says.
+// build compiles examples/kvd into the work directory, from the working
+// tree or, with -kvd-rev, from that commit, and returns the revision it was
+// built from.
 func (b *kvdBench) build(ctx context.Context) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, kvdBuildTimeout)
 	defer cancel()
@@ -108,12 +110,27 @@ func (b *kvdBench) build(ctx context.Context) (string, error) {
 	if mod == "" || mod == os.DevNull {
 		return "", errors.New("-kvd builds examples/kvd: run it from inside the handoff module")
 	}
+	src, rev := filepath.Dir(mod), ""
+	if b.o.kvdRev != "" {
+		if rev, err = gitOutput(ctx, src, "rev-parse", "--verify", b.o.kvdRev+"^{commit}"); err != nil {
+			return "", fmt.Errorf("-kvd-rev %s: %w", b.o.kvdRev, err)
+		}
+		tree := filepath.Join(b.dir, "src")
+		if err := extractCommit(ctx, src, rev, tree); err != nil {
+			return "", fmt.Errorf("-kvd-rev %s: %w", b.o.kvdRev, err)
+		}
+		src = tree
+	}
 	b.kvd = filepath.Join(b.dir, "kvd")
-	// -buildvcs=auto: the binary records the revision (GOFLAGS may say otherwise).
+	// -buildvcs=auto: a binary built in the working tree records its
+	// revision (GOFLAGS may say otherwise).
 	cmd := exec.CommandContext(ctx, "go", "build", "-buildvcs=auto", "-o", b.kvd, "./examples/kvd")
-	cmd.Dir = filepath.Dir(mod)
+	cmd.Dir = src
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("go build ./examples/kvd: %w\n%s", err, out)
+	}
+	if rev != "" {
+		return rev, nil
 	}
 	info, err := buildinfo.ReadFile(b.kvd)
 	if err != nil {
@@ -132,6 +149,81 @@ func (b *kvdBench) build(ctx context.Context) (string, error) {
 		rev += " (with uncommitted changes in the tree)"
 	}
 	return rev, nil
+}
+
+func gitOutput(ctx context.Context, dir string, args ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, "git", args...)
+	cmd.Dir = dir
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return "", fmt.Errorf("git %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
+	}
+	return strings.TrimSpace(string(out)), nil
+}
+
+// extractCommit writes the files of commit rev of the repository in repo
+// into dir (git archive), without touching the repository.
+func extractCommit(ctx context.Context, repo, rev, dir string) error {
+	cmd := exec.CommandContext(ctx, "git", "archive", "--format=tar", rev)
+	cmd.Dir = repo
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("git archive: %w", err)
+	}
+	err = untar(out, dir)
+	if err != nil {
+		io.Copy(io.Discard, out)
+	}
+	if werr := cmd.Wait(); werr != nil {
+		err = errors.Join(err, fmt.Errorf("git archive: %w: %s", werr, strings.TrimSpace(stderr.String())))
+	}
+	return err
+}
+
+// untar writes the directories and regular files of a tar stream into dir.
+func untar(r io.Reader, dir string) error {
+	tr := tar.NewReader(r)
+	for {
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("read archive: %w", err)
+		}
+		path := filepath.Join(dir, filepath.FromSlash(h.Name))
+		if !strings.HasPrefix(path, filepath.Clean(dir)+string(filepath.Separator)) {
+			return fmt.Errorf("archive entry %q leaves the directory", h.Name)
+		}
+		switch h.Typeflag {
+		case tar.TypeDir:
+			err = os.MkdirAll(path, 0o755)
+		case tar.TypeReg:
+			err = writeFile(path, tr, os.FileMode(h.Mode)&0o777)
+		}
+		if err != nil {
+			return fmt.Errorf("extract %s: %w", h.Name, err)
+		}
+	}
+}
+
+func writeFile(path string, r io.Reader, mode os.FileMode) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, mode)
+	if err != nil {
+		return err
+	}
+	_, err = io.Copy(f, r)
+	return errors.Join(err, f.Close())
 }
 
 // sizeTimeout bounds one size: population, both modes, their checks.

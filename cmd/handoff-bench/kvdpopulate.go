@@ -62,8 +62,8 @@ type populated struct {
 
 // populate fills the fresh data directory dir with n keys of valueSize
 // bytes through kvd's store package (many concurrent Puts, which the store
-// commits in groups), then seals the store, which compacts it into a
-// snapshot, the form a running kvd leaves behind.
+// commits in groups), then compacts the store into a snapshot, the form a
+// running kvd leaves behind once its background compaction caught up.
 func populate(ctx context.Context, dir string, n, valueSize int) (populated, error) {
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(ctx, populateTimeout)
@@ -107,7 +107,7 @@ func populate(ctx context.Context, dir string, n, valueSize int) (populated, err
 		err = fmt.Errorf("the store holds %d keys, want %d", st.Len(), n)
 	}
 	if err == nil {
-		err = st.Seal()
+		err = st.Compact()
 	}
 	err = errors.Join(err, st.Close(), lock.Release())
 	st = nil
