@@ -9,11 +9,13 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/handoff-go/handoff/internal/proc"
 	"github.com/handoff-go/handoff/internal/wire"
 )
 
@@ -43,7 +45,9 @@ func prepareControlSocket(path string) (*preparedSocket, error) {
 	if path == "" {
 		return nil, errors.New("handoff: control socket path is empty")
 	}
-	tmp := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".tmp-"+strconv.Itoa(os.Getpid()))
+	prefix := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".tmp-")
+	removeStaleTemps(prefix)
+	tmp := prefix + strconv.Itoa(os.Getpid())
 	os.Remove(tmp)
 	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: tmp, Net: "unix"})
 	if err != nil {
@@ -62,6 +66,23 @@ func prepareControlSocket(path string) (*preparedSocket, error) {
 	}
 	p.ino = st.Ino
 	return p, nil
+}
+
+// removeStaleTemps removes the temporary control sockets (prefix<pid>)
+// of processes that are gone: a successor that exited before its commit
+// may leave its own behind.
+func removeStaleTemps(prefix string) {
+	dir, base := filepath.Split(prefix)
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		rest, ok := strings.CutPrefix(e.Name(), base)
+		if !ok {
+			continue
+		}
+		if pid, err := strconv.Atoi(rest); err == nil && pid > 0 && pid != os.Getpid() && !proc.Alive(pid) {
+			os.Remove(filepath.Join(dir, e.Name()))
+		}
+	}
 }
 
 // publish renames the socket over its path.

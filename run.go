@@ -153,17 +153,20 @@ func (r *runner) succeed(ctx context.Context, s *Successor) error {
 	lock, err := AcquireDataDirLock(r.cfg.DataDir)
 	if err != nil {
 		guard.Stop()
+		b.discardPrebound()
 		return fmt.Errorf("%w: %w", ErrAborted, err)
 	}
 	svc, err := r.open(ctx, b.Listeners())
 	guard.Stop()
 	if err != nil {
 		lock.Release()
+		b.discardPrebound()
 		return fmt.Errorf("%w: %w", ErrAborted, err)
 	}
 	sock, err := r.controlSocket()
 	if err != nil {
 		lock.Release()
+		b.discardPrebound()
 		return fmt.Errorf("%w: %w", ErrAborted, err)
 	}
 	inc, err := b.AnnounceAndBind(r.readiness(svc, b.Listeners()), sock, lock)

@@ -321,6 +321,11 @@ func TestRunUnderSupervisor(t *testing.T) {
 	if n := strings.Count(strings.Join(events(t, data), " "), "start"); n != 4 {
 		t.Fatalf("%d starts, want 4 (cold start and three commits): %v", n, events(t, data))
 	}
+	// Successors bind the control socket at a temporary name before
+	// Begin; those that were turned down removed theirs.
+	if tmps, _ := filepath.Glob(filepath.Join(dir, ".ctl.tmp-*")); len(tmps) != 0 {
+		t.Fatalf("temporary control sockets left behind: %v", tmps)
+	}
 	must(t, sup.Stop(ctx))
 	waitFor(t, "the last daemon to exit", func() bool { return hasEvent(t, data, "exit", pid) })
 	must(t, sup.Close())

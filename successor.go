@@ -49,6 +49,9 @@ type BegunSuccessor struct {
 	deadline  time.Time
 	beat      time.Duration
 	begun     time.Time
+	// pre is the control socket bound at its temporary name before
+	// Begin, at the supervisor's path; nil if there was none to bind.
+	pre *preparedSocket
 
 	mu    sync.Mutex
 	guard *HeartbeatGuard
@@ -168,10 +171,22 @@ func (s *HandshookSuccessor) WaitForBegin(ctx context.Context) (*BegunSuccessor,
 		return nil, errConsumed
 	}
 	g.Stop()
+	// Bind the control socket at its temporary name now, off the accept
+	// gap (AnnounceAndBind uses it if it is given the same path).
+	var pre *preparedSocket
+	if path, err := controlSocketPath(""); err == nil {
+		pre, _ = prepareControlSocket(path) // on error AnnounceAndBind tries again and says why
+	}
+	fail := func(err error) (*BegunSuccessor, error) {
+		if pre != nil {
+			pre.discard()
+		}
+		conn.Close()
+		return nil, err
+	}
 	if conn.Version() >= wire.WarmUpVersion {
 		if err := conn.Send(wire.ReadyToBegin{WarmUpNS: int64(time.Since(s.handshaken))}, s.id, wire.WriteTimeout); err != nil {
-			conn.Close()
-			return nil, fmt.Errorf("%w: sending ReadyToBegin: %w", ErrAborted, err)
+			return fail(fmt.Errorf("%w: sending ReadyToBegin: %w", ErrAborted, err))
 		}
 	}
 	stop := context.AfterFunc(ctx, func() { conn.UnixConn().SetReadDeadline(time.Now()) })
@@ -180,31 +195,37 @@ func (s *HandshookSuccessor) WaitForBegin(ctx context.Context) (*BegunSuccessor,
 		wait := time.Until(s.deadline) + wire.ReplySlack
 		f, err := conn.Recv(max(wait, time.Millisecond))
 		if err != nil {
-			conn.Close()
 			if ctx.Err() != nil {
-				return nil, fmt.Errorf("handoff: waiting for Begin: %w", ctx.Err())
+				return fail(fmt.Errorf("handoff: waiting for Begin: %w", ctx.Err()))
 			}
 			if errors.Is(err, ErrSessionLost) {
-				return nil, fmt.Errorf("%w: supervisor closed the session before Begin: %w", ErrAborted, err)
+				return fail(fmt.Errorf("%w: supervisor closed the session before Begin: %w", ErrAborted, err))
 			}
-			return nil, fmt.Errorf("%w: waiting for Begin: %w", ErrAborted, err)
+			return fail(fmt.Errorf("%w: waiting for Begin: %w", ErrAborted, err))
 		}
 		if f.ID != s.id {
-			conn.Close()
-			return nil, wire.Violation("frame for handoff %q during handoff %q", f.ID, s.id)
+			return fail(wire.Violation("frame for handoff %q during handoff %q", f.ID, s.id))
 		}
 		switch m := f.Msg.(type) {
 		case wire.Heartbeat:
 			continue
 		case wire.Begin:
-			return &BegunSuccessor{inherited: s.inherited, conn: conn, id: s.id, buildID: s.buildID, deadline: s.deadline, beat: s.beat, begun: time.Now()}, nil
+			return &BegunSuccessor{inherited: s.inherited, conn: conn, id: s.id, buildID: s.buildID, deadline: s.deadline, beat: s.beat, begun: time.Now(), pre: pre}, nil
 		case wire.Abort:
-			conn.Close()
-			return nil, fmt.Errorf("%w: %s", ErrAborted, m.Reason)
+			return fail(fmt.Errorf("%w: %s", ErrAborted, m.Reason))
 		default:
-			conn.Close()
-			return nil, wire.Violation("expected begin, got %s", f.Msg.Type())
+			return fail(wire.Violation("expected begin, got %s", f.Msg.Type()))
 		}
+	}
+}
+
+// discardPrebound closes the control socket bound before Begin, for a
+// successor that gives up before AnnounceAndBind used it. (One that exits
+// without it leaves a temporary name that the next bind removes.)
+func (s *BegunSuccessor) discardPrebound() {
+	if s.pre != nil {
+		s.pre.discard()
+		s.pre = nil
 	}
 }
 
@@ -253,6 +274,7 @@ func (s *BegunSuccessor) AnnounceAndBind(r ReadinessSnapshot, controlSocket stri
 		return nil, err
 	}
 	if lock == nil || lock.released() {
+		s.discardPrebound()
 		return abort(errors.New("handoff: AnnounceAndBind needs the held data-directory lock"))
 	}
 	// The daemon's own start-up ends here; what follows is the library's.
@@ -261,11 +283,18 @@ func (s *BegunSuccessor) AnnounceAndBind(r ReadinessSnapshot, controlSocket stri
 	// the commit only a rename stands between us and serving.
 	controlSocket, err := controlSocketPath(controlSocket)
 	if err != nil {
+		s.discardPrebound()
 		return abort(fmt.Errorf("%w: %w", ErrAborted, err))
 	}
-	sock, err := prepareControlSocket(controlSocket)
-	if err != nil {
-		return abort(fmt.Errorf("%w: %w", ErrAborted, err))
+	sock := s.pre
+	s.pre = nil
+	if sock == nil || sock.path != controlSocket {
+		if sock != nil {
+			sock.discard()
+		}
+		if sock, err = prepareControlSocket(controlSocket); err != nil {
+			return abort(fmt.Errorf("%w: %w", ErrAborted, err))
+		}
 	}
 	published := false
 	defer func() {
