@@ -63,7 +63,7 @@ func (c *compactor) loop() {
 	defer close(c.done)
 	s := c.s
 	// A crash may have left segments the snapshot covers already.
-	s.noteCompaction(0, s.deleteCovered(c.ctx), false)
+	s.noteCompaction(0, s.deleteCovered(), false)
 	c.kickNow()
 	for {
 		select {
@@ -169,7 +169,7 @@ func (s *Store) compact(ctx context.Context) (err error) {
 	segs, verified := slices.Clone(s.segs), s.snapRev
 	s.mu.RUnlock()
 	if !slices.ContainsFunc(segs, func(g segment) bool { return g.lastRev > verified }) {
-		return s.deleteCovered(ctx)
+		return s.deleteCovered()
 	}
 
 	snapPath := filepath.Join(s.dir, SnapshotFileName)
@@ -202,7 +202,7 @@ func (s *Store) compact(ctx context.Context) (err error) {
 		}
 	}
 	if target == base {
-		return s.deleteCovered(ctx)
+		return s.deleteCovered()
 	}
 	keys := slices.Sorted(maps.Keys(over))
 
@@ -287,7 +287,7 @@ func (s *Store) compact(ctx context.Context) (err error) {
 	s.mu.Lock()
 	s.snapRev, s.snapBytes = target, sw.bytes
 	s.mu.Unlock()
-	return s.deleteCovered(ctx)
+	return s.deleteCovered()
 }
 
 // readForCompaction reads the closed segment g from disk and records in
@@ -330,8 +330,8 @@ func (s *Store) readForCompaction(ctx context.Context, g segment, base uint64, t
 // deleteCovered deletes, oldest first, the closed segments whose records
 // are all in the snapshot this process verified or wrote. A crash between
 // two deletions leaves covered segments, skipped on replay and deleted the
-// next time.
-func (s *Store) deleteCovered(ctx context.Context) error {
+// next time. It is a few unlinks, so it is not cancelled half-way.
+func (s *Store) deleteCovered() error {
 	s.mu.RLock()
 	segs, cover := slices.Clone(s.segs), s.snapRev
 	s.mu.RUnlock()
@@ -343,9 +343,6 @@ func (s *Store) deleteCovered(ctx context.Context) error {
 		}
 		if i > 0 {
 			crash.Point("kvd-compact-between-deletions")
-			if ctx.Err() != nil {
-				break
-			}
 		}
 		if rerr := os.Remove(segmentPath(s.dir, g.seq)); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
 			err = fmt.Errorf("store: compact: delete log segment: %w", rerr)

@@ -27,6 +27,7 @@ type position struct {
 	off     int64
 	lastRev uint64 // revision of the segment's last record read; 0 if none
 	lastCRC uint32 // checksum of that record
+	gone    bool   // deleted (compacted) since it was opened
 }
 
 // loader rebuilds the state from the directory: the snapshot, then the
@@ -154,7 +155,9 @@ func (l *loader) loadSnapshot() error {
 // one, read to its end, is closed.
 func (l *loader) enter(seq uint64, f *os.File) {
 	if l.pos.f != nil {
-		l.closed = append(l.closed, segment{seq: l.pos.seq, lastRev: l.pos.lastRev, size: l.pos.off})
+		if !l.pos.gone {
+			l.closed = append(l.closed, segment{seq: l.pos.seq, lastRev: l.pos.lastRev, size: l.pos.off})
+		}
 		l.pos.f.Close()
 	}
 	l.pos = position{seq: seq, f: f}
@@ -254,6 +257,7 @@ func (l *loader) catchUp(locked bool) error {
 			if len(later) == 0 {
 				return fmt.Errorf("store: %w: %s is gone and no segment follows it", errChain, name)
 			}
+			l.pos.gone = true
 		case err != nil:
 			return fmt.Errorf("store: stat log segment: %w", err)
 		default:
