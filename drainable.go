@@ -15,19 +15,31 @@ import "context"
 // failed request. Use package httphandoff, which ends Accept with a
 // deadline and turns keep-alives off instead; for another protocol, stop
 // accepting the same way and finish each connection at a request boundary.
+//
+// Drain and Seal run inside the pause clients see, so their cost must not
+// grow with the data. The pattern for a store (examples/kvd follows it):
+// the successor warms up before the drain (Config.Prepare: read the newest
+// snapshot and the log up to where it ends, without the lock), Seal only
+// makes the log durable and closes the writer, snapshots and compaction run
+// in the background while serving (cancelled by Drain or Seal, written
+// atomically so that the log alone always recovers), and the successor's
+// Open, and ResumeAfterAbort, apply only what was written after the
+// position they had already read.
 type Drainable interface {
 	// Drain stops accepting, finishes in-flight requests before ctx's
 	// deadline (the drain grace), rejects new writes and fsyncs. An error
 	// aborts the handoff; the daemon keeps its lock and is resumed.
 	Drain(ctx context.Context) (DrainReport, error)
 
-	// Seal flushes and closes writer state and fsyncs. The library releases
-	// the DataDirLock right after a nil return. An error aborts the handoff
-	// and the lock stays held.
+	// Seal flushes and closes writer state and fsyncs, in constant time
+	// (no snapshot here: see above). The library releases the DataDirLock
+	// right after a nil return. An error aborts the handoff and the lock
+	// stays held.
 	Seal(ctx context.Context) (SealReport, error)
 
 	// ResumeAfterAbort reopens writer state from disk (a successor that
-	// died after the seal may have written) and accepts again. It must be
+	// died after the seal may have written: catch up from the sealed
+	// position rather than reload) and accepts again. It must be
 	// idempotent: it may follow a failed Drain, a failed Seal or a
 	// successful Seal, and may be called twice.
 	ResumeAfterAbort(ctx context.Context) error
