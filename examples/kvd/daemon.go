@@ -28,14 +28,19 @@ type daemon struct {
 	store *store.Store
 }
 
-// open recovers the store and puts the HTTP adapter on the listener
-// "http"; Run starts it.
-func open(cfg config, log *slog.Logger, ls *handoff.InheritedListeners) (*daemon, error) {
+// open makes the warmed-up store writable and puts the HTTP adapter on
+// the listener "http"; Run starts it. In a successor it runs inside the
+// pause, so it only catches up with what the incumbent wrote since w was
+// prepared.
+func open(cfg config, log *slog.Logger, ls *handoff.InheritedListeners, w *store.Warm) (*daemon, error) {
 	ln, err := ls.Listener("http")
 	if err != nil {
+		if w != nil {
+			w.Close()
+		}
 		return nil, fmt.Errorf("listener: %w", err)
 	}
-	st, err := openStore(cfg.dataDir, log)
+	st, err := openStore(cfg, log, w)
 	if err != nil {
 		ln.Close()
 		return nil, err
@@ -115,11 +120,12 @@ func (d *daemon) seal(ctx context.Context) (handoff.SealReport, error) {
 	if err := pause(ctx, d.cfg.slowSeal); err != nil {
 		return handoff.SealReport{}, fmt.Errorf("--slow-seal: %w", err)
 	}
+	t0 := time.Now()
 	if err := d.store.Seal(); err != nil {
 		return handoff.SealReport{}, err
 	}
 	rep := handoff.SealReport{LastRevisionPerShard: d.store.Revisions(), DataDirFingerprint: d.store.Fingerprint()}
-	d.log.Info("sealed", "revision", rep.LastRevisionPerShard, "fingerprint", rep.DataDirFingerprint)
+	d.log.Info("sealed", "revision", rep.LastRevisionPerShard, "fingerprint", rep.DataDirFingerprint, "took", time.Since(t0))
 	return rep, nil
 }
 
@@ -134,7 +140,12 @@ func (d *daemon) reopen(context.Context) error {
 	if after := d.store.Revision(); after != before {
 		d.log.Info("resumed: a successor wrote after our seal", "revision", after, "sealed_at", before)
 	}
-	d.log.Info("resumed after an aborted handoff", "revision", d.store.Revision())
+	rc := d.store.Recovery()
+	d.log.Info("resumed after an aborted handoff", "revision", d.store.Revision(),
+		"caught_up_records", rc.CaughtUpRecords, "caught_up_bytes", rc.CaughtUpBytes, "took", rc.CatchUpDuration)
+	if rc.FullLoad {
+		d.log.Warn("store: the log did not continue from our seal; loaded it in full", "reason", rc.FullLoadReason)
+	}
 	return nil
 }
 

@@ -22,9 +22,25 @@
 // fails rather than read a directory a daemon owns); it recovers the store
 // like a cold start does.
 //
+// The store is made ready in two steps (see handoff.Config.Prepare): the
+// warm-up loads the snapshot and the log read-only, while an incumbent may
+// still serve; Open, with the lock, applies only what was written since.
+// Both log what they read (keys, records, bytes, durations).
+//
+// For benchmarks, --populate N fills the data directory with N keys
+// pop-00000000, pop-00000001, ... whose values are --value-size bytes
+// (default 1024; the key's digits repeated), compacts it so that a
+// snapshot holds everything, prints {"keys", "revision", "seconds"} as
+// JSON and exits without serving. It takes the lock like --dump, and adds
+// to what the directory holds.
+//
 // Test knobs, off by default: --fail-before-ready (a successor exits with
 // status 1 after Begin, holding the lock and the opened store, before
-// announcing Ready), --slow-drain DURATION, --slow-seal DURATION.
+// announcing Ready), --fail-prepare (exit with status 1 during the warm-up,
+// in any role), --slow-prepare DURATION (the warm-up takes this much
+// longer), --slow-drain DURATION, --slow-seal DURATION, --segment-bytes N
+// (start a new log segment past N bytes, so that tests see rotations and
+// compactions with little data).
 package main
 
 import (
@@ -37,6 +53,8 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -69,9 +87,14 @@ type config struct {
 	control         string
 	buildID         string
 	failBeforeReady bool
+	failPrepare     bool
+	slowPrepare     time.Duration
 	slowDrain       time.Duration
 	slowSeal        time.Duration
+	segmentBytes    int64
 	dump            bool
+	populate        int
+	valueSize       int
 }
 
 func parseFlags(args []string) (config, error) {
@@ -82,9 +105,14 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&c.control, "control", "", "control socket `path` (default: the supervisor's, or DIR/.handoff.sock)")
 	fs.StringVar(&c.buildID, "build-id", buildID, "build `id` announced to the supervisor")
 	fs.BoolVar(&c.failBeforeReady, "fail-before-ready", failBeforeReady == "true", "test knob: as a successor, exit 1 after Begin, before Ready")
+	fs.BoolVar(&c.failPrepare, "fail-prepare", false, "test knob: exit 1 during the warm-up")
+	fs.DurationVar(&c.slowPrepare, "slow-prepare", 0, "test knob: make the warm-up take this much longer")
 	fs.DurationVar(&c.slowDrain, "slow-drain", 0, "test knob: make every drain take this much longer")
 	fs.DurationVar(&c.slowSeal, "slow-seal", 0, "test knob: make every seal take this much longer")
+	fs.Int64Var(&c.segmentBytes, "segment-bytes", 0, "test knob: start a new log segment past this many `bytes` (default 64 MiB)")
 	fs.BoolVar(&c.dump, "dump", false, "print the stored data as JSON and exit")
+	fs.IntVar(&c.populate, "populate", 0, "fill the data directory with `N` keys, compact, and exit (for benchmarks)")
+	fs.IntVar(&c.valueSize, "value-size", 1024, "with --populate: the size of each value in `bytes`")
 	if err := fs.Parse(args); err != nil {
 		return config{}, err
 	}
@@ -93,6 +121,15 @@ func parseFlags(args []string) (config, error) {
 	}
 	if c.dataDir == "" {
 		return config{}, errors.New("--data is required")
+	}
+	if c.segmentBytes < 0 {
+		return config{}, fmt.Errorf("--segment-bytes %d is negative", c.segmentBytes)
+	}
+	if c.populate < 0 {
+		return config{}, fmt.Errorf("--populate %d is negative", c.populate)
+	}
+	if c.valueSize < 0 || c.valueSize > store.MaxValueLen {
+		return config{}, fmt.Errorf("--value-size %d is not within 0..%d", c.valueSize, store.MaxValueLen)
 	}
 	return c, nil
 }
@@ -110,29 +147,67 @@ func run(ctx context.Context, args []string) error {
 		return fmt.Errorf("create data directory: %w", err)
 	}
 	if cfg.dump {
-		return dump(cfg.dataDir, log, os.Stdout)
+		return dump(cfg, log, os.Stdout)
+	}
+	if cfg.populate > 0 {
+		return populate(cfg, log, os.Stdout)
 	}
 
+	var warm *store.Warm // from Prepare to Open
 	return handoff.Run(ctx, handoff.Config{
 		DataDir:       cfg.dataDir,
 		ControlSocket: cfg.control,
 		Listen:        map[string]string{"http": cfg.listen},
 		BuildID:       cfg.buildID,
 		Logger:        log,
+		Prepare: func(ctx context.Context) error {
+			w, err := prepare(ctx, cfg, log)
+			if err != nil {
+				return err
+			}
+			if warm != nil {
+				warm.Close()
+			}
+			warm = w
+			return nil
+		},
 		Open: func(_ context.Context, ls *handoff.InheritedListeners) (handoff.Service, error) {
-			return open(cfg, log, ls)
+			w := warm
+			warm = nil
+			return open(cfg, log, ls, w)
 		},
 	})
 }
 
+// prepare is the warm-up: it loads the store read-only, without the lock,
+// while an incumbent may still write.
+func prepare(ctx context.Context, cfg config, log *slog.Logger) (*store.Warm, error) {
+	if cfg.failPrepare {
+		// Simulates a crash: no cleanup.
+		log.Error("--fail-prepare: exiting during the warm-up")
+		os.Exit(1)
+	}
+	if err := pause(ctx, cfg.slowPrepare); err != nil {
+		return nil, fmt.Errorf("--slow-prepare: %w", err)
+	}
+	w, err := store.Prepare(cfg.dataDir)
+	if err != nil {
+		return nil, fmt.Errorf("prepare store: %w", err)
+	}
+	rc := w.Recovery()
+	log.Info("store warmed up", "revision", w.Revision(), "keys", w.Len(),
+		"snapshot_revision", rc.SnapshotRevision, "records", rc.WarmRecords, "bytes", rc.WarmBytes, "took", rc.WarmDuration)
+	return w, nil
+}
+
 // dump writes the store's revision and data to w as JSON.
-func dump(dir string, log *slog.Logger, w io.Writer) error {
-	lock, err := handoff.AcquireDataDirLock(dir)
+func dump(cfg config, log *slog.Logger, w io.Writer) error {
+	lock, err := handoff.AcquireDataDirLock(cfg.dataDir)
 	if err != nil {
 		return fmt.Errorf("data-directory lock: %w", err)
 	}
 	defer lock.Release()
-	st, err := openStore(dir, log)
+	st, err := openStore(cfg, log, nil)
 	if err != nil {
 		return err
 	}
@@ -144,8 +219,17 @@ func dump(dir string, log *slog.Logger, w io.Writer) error {
 	}{rev, data})
 }
 
-func openStore(dir string, log *slog.Logger) (*store.Store, error) {
-	st, err := store.Open(dir)
+// openStore makes the warmed-up store writable (the lock is held): it
+// applies what was written after the warm-up. Without a warm-up (nil) it
+// loads everything now.
+func openStore(cfg config, log *slog.Logger, w *store.Warm) (*store.Store, error) {
+	if w == nil {
+		var err error
+		if w, err = prepare(context.Background(), config{dataDir: cfg.dataDir}, log); err != nil {
+			return nil, err
+		}
+	}
+	st, err := w.OpenWith(store.Options{SegmentBytes: cfg.segmentBytes})
 	if err != nil {
 		return nil, fmt.Errorf("open store: %w", err)
 	}
@@ -156,9 +240,76 @@ func openStore(dir string, log *slog.Logger) (*store.Store, error) {
 func logRecovery(log *slog.Logger, st *store.Store) {
 	rc := st.Recovery()
 	log.Info("store opened", "revision", st.Revision(), "keys", st.Len(),
+		"caught_up_records", rc.CaughtUpRecords, "caught_up_bytes", rc.CaughtUpBytes, "took", rc.CatchUpDuration,
 		"snapshot_revision", rc.SnapshotRevision, "replayed", rc.Replayed)
+	if rc.FullLoad {
+		log.Warn("store: the log did not continue from the warm-up; loaded it in full", "reason", rc.FullLoadReason)
+	}
 	if rc.TornTailBytes > 0 {
 		log.Warn("store: cut a torn log tail (a write interrupted by a crash, never acknowledged)",
-			"offset", rc.TornTailAt, "bytes", rc.TornTailBytes)
+			"file", rc.TornTailFile, "offset", rc.TornTailAt, "bytes", rc.TornTailBytes)
 	}
+}
+
+// populateWriters is how many writers --populate runs: enough that each
+// group commit carries hundreds of records.
+const populateWriters = 256
+
+// populate fills the store with cfg.populate keys through concurrent
+// writers (group commit), compacts it, and reports as JSON.
+func populate(cfg config, log *slog.Logger, w io.Writer) error {
+	lock, err := handoff.AcquireDataDirLock(cfg.dataDir)
+	if err != nil {
+		return fmt.Errorf("data-directory lock: %w", err)
+	}
+	defer lock.Release()
+	st, err := openStore(cfg, log, nil)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	start := time.Now()
+	var next atomic.Int64
+	errs := make(chan error, populateWriters)
+	var wg sync.WaitGroup
+	for range populateWriters {
+		wg.Go(func() {
+			for i := next.Add(1) - 1; i < int64(cfg.populate); i = next.Add(1) - 1 {
+				if _, err := st.Put(populateKey(i), populateValue(i, cfg.valueSize)); err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	if err := <-errs; err != nil {
+		return fmt.Errorf("populate: %w", err)
+	}
+	if err := st.Compact(); err != nil {
+		return fmt.Errorf("populate: compact: %w", err)
+	}
+	took := time.Since(start)
+	stats := st.Stats()
+	log.Info("populated", "keys", stats.Keys, "revision", stats.Revision, "snapshot_bytes", stats.SnapshotBytes, "took", took)
+	return json.NewEncoder(w).Encode(struct {
+		Keys     int     `json:"keys"`
+		Revision uint64  `json:"revision"`
+		Seconds  float64 `json:"seconds"`
+	}{stats.Keys, stats.Revision, took.Seconds()})
+}
+
+// populateKey is the i-th key --populate writes.
+func populateKey(i int64) string { return fmt.Sprintf("pop-%08d", i) }
+
+// populateValue is the value --populate writes under populateKey(i): the
+// key's digits repeated to size bytes.
+func populateValue(i int64, size int) []byte {
+	digits := fmt.Appendf(nil, "%08d", i)
+	v := make([]byte, size)
+	for j := range v {
+		v[j] = digits[j%len(digits)]
+	}
+	return v
 }

@@ -26,16 +26,21 @@ func TestParseFlags(t *testing.T) {
 		wantErr bool
 	}{
 		{"defaults", []string{"--data", "/d"},
-			config{dataDir: "/d", listen: "127.0.0.1:8080", buildID: buildID}, false},
+			config{dataDir: "/d", listen: "127.0.0.1:8080", buildID: buildID, valueSize: 1024}, false},
 		{"everything", []string{"--data", "/d", "--listen", ":9", "--control", "/c.sock", "--build-id", "v2",
-			"--fail-before-ready", "--slow-drain", "2s", "--slow-seal", "3s"},
-			config{dataDir: "/d", listen: ":9", control: "/c.sock", buildID: "v2",
-				failBeforeReady: true, slowDrain: 2 * time.Second, slowSeal: 3 * time.Second}, false},
+			"--fail-before-ready", "--fail-prepare", "--slow-prepare", "1s", "--slow-drain", "2s", "--slow-seal", "3s",
+			"--segment-bytes", "4096"},
+			config{dataDir: "/d", listen: ":9", control: "/c.sock", buildID: "v2", failBeforeReady: true, failPrepare: true,
+				slowPrepare: time.Second, slowDrain: 2 * time.Second, slowSeal: 3 * time.Second, segmentBytes: 4096, valueSize: 1024}, false},
 		{"no data dir", []string{"--listen", ":9"}, config{}, true},
 		{"stray argument", []string{"--data", "/d", "extra"}, config{}, true},
 		{"bad duration", []string{"--data", "/d", "--slow-seal", "soon"}, config{}, true},
+		{"negative segment size", []string{"--data", "/d", "--segment-bytes", "-1"}, config{}, true},
+		{"value too large", []string{"--data", "/d", "--populate", "1", "--value-size", "2000000"}, config{}, true},
 		{"dump", []string{"--data", "/d", "--dump"},
-			config{dataDir: "/d", listen: "127.0.0.1:8080", buildID: buildID, dump: true}, false},
+			config{dataDir: "/d", listen: "127.0.0.1:8080", buildID: buildID, dump: true, valueSize: 1024}, false},
+		{"populate", []string{"--data", "/d", "--populate", "1000", "--value-size", "10"},
+			config{dataDir: "/d", listen: "127.0.0.1:8080", buildID: buildID, populate: 1000, valueSize: 10}, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -197,7 +202,7 @@ func TestDump(t *testing.T) {
 		t.Fatal(err)
 	}
 	var out strings.Builder
-	if err := dump(dir, slog.New(slog.DiscardHandler), &out); err != nil {
+	if err := dump(config{dataDir: dir}, slog.New(slog.DiscardHandler), &out); err != nil {
 		t.Fatal(err)
 	}
 	var got struct {
@@ -216,7 +221,87 @@ func TestDump(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer lock.Release()
-	if err := dump(dir, slog.New(slog.DiscardHandler), io.Discard); !errors.Is(err, handoff.ErrLockHeld) {
+	if err := dump(config{dataDir: dir}, slog.New(slog.DiscardHandler), io.Discard); !errors.Is(err, handoff.ErrLockHeld) {
 		t.Errorf("dump of a locked directory = %v, want ErrLockHeld", err)
+	}
+}
+
+// TestPopulate: --populate fills the directory with keys a snapshot holds.
+func TestPopulate(t *testing.T) {
+	dir := t.TempDir()
+	var out strings.Builder
+	cfg := config{dataDir: dir, populate: 500, valueSize: 100}
+	if err := populate(cfg, slog.New(slog.DiscardHandler), &out); err != nil {
+		t.Fatal(err)
+	}
+	var rep struct {
+		Keys     int    `json:"keys"`
+		Revision uint64 `json:"revision"`
+	}
+	if err := json.Unmarshal([]byte(out.String()), &rep); err != nil || rep.Keys != 500 || rep.Revision != 500 {
+		t.Fatalf("populate reported %q (%v), want 500 keys at revision 500", out.String(), err)
+	}
+	st, err := store.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if rc := st.Recovery(); rc.SnapshotRevision != 500 || rc.Replayed != 0 {
+		t.Errorf("Recovery = %+v, want everything in the snapshot", rc)
+	}
+	for _, i := range []int64{0, 499} {
+		if v, ok := st.Get(populateKey(i)); !ok || string(v) != string(populateValue(i, 100)) {
+			t.Errorf("%s = %q, %v", populateKey(i), v, ok)
+		}
+	}
+	if v := populateValue(7, 20); string(v) != "00000007000000070000" {
+		t.Errorf("populateValue(7, 20) = %q", v)
+	}
+}
+
+// TestOpenCatchesUpFromTheWarmUp: the store kvd opens is the warm-up's,
+// with only what was written after it applied.
+func TestOpenCatchesUpFromTheWarmUp(t *testing.T) {
+	dir := t.TempDir()
+	log := slog.New(slog.DiscardHandler)
+	inc, err := store.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer inc.Close()
+	for _, k := range []string{"a", "b", "c"} {
+		if _, err := inc.Put(k, []byte(k)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w, err := prepare(context.Background(), config{dataDir: dir}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := inc.Put("d", []byte("after the warm-up")); err != nil {
+		t.Fatal(err)
+	}
+	if err := inc.Seal(); err != nil {
+		t.Fatal(err)
+	}
+	st, err := openStore(config{dataDir: dir}, log, w)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if rc := st.Recovery(); st.Revision() != 4 || rc.WarmRecords != 3 || rc.CaughtUpRecords != 1 {
+		t.Errorf("opened at revision %d with %+v; want 4, three records in the warm-up and one caught up", st.Revision(), rc)
+	}
+	if st.Fingerprint() != inc.Fingerprint() {
+		t.Errorf("fingerprint %s, sealed %s", st.Fingerprint(), inc.Fingerprint())
+	}
+}
+
+func TestSlowPrepareHonoursTheDeadline(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_, err := prepare(ctx, config{dataDir: t.TempDir(), slowPrepare: time.Hour}, slog.New(slog.DiscardHandler))
+	if !errors.Is(err, context.Canceled) {
+		t.Errorf("prepare = %v, want context.Canceled", err)
 	}
 }

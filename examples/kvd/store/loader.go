@@ -413,6 +413,16 @@ func (w *Warm) Open() (*Store, error) {
 	return w.open(defaultOptions())
 }
 
+// OpenWith is Open with options.
+func (w *Warm) OpenWith(o Options) (*Store, error) {
+	opts, err := o.apply(defaultOptions())
+	if err != nil {
+		w.Close()
+		return nil, err
+	}
+	return w.open(opts)
+}
+
 func (w *Warm) open(opts options) (*Store, error) {
 	w.mu.Lock()
 	l := w.l

@@ -53,6 +53,24 @@ func defaultOptions() options {
 	return options{syncFile: (*os.File).Sync, syncDir: syncDir, segmentBytes: DefaultSegmentBytes}
 }
 
+// Options tune a Store. The zero value is the default.
+type Options struct {
+	// SegmentBytes is the size past which the writer starts a new log
+	// segment (DefaultSegmentBytes when 0). The compactor merges closed
+	// segments into the snapshot.
+	SegmentBytes int64
+}
+
+func (o Options) apply(opts options) (options, error) {
+	if o.SegmentBytes < 0 {
+		return opts, fmt.Errorf("store: Options.SegmentBytes is negative (%d)", o.SegmentBytes)
+	}
+	if o.SegmentBytes > 0 {
+		opts.segmentBytes = o.SegmentBytes
+	}
+	return opts, nil
+}
+
 // Recovery tells what Open, Warm.Open or Reopen found on disk. Warm-up
 // figures are Prepare's (read without the lock, while the previous writer
 // may still have been writing); catch-up figures are what was applied
@@ -134,6 +152,15 @@ type batch struct {
 // before calling it. Open is Prepare followed by Warm.Open.
 func Open(dir string) (*Store, error) {
 	return open(dir, defaultOptions())
+}
+
+// OpenWith is Open with options.
+func OpenWith(dir string, o Options) (*Store, error) {
+	opts, err := o.apply(defaultOptions())
+	if err != nil {
+		return nil, err
+	}
+	return open(dir, opts)
 }
 
 func open(dir string, opts options) (*Store, error) {
