@@ -132,32 +132,13 @@ func DetectRole() (Role, error) {
 // read by DetectRole) describes.
 func adoptListeners(env map[string]string) (*InheritedListeners, error) {
 	il := newInheritedListeners()
-	nstr := env[wire.EnvListenFDs]
-	if nstr == "" {
-		return il, nil
-	}
-	if pid := env[wire.EnvListenPID]; pid != "" && pid != strconv.Itoa(os.Getpid()) {
-		// Meant for another process (systemd semantics): not ours.
-		return il, nil
-	}
-	n, err := strconv.Atoi(nstr)
-	if err != nil || n < 0 || n > 1024 {
-		return nil, fmt.Errorf("handoff: %s=%q is not a count of descriptors", wire.EnvListenFDs, nstr)
-	}
-	var names []string
-	if s := env[wire.EnvListenFDNames]; s != "" {
-		names = strings.Split(s, ":")
-	}
-	if len(names) != 0 && len(names) != n {
-		return nil, fmt.Errorf("handoff: %s has %d names for %s=%d", wire.EnvListenFDNames, len(names), wire.EnvListenFDs, n)
+	n, names, err := parseActivation(env, os.Getpid())
+	if err != nil || n == 0 {
+		return il, err
 	}
 	var errs []error
-	for i := range n {
+	for i, name := range names {
 		fd := wire.FirstListenFD + i
-		name := "fd" + strconv.Itoa(fd)
-		if len(names) > 0 {
-			name = names[i]
-		}
 		if _, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err != nil {
 			errs = append(errs, fmt.Errorf("handoff: inherited %q at fd %d: %w", name, fd, err))
 			continue
@@ -172,4 +153,48 @@ func adoptListeners(env map[string]string) (*InheritedListeners, error) {
 		return nil, errors.Join(errs...)
 	}
 	return il, nil
+}
+
+// maxListenFDs bounds LISTEN_FDS: far more than any daemon listens on.
+const maxListenFDs = 1024
+
+// parseActivation reads LISTEN_FDS, LISTEN_FDNAMES and LISTEN_PID from env
+// for the process pid: how many descriptors were passed from fd 3 on, and
+// their names (fd<N> for a descriptor passed without one). Variables meant
+// for another pid (systemd's rule) pass nothing.
+func parseActivation(env map[string]string, pid int) (int, []string, error) {
+	nstr := env[wire.EnvListenFDs]
+	if nstr == "" {
+		return 0, nil, nil
+	}
+	if p := env[wire.EnvListenPID]; p != "" && p != strconv.Itoa(pid) {
+		return 0, nil, nil
+	}
+	n, err := strconv.Atoi(nstr)
+	if err != nil || n < 0 || n > maxListenFDs {
+		return 0, nil, fmt.Errorf("handoff: %s=%q is not a count of descriptors (0 to %d)", wire.EnvListenFDs, nstr, maxListenFDs)
+	}
+	names := make([]string, n)
+	for i := range names {
+		names[i] = "fd" + strconv.Itoa(wire.FirstListenFD+i)
+	}
+	s := env[wire.EnvListenFDNames]
+	if s == "" {
+		return n, names, nil
+	}
+	given := strings.Split(s, ":")
+	if len(given) != n {
+		return 0, nil, fmt.Errorf("handoff: %s has %d names for %s=%d", wire.EnvListenFDNames, len(given), wire.EnvListenFDs, n)
+	}
+	seen := make(map[string]bool, n)
+	for i, name := range given {
+		switch {
+		case name == "":
+			return 0, nil, fmt.Errorf("handoff: %s: name %d of %d is empty", wire.EnvListenFDNames, i+1, n)
+		case seen[name]:
+			return 0, nil, fmt.Errorf("handoff: %s: listener name %q passed twice", wire.EnvListenFDNames, name)
+		}
+		seen[name] = true
+	}
+	return n, given, nil
 }

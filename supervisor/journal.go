@@ -63,13 +63,7 @@ func readJournal(path string) (journalRecord, bool, error) {
 	if err != nil {
 		return r, false, fmt.Errorf("handoff: read journal: %w", err)
 	}
-	derr := json.Unmarshal(b, &r)
-	if derr == nil && r.Format != journalFormat {
-		derr = fmt.Errorf("format %d, expected %d", r.Format, journalFormat)
-	}
-	if derr == nil && !knownPhase(r.Phase) {
-		derr = fmt.Errorf("unknown phase %q", r.Phase)
-	}
+	r, derr := decodeJournal(b)
 	if derr != nil {
 		aside := fmt.Sprintf("%s.corrupt-%d", path, time.Now().UnixNano())
 		if err := os.Rename(path, aside); err != nil {
@@ -80,9 +74,26 @@ func readJournal(path string) (journalRecord, bool, error) {
 	return r, true, nil
 }
 
+// decodeJournal decodes and checks a journal's contents.
+func decodeJournal(b []byte) (journalRecord, error) {
+	var r journalRecord
+	if err := json.Unmarshal(b, &r); err != nil {
+		return journalRecord{}, err
+	}
+	switch {
+	case r.Format != journalFormat:
+		return journalRecord{}, fmt.Errorf("format %d, expected %d", r.Format, journalFormat)
+	case !knownPhase(r.Phase):
+		return journalRecord{}, fmt.Errorf("unknown phase %q", r.Phase)
+	case r.IncumbentPID < 0 || r.SuccessorPID < 0:
+		return journalRecord{}, fmt.Errorf("negative pid (incumbent %d, successor %d)", r.IncumbentPID, r.SuccessorPID)
+	}
+	return r, nil
+}
+
 func knownPhase(p Phase) bool {
 	switch p {
-	case PhaseIdle, PhaseSpawning, PhaseDraining, PhaseSealing, PhaseBegun, PhaseCommitting, PhaseRollingBack:
+	case PhaseIdle, PhaseSpawning, PhaseWarmingUp, PhaseDraining, PhaseSealing, PhaseBegun, PhaseCommitting, PhaseRollingBack:
 		return true
 	}
 	return false
