@@ -171,8 +171,10 @@ type PhaseTimings struct {
 	BeginToReady time.Duration // Begin sent to Ready received
 	Total        time.Duration // PerformHandoff call to its return
 	// AcceptGap: from PrepareHandoff (the incumbent stops accepting) to the
-	// successor being told it may serve. Connections wait in the kernel's
-	// accept queue meanwhile; none is refused.
+	// successor being told it may serve, or, for a rollback, to the
+	// incumbent confirming it serves again (zero if it was never asked to
+	// drain). Connections wait in the kernel's accept queue meanwhile;
+	// none is refused.
 	AcceptGap time.Duration
 	// DaemonWork is the part of AcceptGap the daemons spent in Drain, Seal
 	// and the successor's open (as they reported); LibraryOverhead is the rest.

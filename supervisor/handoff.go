@@ -180,8 +180,12 @@ func (s *Supervisor) PerformHandoff(ctx context.Context, spec SpawnSpec) (Outcom
 		r.out.AbortReason = ae.reason
 		r.out.Err = ae
 		resumeErr = r.rollback(ae)
+		if !r.gapStart.IsZero() {
+			// Nobody accepted from the drain until the incumbent resumed.
+			r.out.Phases.AcceptGap = time.Since(r.gapStart)
+		}
 		r.out.Phases.Total = time.Since(start)
-		s.log.Warn("handoff: rolled back", "id", r.id, "reason", ae.reason, "resume_err", resumeErr)
+		s.log.Warn("handoff: rolled back", "id", r.id, "reason", ae.reason, "accept_gap", r.out.Phases.AcceptGap, "resume_err", resumeErr)
 	} else {
 		s.log.Info("handoff: committed", "id", r.id, "pid", r.out.PID, "build_id", r.out.BuildID,
 			"accept_gap", r.out.Phases.AcceptGap, "library_overhead", r.out.Phases.LibraryOverhead)

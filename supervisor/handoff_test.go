@@ -180,6 +180,9 @@ func TestHandoffAbortsRollBack(t *testing.T) {
 			untouched := slices.ContainsFunc(tc.env, func(e string) bool {
 				return slices.Contains([]string{"TD_FAIL_AT=before-hello", "TD_FAIL_AT=after-hello", "TD_FAIL_AT=warm-up", "TD_HANG_AT=after-hello", "TD_HANG_AT=warm-up"}, e)
 			})
+			if (out.Phases.AcceptGap > 0) != drained {
+				t.Fatalf("accept gap %v of a rollback in which the incumbent drained: %v", out.Phases.AcceptGap, drained)
+			}
 			if untouched && drained {
 				t.Fatalf("the incumbent was asked to drain although the successor failed before its warm-up ended")
 			}
@@ -388,7 +391,12 @@ func TestCloseDuringHandoffRollsBack(t *testing.T) {
 	must(t, sup2.AddListener("tcp", c.ln))
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
+	adoptAt := time.Now()
 	must(t, sup2.Adopt(ctx, before, c.spec()))
+	// The adopted daemon's uptime counts from its own start.
+	if since := sup2.Status().IncumbentSince; !since.Before(adoptAt) {
+		t.Fatalf("status says the adopted daemon runs since %v, not before its adoption at %v", since, adoptAt)
+	}
 	if out, err := sup2.PerformHandoff(ctx, c.spec()); err != nil || !out.Committed {
 		t.Fatalf("handoff by the new supervisor: %v %+v", err, out)
 	}

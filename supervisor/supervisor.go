@@ -423,7 +423,12 @@ func (s *Supervisor) Adopt(ctx context.Context, pid int, spec SpawnSpec) error {
 	if err != nil {
 		return fmt.Errorf("handoff: adopt pid %d: %w", pid, err)
 	}
-	c := &child{pid: pid, proc: p, spec: spec, started: time.Now(), done: make(chan struct{}), stop: make(chan struct{})}
+	// Its uptime counts from its own start, not from the adoption.
+	started, ok := proc.Started(pid)
+	if !ok {
+		started = time.Now()
+	}
+	c := &child{pid: pid, proc: p, spec: spec, started: started, done: make(chan struct{}), stop: make(chan struct{})}
 	hctx, cancel := context.WithTimeout(ctx, s.cfg.HelloTimeout)
 	defer cancel()
 	if conn, h, err := s.dialIncumbent(hctx); err == nil {

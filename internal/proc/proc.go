@@ -125,3 +125,36 @@ func KillGroup(pid int, sig unix.Signal) {
 	unix.Kill(-pid, sig)
 	unix.Kill(pid, sig)
 }
+
+// Started returns when pid started, from its start time and the boot time
+// in /proc/stat (whole seconds since the epoch, so it is exact to about a
+// second); ok is false if either cannot be read.
+func Started(pid int) (t time.Time, ok bool) {
+	start := StartTime(pid)
+	if start == 0 {
+		return time.Time{}, false
+	}
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return time.Time{}, false
+	}
+	boot, ok := bootTime(string(b))
+	if !ok {
+		return time.Time{}, false
+	}
+	return boot.Add(time.Duration(start) * time.Second / UserHZ), true
+}
+
+// bootTime reads the "btime <seconds>" line of /proc/stat.
+func bootTime(stat string) (time.Time, bool) {
+	for _, line := range strings.Split(stat, "\n") {
+		if rest, ok := strings.CutPrefix(line, "btime "); ok {
+			secs, err := strconv.ParseInt(strings.TrimSpace(rest), 10, 64)
+			if err != nil || secs <= 0 {
+				return time.Time{}, false
+			}
+			return time.Unix(secs, 0), true
+		}
+	}
+	return time.Time{}, false
+}

@@ -188,3 +188,21 @@ func TestFlockHoldersSeesThisProcess(t *testing.T) {
 		t.Fatalf("holders %v, want this process %d among them", got, os.Getpid())
 	}
 }
+
+func TestStartedIsWhenThisProcessStarted(t *testing.T) {
+	got, ok := Started(os.Getpid())
+	if !ok {
+		t.Fatal("Started of this process: not known")
+	}
+	// This test runs within seconds of the test binary's start; btime
+	// has whole seconds, the start time hundredths.
+	if age := time.Since(got); age < -2*time.Second || age > 10*time.Minute {
+		t.Fatalf("this process started %v ago, by Started", age)
+	}
+	if _, ok := bootTime("cpu 1 2 3\nbtime x\n"); ok {
+		t.Fatal("bootTime accepted a bad btime")
+	}
+	if bt, ok := bootTime("cpu 1\nbtime 1700000000\n"); !ok || bt.Unix() != 1700000000 {
+		t.Fatalf("bootTime: %v %v", bt, ok)
+	}
+}
