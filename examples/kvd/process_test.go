@@ -284,3 +284,45 @@ func TestHandoffEndToEnd(t *testing.T) {
 		}
 	}
 }
+
+// TestWarmUpFailures: a successor that dies or hangs during its warm-up
+// aborts a handoff that never drained the incumbent, which serves on
+// without a failed request; the next handoff commits.
+func TestWarmUpFailures(t *testing.T) {
+	if testing.Short() {
+		t.Skip("spawns daemons")
+	}
+	c := startKVD(t)
+	first := c.stats()
+	w := startWriters(c, 2)
+	hang := c.spec("hangs", "--slow-prepare", "1h")
+	hang.DrainGrace, hang.Deadline = time.Second, 3*time.Second
+	for _, spec := range []supervisor.SpawnSpec{c.spec("dies", "--fail-prepare"), hang} {
+		out := c.handoff(spec)
+		if out.Committed {
+			t.Fatalf("handoff to %v committed", spec.Args)
+		}
+		if out.Phases.Drain != 0 || out.Phases.Seal != 0 {
+			t.Errorf("handoff to %v drained (%v) or sealed (%v) the incumbent; phases %+v", spec.Args, out.Phases.Drain, out.Phases.Seal, out.Phases)
+		}
+		if st := c.stats(); st.PID != first.PID || st.BuildID != "v1" {
+			t.Errorf("after the handoff to %v: serving build %s pid %d, want the incumbent v1 pid %d", spec.Args, st.BuildID, st.PID, first.PID)
+		}
+		t.Logf("handoff to %v aborted: %s", spec.Args, out.AbortReason)
+	}
+	out := c.handoff(c.spec("v2"))
+	if !out.Committed {
+		t.Fatalf("the handoff after the failed warm-ups did not commit: %s", out.AbortReason)
+	}
+	w.finish()
+	if len(w.fails) > 0 {
+		t.Errorf("%d of %d writes failed, first: %s", len(w.fails), len(w.fails)+len(w.acked), w.fails[0])
+	}
+	w.checkRevisions(t, first.Revision)
+	for k, v := range w.acked {
+		if code, body, err := c.do("GET", "/kv/"+k, ""); err != nil || code != http.StatusOK || body != v {
+			t.Fatalf("acknowledged %s=%s reads back as %d %q, %v", k, v, code, body, err)
+		}
+	}
+	t.Logf("%d acknowledged writes; the commit's warm-up %v, accept gap %v", len(w.acked), out.Phases.WarmUp, out.Phases.AcceptGap)
+}
