@@ -198,18 +198,33 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
-	body, ok := strings.CutPrefix(reply, "ok: ")
-	if !ok {
+	body, r, err := statusAnswer(reply)
+	switch {
+	case errors.Is(err, errNotOK):
 		fmt.Fprintln(stderr, reply)
 		return &exitError{exitFailure}
-	}
-	if o.json {
+	case err != nil:
+		return err
+	case o.json:
 		_, err := fmt.Fprintln(stdout, body)
 		return err
 	}
-	var r statusReport
-	if err := json.Unmarshal([]byte(body), &r); err != nil {
-		return fmt.Errorf("decode the supervisor's status: %w", err)
-	}
 	return writeStatus(stdout, r)
+}
+
+// errNotOK: the supervisor refused ("err: ...") or said something else.
+var errNotOK = errors.New("not an ok: reply")
+
+// statusAnswer decodes the supervisor's reply to status: its JSON body
+// and the report that holds.
+func statusAnswer(reply string) (string, statusReport, error) {
+	var r statusReport
+	body, ok := strings.CutPrefix(reply, "ok: ")
+	if !ok {
+		return "", r, errNotOK
+	}
+	if err := json.Unmarshal([]byte(body), &r); err != nil {
+		return "", r, fmt.Errorf("decode the supervisor's status %.100q: %w", body, err)
+	}
+	return body, r, nil
 }

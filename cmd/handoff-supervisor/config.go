@@ -26,6 +26,8 @@ const (
 	// maxSecs bounds every *_secs key: a day is already far beyond any
 	// sensible handoff.
 	maxSecs = 24 * 60 * 60
+	// minSecs is the shortest *_secs value, a millisecond.
+	minSecs = 0.001
 )
 
 // Config is the supervisor's TOML configuration. Every key is documented
@@ -312,6 +314,10 @@ func (c *Config) validate(kl keyLines) error {
 			return def
 		case math.IsNaN(v) || v < 0 || v > maxSecs:
 			fail(key, "%v is out of range (0 < secs <= %d)", v, maxSecs)
+			return def
+		case v < minSecs:
+			// It would round to nothing, and 0 means the default.
+			fail(key, "%v is too short (at least %v; leave the key out for the default)", v, minSecs)
 			return def
 		}
 		return time.Duration(v * float64(time.Second))

@@ -132,6 +132,7 @@ func TestParseConfigErrors(t *testing.T) {
 		{"drain too long", head + "drain_grace_secs = 60\ndeadline_secs = 60\n", []string{"d.toml:4: key drain_grace_secs:", "shorter than deadline_secs"}},
 		{"negative secs", head + "deadline_secs = -1\n", []string{"d.toml:4: key deadline_secs:", "out of range"}},
 		{"huge secs", head + "deadline_secs = 1e30\n", []string{"d.toml:4: key deadline_secs:", "out of range"}},
+		{"tiny secs", head + "drain_grace_secs = 1e-300\ndeadline_secs = 10\n", []string{"d.toml:4: key drain_grace_secs: 1e-300 is too short (at least 0.001; leave the key out for the default)"}},
 		{"bad log format", head + "log_format = \"xml\"\n", []string{"d.toml:4: key log_format:"}},
 		{"bad metrics addr", head + "metrics_addr = \"9464\"\n", []string{"d.toml:4: key metrics_addr:"}},
 		{"bad address", head + "[[listeners]]\nname = \"a\"\naddr = \"localhost\"\n", []string{"d.toml:6: key listeners[0].addr: bad address \"localhost\""}},

@@ -16,6 +16,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode"
 
 	"github.com/handoff-go/handoff/internal/peercred"
 	"github.com/handoff-go/handoff/supervisor"
@@ -451,7 +452,16 @@ func (s *triggerServer) finish(c *net.UnixConn) {
 func handoffReply(o supervisor.Outcome) string {
 	pid := o.PID
 	return fmt.Sprintf("ok: id=%s committed=%t pid=%d build_id=%s accept_gap=%s library_overhead=%s reason=%s",
-		o.ID, o.Committed, pid, strconv.Quote(o.BuildID), o.Phases.AcceptGap, o.Phases.LibraryOverhead, strconv.Quote(oneLine(o.AbortReason)))
+		bareOrQuoted(string(o.ID)), o.Committed, pid, strconv.Quote(o.BuildID), o.Phases.AcceptGap, o.Phases.LibraryOverhead, strconv.Quote(oneLine(o.AbortReason)))
+}
+
+// bareOrQuoted writes a field value bare when parseFields reads it back
+// as it is (a handoff id always is), else Go-quoted.
+func bareOrQuoted(s string) string {
+	if s == "" || strings.ContainsAny(s, " \"\\") || strings.IndexFunc(s, func(r rune) bool { return !unicode.IsPrint(r) }) >= 0 {
+		return strconv.Quote(s)
+	}
+	return s
 }
 
 // parseFields parses the key=value fields of an "ok:" reply; a value is

@@ -159,9 +159,15 @@ its socket file does not exist or nothing listens on it.
 Configuration (TOML; unknown keys and wrong types are errors that name the
 key and the line):
   control_socket    (required) absolute path of the unix socket on which the
-                    daemon listens for the supervisor; created 0600.
+                    daemon listens for the supervisor; created 0600. At most
+                    94 bytes; its directory must exist.
   trigger_socket    (required) absolute path of the supervisor's trigger
-                    socket; created 0600.
+                    socket; created 0600. At most 97 bytes; its directory
+                    must exist.
+                    The run command refuses to start when anything but a
+                    socket is at either path (a stale socket is replaced).
+                    No two of the sockets, the journal, the unix listeners
+                    and the configuration file may share a path.
   binary            (required) absolute path of the daemon's binary; what
                     run starts and what SIGHUP and a plain upgrade hand off to.
                     Symlinks are resolved when it is started.
@@ -170,12 +176,16 @@ key and the line):
   env               extra environment for the daemon, as "KEY=value" strings,
                     added to the supervisor's own. Default: none.
   drain_grace_secs  how long the old daemon may take to drain (seconds, may be
-                    fractional). Default: 25. Must be below deadline_secs.
+                    fractional, at least 0.001). Default: 25. Must be below
+                    deadline_secs.
   deadline_secs     bound on a whole handoff, and on stopping the daemon at
                     SIGTERM. Default: 60.
   journal           absolute path of the state journal. With it, a restarted
                     supervisor finds and adopts a daemon that outlived the
-                    previous one instead of starting another. Default: none.
+                    previous one instead of starting another. Replaced
+                    through a temporary file in its directory, which the run
+                    command checks it can write before it starts.
+                    Default: none.
   allowed_binaries  absolute paths that upgrade --binary may name, besides
                     binary. Compared after resolving symlinks. Default: none.
   allowed_uids      user ids, besides the supervisor's own and root's, that may
