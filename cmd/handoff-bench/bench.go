@@ -15,8 +15,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-
-	"github.com/handoff-go/handoff/examples/kvd/store"
 )
 
 type options struct {
@@ -94,8 +92,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	switch {
 	case fs.NArg() > 0:
 		return o, fmt.Errorf("unexpected argument %q", fs.Arg(0))
-	case o.valueSize < 1 || o.valueSize > store.MaxValueLen:
-		return o, fmt.Errorf("-value-size %d: must be between 1 and %d", o.valueSize, store.MaxValueLen)
+	case o.valueSize < 1 || o.valueSize > maxValueSize:
+		return o, fmt.Errorf("-value-size %d: must be between 1 and %d", o.valueSize, maxValueSize)
 	case o.writeRate < 1 || o.writeRate > 1000:
 		return o, fmt.Errorf("-write-rate %d: must be between 1 and 1000 PUTs per second", o.writeRate)
 	case o.probeEvery < 100*time.Microsecond || o.probeEvery > time.Second:
@@ -113,6 +111,9 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	}
 	return o, nil
 }
+
+// maxValueSize is the largest value kvd takes.
+const maxValueSize = 1 << 20
 
 // maxSizeKeys bounds one -sizes entry: 10M keys of 1 KiB are 10 GiB in
 // each of two processes.

@@ -243,7 +243,7 @@ func (b *kvdBench) runSize(ctx context.Context, n int) (sizeResult, error) {
 	}
 	defer os.RemoveAll(work)
 	b.say("%d keys: populating ...", n)
-	pop, err := populate(ctx, data, n, b.o.valueSize)
+	pop, err := populate(ctx, b.kvd, data, n, b.o.valueSize, b.log)
 	if err != nil {
 		return sr, err
 	}
@@ -260,27 +260,32 @@ func (b *kvdBench) runSize(ctx context.Context, n int) (sizeResult, error) {
 }
 
 // paced calls op b.o.handoffs times, with b.o.every of rest before each
-// call and after the last: the load runs undisturbed in between.
-func (b *kvdBench) paced(ctx context.Context, op func() error) error {
+// call and after the last: the load runs undisturbed in between. It
+// returns the middle half of each rest, where the pauses the probes see
+// are the machine's, not a handoff's or a restart's.
+func (b *kvdBench) paced(ctx context.Context, op func() error) ([][2]time.Time, error) {
+	var idle [][2]time.Time
 	rest := func() error {
+		start := time.Now()
 		t := time.NewTimer(b.o.every)
 		defer t.Stop()
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-t.C:
+			idle = append(idle, [2]time.Time{start.Add(b.o.every / 4), start.Add(3 * b.o.every / 4)})
 			return nil
 		}
 	}
 	for i := range b.o.handoffs {
 		if err := rest(); err != nil {
-			return fmt.Errorf("after %d of %d: %w", i, b.o.handoffs, err)
+			return idle, fmt.Errorf("after %d of %d: %w", i, b.o.handoffs, err)
 		}
 		if err := op(); err != nil {
-			return fmt.Errorf("after %d of %d: %w", i, b.o.handoffs, err)
+			return idle, fmt.Errorf("after %d of %d: %w", i, b.o.handoffs, err)
 		}
 	}
-	return rest()
+	return idle, rest()
 }
 
 // runHandoffs cold-starts kvd under an embedded supervisor (in its own
@@ -299,7 +304,7 @@ func (b *kvdBench) runHandoffs(ctx context.Context, work, data string, n int) (k
 	ld.start(ctx)
 	var outcomes []supOutcome
 	var windows [][2]time.Time
-	err = b.paced(ctx, func() error {
+	idle, err := b.paced(ctx, func() error {
 		t0 := time.Now()
 		o, err := sup.handoff()
 		windows = append(windows, [2]time.Time{t0, time.Now()})
@@ -311,9 +316,9 @@ func (b *kvdBench) runHandoffs(ctx context.Context, work, data string, n int) (k
 		_, serr := sup.stop()
 		return mr, errors.Join(err, serr)
 	}
-	mr.setHandoffs(outcomes)
 	probes, writes, okAt, acked := ld.snapshot()
-	mr.setLoad(probes, writes, pauses(okAt, windows), len(acked))
+	mr.setLoad(probes, writes, pauses(okAt, windows), pauses(okAt, idle), len(acked))
+	mr.setHandoffs(outcomes)
 	mr.LostLive, err = checkLive(ctx, ready.Addr, acked)
 	if err != nil {
 		_, serr := sup.stop()
@@ -350,7 +355,7 @@ func (b *kvdBench) runRestarts(ctx context.Context, data string, n int) (kvdMode
 	ld.start(ctx)
 	var took []time.Duration
 	var windows [][2]time.Time
-	err = b.paced(ctx, func() error {
+	idle, err := b.paced(ctx, func() error {
 		t0 := time.Now()
 		err := p.stop()
 		p = nil
@@ -368,11 +373,9 @@ func (b *kvdBench) runRestarts(ctx context.Context, data string, n int) (kvdMode
 	if err != nil {
 		return mr, err
 	}
-	mr.Attempts, mr.Done = len(took), len(took)
-	d := newDist(took)
-	mr.StopToHealthy = &d
 	probes, writes, okAt, acked := ld.snapshot()
-	mr.setLoad(probes, writes, pauses(okAt, windows), len(acked))
+	mr.setLoad(probes, writes, pauses(okAt, windows), pauses(okAt, idle), len(acked))
+	mr.setRestarts(took)
 	if mr.LostLive, err = checkLive(ctx, addr, acked); err != nil {
 		return mr, err
 	}

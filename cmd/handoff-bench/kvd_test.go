@@ -115,6 +115,7 @@ func TestKVDFlags(t *testing.T) {
 }
 
 func TestPauses(t *testing.T) {
+	const ms = time.Millisecond
 	base := time.Unix(1000, 0)
 	at := func(ms ...int) []time.Time {
 		var ts []time.Time
@@ -130,17 +131,17 @@ func TestPauses(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		win  [2]time.Time
-		want time.Duration
+		want pause
 	}{
-		{"pause inside", w(4, 9), 7 * time.Millisecond}, // 3 → 10
-		{"pause outlasts the window", w(4, 5), 7 * time.Millisecond},
-		{"two pauses, the longest", w(2, 20), 38 * time.Millisecond}, // 12 → 50
-		{"nothing after the window", w(51, 80), 28 * time.Millisecond},
-		{"nothing before", w(-5, 0), 5 * time.Millisecond},
+		{"pause inside", w(4, 9), pause{7 * ms, -1 * ms}}, // 3 → 10
+		{"pause outlasts the window", w(4, 5), pause{7 * ms, -1 * ms}},
+		{"two pauses, the longest", w(2, 20), pause{38 * ms, 10 * ms}}, // 12 → 50
+		{"nothing after the window", w(51, 80), pause{28 * ms, 1 * ms}},
+		{"nothing before", w(-5, 0), pause{5 * ms, 0}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if got := pauses(okAt, [][2]time.Time{tc.win}); len(got) != 1 || got[0] != tc.want {
-				t.Errorf("got %v, want %v", got, tc.want)
+				t.Errorf("got %+v, want %+v", got, tc.want)
 			}
 		})
 	}
@@ -150,9 +151,7 @@ func TestReadDump(t *testing.T) {
 	const size = 16
 	data := map[string][]byte{"w1": []byte("one"), "w2": []byte("other")}
 	for i := range 5 {
-		v := make([]byte, size)
-		fillValue(v, i)
-		data[popKey(i)] = v
+		data[popKey(i)] = popValue(i, size)
 	}
 	data[popKey(3)] = []byte("wrong")
 	delete(data, popKey(4))
@@ -170,7 +169,7 @@ func TestReadDump(t *testing.T) {
 	if dc.Revision != 42 || dc.Keys != 6 || dc.PopulatedBad != 2 || !slices.Equal(dc.Lost, []string{"w2", "w3"}) {
 		t.Errorf("%+v", dc)
 	}
-	if _, err := readDump(strings.NewReader(`{"data": {"k00000000": "%%"}}`), 1, size, nil); err == nil {
+	if _, err := readDump(strings.NewReader(`{"data": {"pop-00000000": "%%"}}`), 1, size, nil); err == nil {
 		t.Error("a value that is not base64 passed")
 	}
 	if _, err := readDump(strings.NewReader(`{"data": {`), 1, size, nil); err == nil {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/json"
@@ -113,7 +114,7 @@ func readDump(r io.Reader, n, valueSize int, acked map[string]string) (diskCheck
 					if string(v) == want {
 						seen[key] = true
 					}
-				} else if i, ok := popIndex(key, n); ok && isPopValue(v, i, valueSize) {
+				} else if i, ok := popIndex(key, n); ok && bytes.Equal(v, popValue(i, valueSize)) {
 					popOK++
 				}
 			}
@@ -153,7 +154,7 @@ func expectDelim(dec *json.Decoder, want json.Delim) error {
 
 // popIndex returns i if key is popKey(i) for some i < n.
 func popIndex(key string, n int) (int, bool) {
-	digits, ok := strings.CutPrefix(key, "k")
+	digits, ok := strings.CutPrefix(key, "pop-")
 	if !ok {
 		return 0, false
 	}

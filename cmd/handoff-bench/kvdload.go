@@ -212,12 +212,19 @@ func kvdRequest(addr, req string, body []byte) ([]byte, string, error) {
 	return got, "", nil
 }
 
+// pause is the longest time without a successful probe in a window,
+// and when it began, from the window's opening (negative: before it).
+type pause struct {
+	Len  time.Duration `json:"len_ns"`
+	From time.Duration `json:"from_ns"`
+}
+
 // pauses returns, for each window, the longest time between two
 // successive successful probes (okAt, in order) around it: the pause a
 // client that probes every few milliseconds saw. A window with no probe
 // after it is measured to its end.
-func pauses(okAt []time.Time, windows [][2]time.Time) []time.Duration {
-	var out []time.Duration
+func pauses(okAt []time.Time, windows [][2]time.Time) []pause {
+	var out []pause
 	for _, w := range windows {
 		// From the last success before the window opened (or its
 		// opening), through each one, to the first after it closed.
@@ -226,15 +233,17 @@ func pauses(okAt []time.Time, windows [][2]time.Time) []time.Duration {
 		if i > 0 {
 			prev = okAt[i-1]
 		}
-		var longest time.Duration
+		var longest pause
 		closed := false
 		for ; i < len(okAt) && !closed; i++ {
-			longest = max(longest, okAt[i].Sub(prev))
+			if d := okAt[i].Sub(prev); d > longest.Len {
+				longest = pause{d, prev.Sub(w[0])}
+			}
 			prev = okAt[i]
 			closed = okAt[i].After(w[1])
 		}
-		if !closed {
-			longest = max(longest, w[1].Sub(prev))
+		if d := w[1].Sub(prev); !closed && d > longest.Len {
+			longest = pause{d, prev.Sub(w[0])}
 		}
 		out = append(out, longest)
 	}

@@ -1,57 +1,35 @@
 package main
 
 import (
+	"bytes"
 	"context"
-	"errors"
+	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
-	"runtime/debug"
 	"strconv"
-	"sync"
-	"sync/atomic"
+	"strings"
 	"time"
-
-	"github.com/handoff-go/handoff"
-	"github.com/handoff-go/handoff/examples/kvd/store"
 )
-
-// populateWriters is how many goroutines put keys at once: the store
-// commits the writes that queue behind an fsync together, so more writers
-// mean fewer, larger fsyncs.
-const populateWriters = 1024
 
 // populateTimeout bounds the population of one data directory.
 const populateTimeout = 10 * time.Minute
 
-// popKey is the key of the i-th populated entry.
+// popKey is the key of the i-th entry kvd --populate writes.
 func popKey(i int) string {
-	return fmt.Sprintf("k%08d", i)
+	return fmt.Sprintf("pop-%08d", i)
 }
 
-// fillValue fills v with the value of the i-th populated entry: its key
-// repeated, so that a check can tell one entry's value from another's.
-func fillValue(v []byte, i int) {
-	pat := strconv.AppendInt([]byte("k"), int64(i), 10)
-	pat = append(pat, '|')
+// popValue is the value kvd --populate writes under popKey(i): the key's
+// eight digits repeated to size bytes.
+func popValue(i, size int) []byte {
+	digits := fmt.Appendf(nil, "%08d", i)
+	v := make([]byte, size)
 	for j := range v {
-		v[j] = pat[j%len(pat)]
+		v[j] = digits[j%len(digits)]
 	}
-}
-
-// isPopValue reports whether v is the value of the i-th populated entry.
-func isPopValue(v []byte, i, size int) bool {
-	if len(v) != size {
-		return false
-	}
-	pat := strconv.AppendInt([]byte("k"), int64(i), 10)
-	pat = append(pat, '|')
-	for j := range v {
-		if v[j] != pat[j%len(pat)] {
-			return false
-		}
-	}
-	return true
+	return v
 }
 
 // populated is what populate wrote.
@@ -61,61 +39,27 @@ type populated struct {
 }
 
 // populate fills the fresh data directory dir with n keys of valueSize
-// bytes through kvd's store package (many concurrent Puts, which the store
-// commits in groups), then compacts the store into a snapshot, the form a
-// running kvd leaves behind once its background compaction caught up.
-func populate(ctx context.Context, dir string, n, valueSize int) (populated, error) {
+// bytes with kvd --populate (many concurrent Puts, which the store commits
+// in groups, then a compaction into one snapshot: the form a running kvd
+// leaves behind once its background compaction caught up).
+func populate(ctx context.Context, bin, dir string, n, valueSize int, logf *os.File) (populated, error) {
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(ctx, populateTimeout)
 	defer cancel()
-	lock, err := handoff.AcquireDataDirLock(dir)
+	cmd := exec.CommandContext(ctx, bin, "--data", dir, "--populate", strconv.Itoa(n), "--value-size", strconv.Itoa(valueSize))
+	cmd.Stderr = logf
+	out, err := cmd.Output()
 	if err != nil {
-		return populated{}, fmt.Errorf("populate %s: %w", dir, err)
+		return populated{}, fmt.Errorf("kvd --populate %d: %w", n, err)
 	}
-	st, err := store.Open(dir)
-	if err != nil {
-		return populated{}, errors.Join(fmt.Errorf("populate %s: %w", dir, err), lock.Release())
+	var rep struct {
+		Keys int `json:"keys"`
 	}
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	errs := make([]error, populateWriters)
-	for w := range populateWriters {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			v := make([]byte, valueSize)
-			for ctx.Err() == nil {
-				i := int(next.Add(1)) - 1
-				if i >= n {
-					return
-				}
-				fillValue(v, i)
-				if _, err := st.Put(popKey(i), v); err != nil {
-					errs[w] = fmt.Errorf("put %s: %w", popKey(i), err)
-					cancel()
-					return
-				}
-			}
-		}()
+	if err := json.NewDecoder(bytes.NewReader(out)).Decode(&rep); err != nil {
+		return populated{}, fmt.Errorf("kvd --populate %d: %q: %w", n, strings.TrimSpace(string(out)), err)
 	}
-	wg.Wait()
-	err = errors.Join(errs...)
-	if err == nil && ctx.Err() != nil {
-		err = fmt.Errorf("after %v: %w", populateTimeout, ctx.Err())
-	}
-	if err == nil && st.Len() != n {
-		err = fmt.Errorf("the store holds %d keys, want %d", st.Len(), n)
-	}
-	if err == nil {
-		err = st.Compact()
-	}
-	err = errors.Join(err, st.Close(), lock.Release())
-	st = nil
-	// The store's map is garbage now; give its memory back before the
-	// daemons load their own copies.
-	debug.FreeOSMemory()
-	if err != nil {
-		return populated{}, fmt.Errorf("populate %s: %w", dir, err)
+	if rep.Keys != n {
+		return populated{}, fmt.Errorf("kvd --populate %d: the store holds %d keys", n, rep.Keys)
 	}
 	size, err := dirSize(dir)
 	return populated{Took: time.Since(start), DiskBytes: size}, err

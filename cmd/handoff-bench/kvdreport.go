@@ -68,27 +68,57 @@ type kvdModeResult struct {
 	StopToHealthy *dist `json:"stop_to_healthy,omitempty"`
 
 	// Pause: around each handoff or restart, the longest time between two
-	// successful probes.
-	Pause  dist      `json:"probe_pause"`
-	Probes reqCounts `json:"probes"`
-	Writes reqCounts `json:"writes"`
-	Acked  int       `json:"writes_acked"`
+	// successful probes. IdlePause: the same in the middle of each rest
+	// between them, the machine's own noise.
+	Pause     dist `json:"probe_pause"`
+	IdlePause dist `json:"idle_probe_pause"`
+	// Ops are the handoffs or restarts one by one.
+	Ops    []opRecord `json:"ops"`
+	Probes reqCounts  `json:"probes"`
+	Writes reqCounts  `json:"writes"`
+	Acked  int        `json:"writes_acked"`
 	// LostLive: acknowledged writes the serving kvd did not return after
 	// the last handoff or restart.
 	LostLive []string  `json:"lost_live,omitempty"`
 	Disk     diskCheck `json:"disk"`
+
+	pauses []pause // around each op, in order
 }
 
+// opRecord is one handoff or restart.
+type opRecord struct {
+	Took time.Duration `json:"took_ns"` // PerformHandoff, or SIGTERM to healthy
+	// Pause: the longest time without a successful probe around it, and
+	// when it began from the handoff's or restart's start.
+	Pause     time.Duration `json:"pause_ns"`
+	PauseFrom time.Duration `json:"pause_from_ns"`
+	Committed bool          `json:"committed,omitempty"`
+	AcceptGap time.Duration `json:"accept_gap_ns,omitempty"`
+	WarmUp    time.Duration `json:"warm_up_ns,omitempty"`
+	// GapFrom: when the accept gap began, from the handoff's start (the
+	// phases before it, as the supervisor measured them).
+	GapFrom time.Duration `json:"gap_from_ns,omitempty"`
+}
+
+// setHandoffs sets the handoff figures; call it after setLoad.
 func (m *kvdModeResult) setHandoffs(outcomes []supOutcome) {
 	m.Attempts = len(outcomes)
 	var gap, warm, drain, seal, begin, lib, total []time.Duration
-	for _, o := range outcomes {
+	for i, o := range outcomes {
+		p := o.Phases
+		op := opRecord{
+			Took: p.Total, Committed: o.Committed, AcceptGap: p.AcceptGap, WarmUp: p.WarmUp,
+			GapFrom: p.Spawn + p.IncumbentHello + p.WarmUp,
+		}
+		if i < len(m.pauses) {
+			op.Pause, op.PauseFrom = m.pauses[i].Len, m.pauses[i].From
+		}
+		m.Ops = append(m.Ops, op)
 		if !o.Committed {
 			m.AbortReasons = append(m.AbortReasons, o.AbortReason)
 			continue
 		}
 		m.Done++
-		p := o.Phases
 		gap, warm, drain = append(gap, p.AcceptGap), append(warm, p.WarmUp), append(drain, p.Drain)
 		seal, begin = append(seal, p.Seal), append(begin, p.BeginToReady)
 		lib, total = append(lib, p.LibraryOverhead), append(total, p.Total)
@@ -98,8 +128,30 @@ func (m *kvdModeResult) setHandoffs(outcomes []supOutcome) {
 	m.BeginToReady, m.LibraryOverhead, m.Total = d(begin), d(lib), d(total)
 }
 
-func (m *kvdModeResult) setLoad(probes, writes reqCounts, pause []time.Duration, acked int) {
-	m.Probes, m.Writes, m.Pause, m.Acked = probes, writes, newDist(pause), acked
+// setRestarts sets the restart figures; call it after setLoad.
+func (m *kvdModeResult) setRestarts(took []time.Duration) {
+	m.Attempts, m.Done = len(took), len(took)
+	d := newDist(took)
+	m.StopToHealthy = &d
+	for i, t := range took {
+		op := opRecord{Took: t}
+		if i < len(m.pauses) {
+			op.Pause, op.PauseFrom = m.pauses[i].Len, m.pauses[i].From
+		}
+		m.Ops = append(m.Ops, op)
+	}
+}
+
+func (m *kvdModeResult) setLoad(probes, writes reqCounts, around, idle []pause, acked int) {
+	m.Probes, m.Writes, m.Acked, m.pauses = probes, writes, acked, around
+	lens := func(ps []pause) []time.Duration {
+		var ds []time.Duration
+		for _, p := range ps {
+			ds = append(ds, p.Len)
+		}
+		return ds
+	}
+	m.Pause, m.IdlePause = newDist(lens(around)), newDist(lens(idle))
 }
 
 // failed counts failed probes and writes.
@@ -168,6 +220,14 @@ func med(d *dist) string {
 	return msShort(d.Median)
 }
 
+// times formats a ratio.
+func times(r float64) string {
+	if r >= 10 {
+		return fmt.Sprintf("%.0f×", r)
+	}
+	return fmt.Sprintf("%.2f×", r)
+}
+
 func keysLabel(n int) string {
 	switch {
 	case n >= 1_000_000 && n%1_000_000 == 0:
@@ -183,7 +243,8 @@ func (r *kvdResult) print(w io.Writer) {
 	fmt.Fprintf(w, "examples/kvd built from %s\n", r.KVD)
 	fmt.Fprintf(w, "per size: a fresh data directory of N keys of %d bytes; %d handoffs (embedded supervisor.Supervisor), then %d restarts\n", r.ValueSize, r.Handoffs, r.Handoffs)
 	fmt.Fprintf(w, "(SIGTERM, start again on the same data), %v of rest before each; load: GET /healthz on a fresh connection every %v, %d PUT/s\n", r.Every, r.ProbeEvery, r.WriteRate)
-	fmt.Fprintf(w, "times in ms, p50/p99 or median; pause: the longest time without a successful probe around each handoff or restart\n\n")
+	fmt.Fprintf(w, "times in ms, p50/p99 or median; pause: the longest time without a successful probe around each handoff or restart,\n")
+	fmt.Fprintf(w, "idle: the same in the middle of the rests between handoffs (what the machine itself costs)\n\n")
 
 	cols := []struct {
 		head string
@@ -198,13 +259,14 @@ func (r *kvdResult) print(w io.Writer) {
 		{"library", func(s *sizeResult) string { return med(s.Handoff.LibraryOverhead) }},
 		{"warm-up", func(s *sizeResult) string { return med(s.Handoff.WarmUp) }},
 		{"pause", func(s *sizeResult) string { return p50p99(&s.Handoff.Pause) }},
+		{"idle", func(s *sizeResult) string { return p50p99(&s.Handoff.IdlePause) }},
 		{"|", func(*sizeResult) string { return "|" }},
 		{"restart", func(s *sizeResult) string { return p50p99(s.Restart.StopToHealthy) }},
 		{"pause", func(s *sizeResult) string { return p50p99(&s.Restart.Pause) }},
 		{"|", func(*sizeResult) string { return "|" }},
-		{"gap/gap₀", func(s *sizeResult) string { return fmt.Sprintf("%.2f×", s.GapVsSmallest) }},
-		{"restart/gap", func(s *sizeResult) string { return fmt.Sprintf("%.0f×", s.RestartVsGap) }},
-		{"restart/pause", func(s *sizeResult) string { return fmt.Sprintf("%.0f×", s.RestartVsPause) }},
+		{"gap/gap₀", func(s *sizeResult) string { return times(s.GapVsSmallest) }},
+		{"restart/gap", func(s *sizeResult) string { return times(s.RestartVsGap) }},
+		{"restart/pause", func(s *sizeResult) string { return times(s.RestartVsPause) }},
 	}
 	cells := [][]string{make([]string, len(cols))}
 	for i, c := range cols {
@@ -218,9 +280,9 @@ func (r *kvdResult) print(w io.Writer) {
 		cells = append(cells, row)
 	}
 	writeTable(w, cells,
-		span{2, 8, "handoff: accept gap, its phases (Outcome.Phases), probe pause"},
-		span{10, 11, "stop-then-start"},
-		span{13, 15, "ratios of medians"})
+		span{2, 9, "handoff: accept gap, its phases (Outcome.Phases), probe pause (idle: between handoffs)"},
+		span{11, 12, "stop-then-start"},
+		span{14, 16, "ratios of medians"})
 
 	fmt.Fprintf(w, "\nrequests and writes (failed: refused, reset, timed out or not 200; lost: acknowledged, then missing live or on disk)\n")
 	cells = [][]string{{"keys", "mode", "done", "probes ok", "failed", "skipped", "PUTs acked", "failed", "lost live", "lost disk", "populated bad", "cold start"}}

@@ -14,6 +14,15 @@
 //
 //	go run ./cmd/handoff-bench [-handoffs 100] [-rate 1000] [-clients 8] [-every 200ms] [-idle 5s] [-json]
 //
+// With -kvd it measures examples/kvd instead, for each data size: a fresh
+// data directory of that many keys, kvd handed off under an embedded
+// supervisor, then the same kvd on the same data stopped and started
+// again, under a probe every millisecond and a light load of checked
+// writes; it reports the accept gap and its phases, the pause the probes
+// saw and the restart time side by side, and can plot them:
+//
+//	go run ./cmd/handoff-bench -kvd [-sizes 1k,10k,100k,1M] [-handoffs 10] [-every 500ms] [-plot DIR] [-kvd-rev REV] [-json]
+//
 // The daemons are this binary re-executed in a role chosen by the
 // HANDOFF_BENCH_ROLE environment variable.
 package main
