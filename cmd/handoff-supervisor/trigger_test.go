@@ -214,6 +214,13 @@ func TestTriggerSlowClient(t *testing.T) {
 // stay silent and keep their connections open are answered within a
 // second in all, and a slot that frees serves the next client.
 func TestTriggerRefusesPastBound(t *testing.T) {
+	testutil.CheckLeaks(t)
+	fds := testutil.CountFDs(t)
+	t.Cleanup(func() {
+		if n := testutil.CountFDs(t); n != fds {
+			t.Errorf("%d descriptors open after the test, %d before", n, fds)
+		}
+	})
 	s := newTestTrigger(t, echoHandler, nil)
 	s.lineTimeout = time.Minute // the silent clients keep their slots
 	s.limitConns(2)
