@@ -233,9 +233,7 @@ func TestSealCancelsCompaction(t *testing.T) {
 				<-ctx.Done() // a compaction that would never end by itself
 			}
 			s := openT(t, dir, opts)
-			for i := range 3 * compactChunk {
-				mustPut(t, s, fmt.Sprintf("k%04d", i), "v")
-			}
+			putMany(t, s, 3*compactChunk)
 			compacted := make(chan error, 1)
 			go func() { compacted <- s.Compact() }()
 			wait(t, started, "the compaction")
@@ -405,16 +403,39 @@ func TestCompactionLeftovers(t *testing.T) {
 			if _, ok := r.Get("bogus"); ok || r.Revision() != 61 {
 				t.Errorf("recovered at revision %d (bogus present %v), want 61 from the snapshot and the log", r.Revision(), ok)
 			}
-			if tmp, _ := filepath.Glob(filepath.Join(dir, snapshotTempPattern)); len(tmp) != 0 {
-				t.Errorf("the lock holder left the temporary snapshot: %v", tmp)
-			}
 			if rc := r.Recovery(); rc.Replayed != 1 {
 				t.Errorf("Recovery = %+v, want only the record after the snapshot applied", rc)
 			}
-			r.Close()
+			r.Close() // waits for the compactor, which cleans up
+			if tmp, _ := filepath.Glob(filepath.Join(dir, snapshotTempPattern)); len(tmp) != 0 {
+				t.Errorf("the lock holder left the temporary snapshot: %v", tmp)
+			}
 			if got := segmentFiles(t, dir); len(got) != 1 {
 				t.Errorf("segments %v after the restart, want the covered ones deleted", got)
 			}
 		})
+	}
+}
+
+// putMany writes n keys through concurrent writers (few fsyncs).
+func putMany(t *testing.T, s *Store, n int) {
+	t.Helper()
+	const writers = 32
+	errs := make(chan error, writers)
+	var wg sync.WaitGroup
+	for w := range writers {
+		wg.Go(func() {
+			for i := w; i < n; i += writers {
+				if _, err := s.Put(fmt.Sprintf("k%05d", i), []byte("v")); err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
 	}
 }

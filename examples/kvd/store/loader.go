@@ -35,6 +35,9 @@ type position struct {
 // full-load fallback share it.
 type loader struct {
 	dir string
+	// reap closes a segment file that may be deleted already (freeing
+	// it may take long); nil: close at once.
+	reap func(*os.File)
 	// data is the state. While it is nil (Reopen's catch-up) records are
 	// collected in pending instead, to be applied once all of them read
 	// without error.
@@ -63,7 +66,7 @@ type loader struct {
 // segments are opened first and the snapshot after them: a segment deleted
 // before it was opened was covered by a snapshot renamed into place before
 // the deletion, so the snapshot opened later covers it.
-func load(dir string, locked bool) (l *loader, err error) {
+func load(dir string, locked bool, reap func(*os.File)) (l *loader, err error) {
 	seqs, err := listSegments(dir)
 	if err != nil {
 		return nil, err
@@ -90,7 +93,7 @@ func load(dir string, locked bool) (l *loader, err error) {
 		}
 		files = append(files, opened{seq, f})
 	}
-	l = &loader{dir: dir, data: map[string][]byte{}}
+	l = &loader{dir: dir, reap: reap, data: map[string][]byte{}}
 	if err := l.loadSnapshot(); err != nil {
 		return nil, err
 	}
@@ -158,7 +161,7 @@ func (l *loader) enter(seq uint64, f *os.File) {
 		if !l.pos.gone {
 			l.closed = append(l.closed, segment{seq: l.pos.seq, lastRev: l.pos.lastRev, size: l.pos.off})
 		}
-		l.pos.f.Close()
+		l.closeFile(l.pos.f)
 	}
 	l.pos = position{seq: seq, f: f}
 }
@@ -299,8 +302,16 @@ func (l *loader) catchUp(locked bool) error {
 // close releases the open segment.
 func (l *loader) close() {
 	if l.pos.f != nil {
-		l.pos.f.Close()
+		l.closeFile(l.pos.f)
 		l.pos.f = nil
+	}
+}
+
+func (l *loader) closeFile(f *os.File) {
+	if l.reap != nil {
+		l.reap(f)
+	} else {
+		f.Close()
 	}
 }
 
@@ -345,7 +356,7 @@ func Prepare(dir string) (*Warm, error) {
 	var l *loader
 	for attempt := 1; ; attempt++ {
 		var err error
-		if l, err = load(dir, false); err != nil {
+		if l, err = load(dir, false, nil); err != nil {
 			return nil, err
 		}
 		for range prepareMaxPasses {
@@ -436,20 +447,19 @@ func (w *Warm) open(opts options) (*Store, error) {
 		l.close()
 		return nil, fmt.Errorf("store: create data directory: %w", err)
 	}
-	if err := removeStaleTemps(w.dir); err != nil {
-		l.close()
-		return nil, err
-	}
+	s := &Store{dir: w.dir, opts: opts}
+	s.progress = sync.NewCond(&s.mu)
+	l.reap = s.reap // files the incumbent deleted are freed off the pause
 	rc := w.rc
 	l.resetCounters()
 	l, err := catchUpOrReload(l, &rc)
 	if err != nil {
+		s.reapers.Wait()
 		return nil, err
 	}
-	s := &Store{dir: w.dir, opts: opts}
-	s.progress = sync.NewCond(&s.mu)
 	s.data = l.data
 	if err := s.becomeWriterLocked(l, &rc); err != nil {
+		s.reapers.Wait()
 		return nil, err
 	}
 	rc.CatchUpDuration = time.Since(start)
@@ -472,7 +482,7 @@ func catchUpOrReload(l *loader, rc *Recovery) (*loader, error) {
 	if !errors.Is(err, errChain) {
 		return nil, err
 	}
-	full, ferr := load(l.dir, true)
+	full, ferr := load(l.dir, true, l.reap)
 	if ferr != nil {
 		return nil, ferr
 	}

@@ -90,19 +90,14 @@ func createSegment(dir string, seq uint64) (*os.File, error) {
 // before it is renamed into place.
 const snapshotTempPattern = SnapshotFileName + ".tmp-*"
 
-// removeStaleTemps removes snapshot files that were never renamed into
-// place (a crash or a cancelled compaction). Only the lock holder calls it.
-func removeStaleTemps(dir string) error {
+// staleTemps lists the snapshot files that were never renamed into place
+// (a crash).
+func staleTemps(dir string) ([]string, error) {
 	stale, err := filepath.Glob(filepath.Join(dir, snapshotTempPattern))
 	if err != nil {
-		return fmt.Errorf("store: list temporary snapshots: %w", err)
+		return nil, fmt.Errorf("store: list temporary snapshots: %w", err)
 	}
-	for _, p := range stale {
-		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return fmt.Errorf("store: remove temporary snapshot: %w", err)
-		}
-	}
-	return nil
+	return stale, nil
 }
 
 // syncDir fsyncs a directory, making renames and new names in it durable.

@@ -242,6 +242,9 @@ func (sw *snapWriter) add(key, value []byte) error {
 	return nil
 }
 
+// flush writes what is buffered.
+func (sw *snapWriter) flush() error { return sw.bw.Flush() }
+
 // finish writes the end marker, the count and the checksum, and flushes.
 func (sw *snapWriter) finish() error {
 	sw.write(binary.LittleEndian.AppendUint64([]byte{0}, sw.n))

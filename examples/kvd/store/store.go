@@ -6,7 +6,9 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
+	"path/filepath"
 	"slices"
 	"sync"
 	"time"
@@ -133,6 +135,10 @@ type Store struct {
 	fsyncs     uint64 // log fsyncs, for the benchmark
 	compStats  CompactionStats
 	rotateErr  error
+	// reapers close files whose names are gone (see unlink): the last
+	// close frees the blocks, which takes long for a big file. Close
+	// joins them; Seal does not wait for them.
+	reapers sync.WaitGroup
 }
 
 // batch is a group of records committed with one write and one fsync.
@@ -228,6 +234,30 @@ func (s *Store) becomeWriterLocked(l *loader, rc *Recovery) (err error) {
 	s.rev, s.next = l.rev, l.rev
 	s.state, s.refuse = stateOpen, nil
 	return nil
+}
+
+// unlink removes the name path now and frees its blocks later. Freeing a
+// big file (ext4: hundreds of milliseconds a gigabyte) happens at its last
+// close, so the file is held open across the unlink and closed by a
+// reaper goroutine, not in the caller, who may be what Seal waits for.
+func (s *Store) unlink(path string) error {
+	f, err := os.Open(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err == nil {
+		defer s.reap(f)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("store: remove %s: %w", filepath.Base(path), err)
+	}
+	return nil
+}
+
+// reap closes f in a goroutine Close joins: f may be the last reference to
+// a file already unlinked.
+func (s *Store) reap(f *os.File) {
+	s.reapers.Go(func() { f.Close() })
 }
 
 // Put stores value under key and returns the write's revision once it is
@@ -614,7 +644,7 @@ func (s *Store) failLocked(cause error) error {
 func (s *Store) closeSealedLocked() {
 	if s.sealedAt != nil {
 		if s.sealedAt.f != nil {
-			s.sealedAt.f.Close()
+			s.reap(s.sealedAt.f) // a successor may have deleted it
 		}
 		s.sealedAt = nil
 	}
@@ -651,18 +681,15 @@ func (s *Store) Reopen() error {
 		return ErrClosed
 	}
 	start := time.Now()
-	if err := removeStaleTemps(s.dir); err != nil {
-		return err
-	}
 	var l *loader
 	rc := Recovery{SnapshotRevision: s.snapRev}
 	if at := s.sealedAt; at != nil && at.f != nil {
-		l = &loader{dir: s.dir, snapRev: s.snapRev, snapBytes: s.snapBytes, rev: s.rev, closed: slices.Clone(s.segs), pos: *at}
+		l = &loader{dir: s.dir, reap: s.reap, snapRev: s.snapRev, snapBytes: s.snapBytes, rev: s.rev, closed: slices.Clone(s.segs), pos: *at}
 		s.sealedAt.f = nil // l owns it now
 	} else {
 		rc.FullLoad, rc.FullLoadReason = true, "a previous Reopen failed"
 		var err error
-		if l, err = load(s.dir, true); err != nil {
+		if l, err = load(s.dir, true, s.reap); err != nil {
 			return err
 		}
 		rc.SnapshotRevision, rc.Replayed, rc.CaughtUpRecords, rc.CaughtUpBytes = l.snapRev, l.records, l.records, l.bytes
@@ -712,15 +739,15 @@ func (s *Store) Close() error {
 	c.stop()
 
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	s.closeSealedLocked()
-	if s.f == nil {
-		return nil
+	var err error
+	if s.f != nil {
+		if cerr := s.f.Close(); cerr != nil {
+			err = fmt.Errorf("store: close log: %w", cerr)
+		}
+		s.f = nil
 	}
-	err := s.f.Close()
-	s.f = nil
-	if err != nil {
-		return fmt.Errorf("store: close log: %w", err)
-	}
-	return nil
+	s.mu.Unlock()
+	s.reapers.Wait()
+	return err
 }
