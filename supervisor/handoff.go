@@ -791,6 +791,12 @@ func (r *run) rollback(ae *abortError) error {
 	if c == nil || c.exited() {
 		return nil // end() reports the exit; the known-good binary is cold-started by the caller
 	}
+	if r.gapStart.IsZero() {
+		// Never asked to drain (the handoff failed before, maybe before
+		// even reaching it): it serves as it did, with nothing to resume.
+		s.log.Info("handoff: the incumbent was never asked to drain; it serves on", "pid", c.pid)
+		return nil
+	}
 	var broken *brokenSession
 	if inc != nil && inc.dead == nil {
 		// Sent directly, not through r.send: a failure here only means

@@ -570,3 +570,30 @@ func TestAbortErrorCarriesItsCause(t *testing.T) {
 		t.Fatalf("pid %d serves, want %d", pid, before)
 	}
 }
+
+// An incumbent that cannot be reached (here its control socket is moved
+// aside; in the field, the supervisor out of descriptors) was never asked
+// for anything: the handoff aborts without an error about resuming, and
+// the incumbent serves on.
+func TestUnreachableIncumbentIsNotResumed(t *testing.T) {
+	checkLeaks(t)
+	c := newCluster(t, Config{HelloTimeout: time.Second})
+	l := startLoad(t, c.addr)
+	before := c.servingPID()
+	must(t, os.Rename(c.sock, c.sock+".aside"))
+	out, err := c.sup.PerformHandoff(context.Background(), c.spec())
+	if err != nil {
+		t.Fatalf("PerformHandoff: %v, want a plain rollback (the incumbent was never contacted)", err)
+	}
+	if out.Committed || !strings.Contains(out.AbortReason, "did not answer on its control socket") || out.Phases.AcceptGap != 0 {
+		t.Fatalf("outcome %+v, want an abort naming the control socket and no accept gap", out)
+	}
+	if pid := c.servingPID(); pid != before {
+		t.Fatalf("pid %d serves, want the incumbent %d", pid, before)
+	}
+	must(t, os.Rename(c.sock+".aside", c.sock))
+	if out := c.handoff(); !out.Committed {
+		t.Fatalf("handoff once the socket is back: %s", out.AbortReason)
+	}
+	c.verify(l)
+}

@@ -164,6 +164,14 @@ func TestLowFDLimitWarning(t *testing.T) {
 			if code != exitFailure || !strings.Contains(out, "too many open files") {
 				t.Fatalf("upgrade under the low limit: exit %d, %q", code, out)
 			}
+			// The incumbent was never contacted: it serves on, and nobody
+			// says it failed to resume or will be restarted.
+			if strings.Contains(out, "resume") || strings.Contains(out, "restarted") {
+				t.Fatalf("upgrade under the low limit says the incumbent failed to resume: %q", out)
+			}
+			if _, again := f.hello(t); again != pid {
+				t.Fatalf("pid %d answers after the failed handoff, want the incumbent %d", again, pid)
+			}
 		})
 	}
 }
