@@ -318,7 +318,15 @@ func (b *kvdBench) runHandoffs(ctx context.Context, work, data string, n int) (k
 	}
 	probes, writes, okAt, acked := ld.snapshot()
 	mr.setLoad(probes, writes, pauses(okAt, windows), pauses(okAt, idle), len(acked))
-	mr.setHandoffs(outcomes)
+	// Where each accept gap lay, by the supervisor's phase timings (its
+	// clock starts a request's round trip after t0: a fraction of a
+	// millisecond).
+	var gaps [][2]time.Time
+	for i, o := range outcomes {
+		from := windows[i][0].Add(o.Phases.Spawn + o.Phases.IncumbentHello + o.Phases.WarmUp)
+		gaps = append(gaps, [2]time.Time{from, from.Add(o.Phases.AcceptGap)})
+	}
+	mr.setHandoffs(outcomes, pauses(okAt, gaps))
 	mr.LostLive, err = checkLive(ctx, ready.Addr, acked)
 	if err != nil {
 		_, serr := sup.stop()

@@ -48,7 +48,7 @@ func TestKVDShort(t *testing.T) {
 		}
 		for name, d := range map[string]*dist{
 			"accept gap": h.AcceptGap, "drain": h.Drain, "seal": h.Seal, "begin to ready": h.BeginToReady,
-			"warm-up": h.WarmUp, "pause": &h.Pause, "restart": r.StopToHealthy, "restart pause": &r.Pause,
+			"warm-up": h.WarmUp, "pause": &h.Pause, "pause in gap": h.GapPause, "restart": r.StopToHealthy, "restart pause": &r.Pause,
 		} {
 			if d == nil || d.N != 2 {
 				t.Errorf("%d keys: %s: %+v, want 2 samples", s.Keys, name, d)
