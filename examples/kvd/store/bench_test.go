@@ -2,6 +2,8 @@ package store
 
 import (
 	"bytes"
+	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -59,8 +61,9 @@ func BenchmarkPut(b *testing.B) {
 
 // BenchmarkHandoff measures, per data size (keys of 1 KiB held by a
 // snapshot, plus a short log), what a handoff of the store costs inside
-// the pause: the incumbent's Seal, and the successor's Warm.Open after a
-// Prepare (catching up the 10 writes made since), against a full Open
+// the pause: the incumbent's Seal (also half-way through a compaction of
+// the whole snapshot, which it cancels), and the successor's Warm.Open
+// after a Prepare (catching up the 10 writes made since), against a full Open
 // (what a restart, or a successor without a warm-up, pays). Prepare is
 // shown too; it runs before the pause. The Go GC cycle that loading
 // triggers is finished before each timed Open (kvd runs it at the end of
@@ -98,6 +101,37 @@ func BenchmarkHandoff(b *testing.B) {
 						b.Fatal(err)
 					}
 					b.StopTimer()
+					reopen()
+					b.StartTimer()
+				}
+			})
+			b.Run("SealDuringCompaction", func(b *testing.B) {
+				// Seal half-way through a compaction that merges the
+				// whole snapshot: it is cancelled at its next chunk.
+				half := max(1, keys/compactChunk/2)
+				for b.Loop() {
+					b.StopTimer()
+					put(100)
+					mid := make(chan struct{})
+					chunks := 0
+					inc.opts.compactChunk = func(context.Context) {
+						if chunks++; chunks == half {
+							close(mid)
+						}
+					}
+					compacted := make(chan error, 1)
+					go func() { compacted <- inc.Compact() }()
+					<-mid
+					b.StartTimer()
+					if err := inc.Seal(); err != nil {
+						b.Fatal(err)
+					}
+					b.StopTimer()
+					// A small compaction may finish before the cancel.
+					if err := <-compacted; err != nil && !errors.Is(err, context.Canceled) {
+						b.Fatalf("Compact = %v, want it cancelled or done", err)
+					}
+					inc.opts.compactChunk = nil
 					reopen()
 					b.StartTimer()
 				}
