@@ -136,6 +136,7 @@ type fixture struct {
 	drainGate, linger      string // FIFOs: see testDaemon
 	ignoreTerm             string // a file there: daemons ignore SIGTERM
 	v1, v2, bad, rogue     string
+	dies                   string        // a build that exits right after its commit
 	notes                  func() string // next sd_notify message
 	// lastNotes returns the messages already queued, for after the
 	// supervisor exited.
@@ -162,12 +163,13 @@ func newFixture(t *testing.T) *fixture {
 	// A working daemon build that is not allowed: it would log its start
 	// if it were ever started.
 	f.rogue = installBuild(t, bin, "daemon-rogue")
+	f.dies = installBuild(t, bin, "daemon-v3-dies")
 	control := filepath.Join(dir, "control.sock")
 	f.cfg = filepath.Join(dir, "handoff.toml")
 	doc := fmt.Sprintf(`control_socket   = %q
 trigger_socket   = %q
 binary           = %q
-allowed_binaries = [%q, %q]
+allowed_binaries = [%q, %q, %q]
 env              = [%q, %q, %q, %q, %q, %q, %q, %q]
 drain_grace_secs = 5
 deadline_secs    = 20
@@ -177,7 +179,7 @@ metrics_addr     = %q
 [[listeners]]
 name = "web"
 addr = "unix:%s"
-`, control, filepath.Join(dir, "trigger.sock"), f.v1, f.v2, f.bad,
+`, control, filepath.Join(dir, "trigger.sock"), f.v1, f.v2, f.bad, f.dies,
 		envTestRole+"=daemon", envTestData+"="+data, envTestControl+"="+control,
 		envTestLog+"="+f.daemonLog, envTestGate+"="+f.gate,
 		envTestDrainGate+"="+f.drainGate, envTestLinger+"="+f.linger, envTestIgnoreTerm+"="+f.ignoreTerm,

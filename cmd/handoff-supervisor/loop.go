@@ -307,7 +307,14 @@ func (d *daemon) afterOp() {
 func (d *daemon) incumbentExited(ex supervisor.IncumbentExit) {
 	delay := d.backoff.next(ex.Running)
 	why := fmt.Sprintf("daemon pid %d (%s) %s", ex.PID, ex.Binary, exitDescription(&ex))
-	d.log.Info("restart of the known-good binary scheduled", "binary", d.knownGood, "in", delay, "after_pid", ex.PID)
+	if d.op != nil && d.op.kind == opHandoff {
+		// A successor that died right after its commit: the handoff's
+		// result, which makes it the known-good binary, is still on its
+		// way. The restart's own log line names what it starts.
+		d.log.Info("restart of the known-good binary scheduled, once the handoff in progress has ended", "in", delay, "after_pid", ex.PID)
+	} else {
+		d.log.Info("restart of the known-good binary scheduled", "binary", d.knownGood, "in", delay, "after_pid", ex.PID)
+	}
 	d.scheduleRestart(delay, why)
 }
 

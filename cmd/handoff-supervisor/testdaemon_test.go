@@ -22,7 +22,8 @@ import (
 // "web" with one line, "<build> <pid>", and closes it. Its build id is the
 // base name it was started as, so copies of the test binary named
 // daemon-v1, daemon-v2 are distinct builds; a build whose name holds
-// "bad" exits as a successor before its Hello, which must roll back.
+// "bad" exits as a successor before its Hello, which must roll back, and
+// one whose name holds "dies" exits as a successor right after its commit.
 //
 // Every daemon appends "start <build> <pid>" to the file named by
 // HS_TEST_LOG first thing, so a test sees each process the supervisor
@@ -128,6 +129,10 @@ func testDaemon() int {
 		if err != nil {
 			dlog("announce: %v", err)
 			return 5
+		}
+		if strings.Contains(build, "dies") {
+			dlog("a build that dies: exiting right after the commit")
+			return 6
 		}
 	}
 	if err := d.start(); err != nil {
