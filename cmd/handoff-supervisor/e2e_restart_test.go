@@ -2,6 +2,8 @@ package main
 
 import (
 	"fmt"
+	"net"
+	"os"
 	"strings"
 	"testing"
 
@@ -51,4 +53,31 @@ func countStarts(t *testing.T, f *fixture, build string) int {
 		}
 	}
 	return n
+}
+
+// A listener address that another process holds (typically a daemon left
+// by a supervisor that died without a journal) is refused with the holder
+// named, for a unix path and for a TCP port.
+func TestBindErrorNamesTheHolder(t *testing.T) {
+	for _, network := range []string{"unix", "tcp"} {
+		t.Run(network, func(t *testing.T) {
+			f := newFixture(t)
+			addr := f.web
+			if network == "tcp" {
+				l, err := net.Listen("tcp", "127.0.0.1:0")
+				testutil.Must(t, err)
+				addr = l.Addr().String()
+				l.Close()
+				f.editConfig(t, "unix:"+f.web, addr)
+			}
+			holder, err := net.Listen(network, addr)
+			testutil.Must(t, err)
+			defer holder.Close()
+			stderr := f.runRefused(t)
+			want := fmt.Sprintf("it is held by pid %d (", os.Getpid())
+			if !strings.Contains(stderr, want) || !strings.Contains(stderr, "key journal") {
+				t.Fatalf("stderr lacks %q and the advice about the journal:\n%s", want, stderr)
+			}
+		})
+	}
 }

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"slices"
+	"strings"
 	"syscall"
 	"time"
 
@@ -188,6 +189,12 @@ func bindListener(name string, a listenAddr) (*openListener, error) {
 		err = fmt.Errorf("unknown network %q", a.Network)
 	}
 	if err != nil {
+		if errors.Is(err, syscall.EADDRINUSE) || strings.Contains(err.Error(), "is in use") {
+			if who := socketHolders(a); who != "" {
+				return nil, fmt.Errorf("listener %q: bind %s: %w; it is held by %s: a daemon still running from a supervisor that died? "+
+					"A supervisor with a journal (key journal) adopts it on restart; without one, stop it first", name, a, err, who)
+			}
+		}
 		return nil, fmt.Errorf("listener %q: bind %s: %w", name, a, err)
 	}
 	return o, nil
