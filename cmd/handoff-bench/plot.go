@@ -62,29 +62,36 @@ type plotSeries struct {
 	label  string
 	colour color.RGBA
 	dashed bool
-	points []plotPoint
+	// barShift moves the p99 bars sideways (in pixels), so that the bars
+	// of series at the same size do not hide one another.
+	barShift float64
+	points   []plotPoint
 }
 
 // gapSeries returns the plot's series: the accept gap, the pause the
 // probes saw, and stop-then-start, in milliseconds.
 func gapSeries(r *kvdResult) []plotSeries {
 	msf := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
-	gap := plotSeries{label: "handoff: accept gap (median, bar to p99)", colour: colourGap}
-	pause := plotSeries{label: "handoff: pause a client probing every ms saw (median)", colour: colourPause, dashed: true}
-	restart := plotSeries{label: "stop-then-start: SIGTERM to first /healthz 200 (median, bar to p99)", colour: colourRestart}
+	gap := plotSeries{label: "handoff: accept gap (Outcome.Phases.AcceptGap)", colour: colourGap, barShift: -5}
+	pause := plotSeries{label: "handoff: longest wait of a client probing every ms", colour: colourPause, dashed: true, barShift: 5}
+	idle := plotSeries{label: "the same probes between handoffs: the machine's noise", colour: colourTarget, dashed: true}
+	restart := plotSeries{label: "stop-then-start: SIGTERM to the first /healthz 200", colour: colourRestart}
 	for _, s := range r.Sizes {
 		k := float64(s.Keys)
 		if d := s.Handoff.AcceptGap; d != nil && d.N > 0 {
 			gap.points = append(gap.points, plotPoint{k, msf(d.Median), msf(d.P99)})
 		}
 		if d := s.Handoff.Pause; d.N > 0 {
-			pause.points = append(pause.points, plotPoint{k, msf(d.Median), 0})
+			pause.points = append(pause.points, plotPoint{k, msf(d.Median), msf(d.P99)})
+		}
+		if d := s.Handoff.IdlePause; d.N > 0 {
+			idle.points = append(idle.points, plotPoint{k, msf(d.Median), 0})
 		}
 		if d := s.Restart.StopToHealthy; d != nil && d.N > 0 {
 			restart.points = append(restart.points, plotPoint{k, msf(d.Median), msf(d.P99)})
 		}
 	}
-	return []plotSeries{restart, gap, pause}
+	return []plotSeries{restart, gap, pause, idle}
 }
 
 // logRange returns whole decades around the positive values vs.
@@ -182,8 +189,9 @@ func drawGapPlot(cv canvas, r *kvdResult) {
 				cv.line(px(q.keys), py(q.median), x, y, 2, s.colour, s.dashed)
 			}
 			if p.p99 > p.median {
-				cv.line(x, y, x, py(p.p99), 1.5, s.colour, false)
-				cv.line(x-4, py(p.p99), x+4, py(p.p99), 1.5, s.colour, false)
+				bx := x + s.barShift
+				cv.line(bx, y, bx, py(p.p99), 1.5, s.colour, false)
+				cv.line(bx-4, py(p.p99), bx+4, py(p.p99), 1.5, s.colour, false)
 			}
 			cv.dot(x, y, 3.5, s.colour)
 		}
@@ -191,7 +199,8 @@ func drawGapPlot(cv canvas, r *kvdResult) {
 
 	// Legend, top left inside the axes.
 	lx, ly := left+12, top+12
-	cv.rect(lx-6, ly-6, 480, float64(len(series))*18+8, colourWhite, colourGrid)
+	cv.rect(lx-6, ly-6, 400, float64(len(series))*18+26, colourWhite, colourGrid)
+	cv.text(lx, ly+float64(len(series))*18+10, "dots: medians; bars: up to the p99", 11, anchorStart, false)
 	for i, s := range series {
 		y := ly + float64(i)*18 + 6
 		cv.line(lx, y, lx+24, y, 2, s.colour, s.dashed)
