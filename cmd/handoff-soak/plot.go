@@ -1,0 +1,268 @@
+package main
+
+import (
+	"fmt"
+	"image/color"
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// The plots: quantities over handoff number, one panel each. The dark
+// line is the sample at rest before each handoff (x = handoffs done), the
+// light one the highest of every sample taken until the next one (during
+// the handoff and the rest after it).
+
+const (
+	plotW      = 1000.0
+	panelH     = 230.0
+	plotTop    = 70.0
+	plotLeft   = 80.0
+	plotRight  = 30.0
+	panelGap   = 60.0
+	plotBottom = 50.0
+)
+
+var (
+	colBlack = color.RGBA{0x22, 0x22, 0x22, 0xff}
+	colGrid  = color.RGBA{0xdd, 0xdd, 0xdd, 0xff}
+	colRest  = color.RGBA{0x1f, 0x5f, 0xb4, 0xff}
+	colMax   = color.RGBA{0x9e, 0xc5, 0xf0, 0xff}
+	colRed   = color.RGBA{0xc8, 0x2a, 0x2a, 0xff}
+	colWhite = color.RGBA{0xff, 0xff, 0xff, 0xff}
+)
+
+// pt is a point in data or canvas coordinates.
+type pt struct{ x, y float64 }
+
+// anchor is where text sits relative to its point.
+type anchor int
+
+const (
+	anchorStart anchor = iota
+	anchorMiddle
+	anchorEnd
+)
+
+// canvas is what the SVG and PNG writers draw on, in SVG units.
+type canvas interface {
+	rect(x, y, w, h float64, fill color.RGBA)
+	polyline(pts []pt, c color.RGBA, width float64)
+	text(x, y float64, a anchor, size float64, s string, c color.RGBA)
+}
+
+// plotSeries is one line of a panel.
+type plotSeries struct {
+	label string
+	c     color.RGBA
+	width float64
+	pts   []pt
+}
+
+// panel is one quantity over handoff number.
+type panel struct {
+	title  string
+	series []plotSeries
+}
+
+// figure is a titled stack of panels sharing the x axis.
+type figure struct {
+	title, subtitle string
+	xmax            float64
+	panels          []panel
+}
+
+func (f figure) height() float64 {
+	return plotTop + float64(len(f.panels))*(panelH+panelGap) - panelGap + plotBottom
+}
+
+// draw lays the figure out on c.
+func (f figure) draw(c canvas) {
+	c.rect(0, 0, plotW, f.height(), colWhite)
+	c.text(plotLeft, 28, anchorStart, 16, f.title, colBlack)
+	c.text(plotLeft, 50, anchorStart, 12, f.subtitle, colBlack)
+	for i, p := range f.panels {
+		top := plotTop + float64(i)*(panelH+panelGap)
+		f.drawPanel(c, p, top, i == len(f.panels)-1)
+	}
+}
+
+func (f figure) drawPanel(c canvas, p panel, top float64, last bool) {
+	x0, x1 := plotLeft, plotW-plotRight
+	y0, y1 := top+20, top+panelH // plot area, y1 at the bottom
+	lo, hi := math.Inf(1), math.Inf(-1)
+	for _, s := range p.series {
+		for _, q := range s.pts {
+			lo, hi = math.Min(lo, q.y), math.Max(hi, q.y)
+		}
+	}
+	if math.IsInf(lo, 0) {
+		lo, hi = 0, 1
+	}
+	// From zero when that keeps the detail visible; else around the data.
+	if lo >= 0 && lo < (hi-lo)*2 {
+		lo = 0
+	}
+	if hi-lo < 1e-9 {
+		hi = lo + 1
+	}
+	step := niceStep((hi - lo) / 4)
+	lo = math.Floor(lo/step) * step
+	hi = math.Ceil(hi/step) * step
+	if hi == lo {
+		hi = lo + step
+	}
+	xmax := math.Max(f.xmax, 1)
+	sx := func(x float64) float64 { return x0 + x/xmax*(x1-x0) }
+	sy := func(y float64) float64 { return y1 - (y-lo)/(hi-lo)*(y1-y0) }
+
+	c.text(x0, top+10, anchorStart, 13, p.title, colBlack)
+	for y := lo; y <= hi+step/2; y += step {
+		c.polyline([]pt{{x0, sy(y)}, {x1, sy(y)}}, colGrid, 1)
+		c.text(x0-6, sy(y)+4, anchorEnd, 11, tickLabel(y, step), colBlack)
+	}
+	xstep := niceStep(xmax / 8)
+	for x := 0.0; x <= xmax+xstep/2; x += xstep {
+		c.polyline([]pt{{sx(x), y1}, {sx(x), y1 + 4}}, colBlack, 1)
+		c.text(sx(x), y1+17, anchorMiddle, 11, tickLabel(x, xstep), colBlack)
+	}
+	c.polyline([]pt{{x0, y0}, {x0, y1}, {x1, y1}}, colBlack, 1)
+	if last {
+		c.text((x0+x1)/2, y1+38, anchorMiddle, 12, "handoffs performed", colBlack)
+	}
+	lx := x1
+	for i := len(p.series) - 1; i >= 0; i-- {
+		s := p.series[i]
+		pts := make([]pt, len(s.pts))
+		for j, q := range s.pts {
+			pts[j] = pt{sx(q.x), sy(q.y)}
+		}
+		c.polyline(pts, s.c, s.width)
+		// Legend, right-aligned above the panel.
+		c.text(lx, top+10, anchorEnd, 11, s.label, s.c)
+		lx -= float64(len(s.label))*6.5 + 30
+		c.polyline([]pt{{lx + 4, top + 6}, {lx + 22, top + 6}}, s.c, 3)
+		lx -= 24
+	}
+}
+
+// niceStep rounds a step up to 1, 2 or 5 times a power of ten.
+func niceStep(raw float64) float64 {
+	if raw <= 0 {
+		return 1
+	}
+	p := math.Pow(10, math.Floor(math.Log10(raw)))
+	for _, m := range []float64{1, 2, 5, 10} {
+		if raw <= m*p {
+			return m * p
+		}
+	}
+	return 10 * p
+}
+
+func tickLabel(v, step float64) string {
+	if step >= 1 {
+		return fmt.Sprintf("%.0f", v)
+	}
+	digits := int(math.Ceil(-math.Log10(step)))
+	return fmt.Sprintf("%.*f", digits, v)
+}
+
+// restAndMax turns samples into the two lines of a panel: the value at
+// rest after each handoff, and the highest value of any sample from that
+// one until the next rest sample. v < 0 means not read.
+func restAndMax(all, rest []sample, scale float64, v func(sample) float64) (restPts, maxPts []pt) {
+	j := 0
+	for i, r := range rest {
+		if y := v(r); y >= 0 {
+			restPts = append(restPts, pt{float64(i), y / scale})
+		}
+		if i == len(rest)-1 {
+			break
+		}
+		hi := -1.0
+		for ; j < len(all) && all[j].At.Before(rest[i+1].At); j++ {
+			if !all[j].At.Before(r.At) {
+				hi = math.Max(hi, v(all[j]))
+			}
+		}
+		if hi >= 0 {
+			maxPts = append(maxPts, pt{float64(i), hi / scale})
+		}
+	}
+	return restPts, maxPts
+}
+
+func twoLines(all, rest []sample, title string, scale float64, v func(sample) float64) panel {
+	r, m := restAndMax(all, rest, scale, v)
+	return panel{title: title, series: []plotSeries{
+		{label: "max until the next handoff", c: colMax, width: 1, pts: m},
+		{label: "at rest, before the next handoff", c: colRest, width: 1.5, pts: r},
+	}}
+}
+
+// figures builds the supervisor and the daemon figure.
+func figures(rep *report, all, rest []sample) (sup, daemon figure) {
+	n := float64(max(len(rest)-1, 1))
+	sub := fmt.Sprintf("%d handoffs of examples/kvd under load, %s, commit %s, %s; %d failed requests, %d lost writes",
+		rep.Handoffs.Performed, dateOnly(rep.Date), shortCommit(rep.Source.Commit), machineLine(rep.Machine),
+		rep.Load.Failed, rep.Writes.Live.LostN+rep.Writes.Disk.LostN)
+	sup = figure{
+		title:    fmt.Sprintf("handoff-supervisor across %d handoffs: RSS, descriptors, goroutines", rep.Handoffs.Performed),
+		subtitle: sub,
+		xmax:     n,
+		panels: []panel{
+			twoLines(all, rest, "supervisor RSS (MiB, VmRSS)", 1<<20, func(s sample) float64 { return float64(s.SupRSS) }),
+			twoLines(all, rest, "supervisor open descriptors (/proc/PID/fd)", 1, func(s sample) float64 { return float64(s.SupFDs) }),
+			twoLines(all, rest, "supervisor goroutines (go_goroutines)", 1, func(s sample) float64 { return float64(s.Goroutines) }),
+		},
+	}
+	kvdR, kvdM := restAndMax(all, rest, 1, func(s sample) float64 { return float64(s.KVD) })
+	_, zM := restAndMax(all, rest, 1, func(s sample) float64 { return float64(len(s.Zombies)) })
+	daemon = figure{
+		title:    "the serving kvd (a new process after every handoff), and processes",
+		subtitle: sub,
+		xmax:     n,
+		panels: []panel{
+			twoLines(all, rest, "serving daemon RSS (MiB, VmRSS)", 1<<20, func(s sample) float64 { return float64(s.DaemonRSS) }),
+			twoLines(all, rest, "serving daemon open descriptors", 1, func(s sample) float64 { return float64(s.DaemonFDs) }),
+			{title: "kvd processes alive, zombie children of the supervisor", series: []plotSeries{
+				{label: "zombies, max until the next handoff", c: colRed, width: 1.5, pts: zM},
+				{label: "kvd alive, max until the next handoff", c: colMax, width: 1, pts: kvdM},
+				{label: "kvd alive at rest", c: colRest, width: 1.5, pts: kvdR},
+			}},
+		},
+	}
+	return sup, daemon
+}
+
+func dateOnly(rfc3339 string) string {
+	d, _, _ := strings.Cut(rfc3339, "T")
+	return d
+}
+
+func machineLine(m machine) string {
+	return fmt.Sprintf("%d CPUs, Linux %s", m.CPUs, m.Kernel)
+}
+
+// writePlots writes soak-supervisor and soak-daemon as SVG and PNG to dir.
+func writePlots(dir string, rep *report, all, rest []sample) error {
+	if len(rest) < 2 {
+		return fmt.Errorf("fewer than two samples at rest: nothing to plot")
+	}
+	sup, daemon := figures(rep, all, rest)
+	for name, f := range map[string]figure{"soak-supervisor": sup, "soak-daemon": daemon} {
+		if err := os.WriteFile(filepath.Join(dir, name+".svg"), renderSVG(f), 0o644); err != nil {
+			return err
+		}
+		png, err := renderPNG(f)
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(dir, name+".png"), png, 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
+}
