@@ -12,7 +12,8 @@
 // from a commit (git archive), starts the supervisor with a TOML config
 // (loopback listener, trigger socket, journal, metrics on a free port)
 // and performs -handoffs consecutive handoffs through the trigger socket,
-// alternating the binaries, one every -every.
+// alternating the binaries, one every -every (start to start), each at
+// least -min-rest after the previous one ended.
 //
 // The load, bounded in rate, runs from before the first handoff to after
 // the last: fresh-connection clients (one TCP connection per request) and a

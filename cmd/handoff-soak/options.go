@@ -15,6 +15,7 @@ var errFlagsShown = errors.New("bad flags")
 type options struct {
 	handoffs       int
 	every          time.Duration
+	minRest        time.Duration
 	plotDir        string
 	json           bool
 	rev            string
@@ -44,6 +45,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	}
 	fs.IntVar(&o.handoffs, "handoffs", 1000, "consecutive handoffs to perform")
 	fs.DurationVar(&o.every, "every", 500*time.Millisecond, "start a handoff this often (start to start; at once if the previous took longer)")
+	fs.DurationVar(&o.minRest, "min-rest", 200*time.Millisecond, "but start no handoff sooner than this after the previous one ended (the samples at rest are taken then)")
 	fs.StringVar(&o.plotDir, "plot", "", "write soak-supervisor.{svg,png} and soak-daemon.{svg,png} to `DIR`")
 	fs.BoolVar(&o.json, "json", false, "print the report as JSON")
 	fs.StringVar(&o.rev, "rev", "", "build the binaries from this git `revision` (git archive) instead of the working tree")
@@ -71,8 +73,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	switch {
 	case o.handoffs < 1:
 		return o, fmt.Errorf("-handoffs %d: want at least 1", o.handoffs)
-	case o.every < 0:
-		return o, fmt.Errorf("-every %v is negative", o.every)
+	case o.every < 0 || o.minRest < 0:
+		return o, fmt.Errorf("-every %v and -min-rest %v must not be negative", o.every, o.minRest)
 	case o.freshRate < 0 || o.keepAliveRate < 0:
 		return o, errors.New("-fresh-rate and -keepalive-rate must not be negative")
 	case o.freshWorkers < 0 || o.keepAlive < 0:

@@ -6,6 +6,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 )
 
@@ -16,7 +17,7 @@ import (
 
 const (
 	plotW      = 1000.0
-	panelH     = 230.0
+	panelH     = 250.0
 	plotTop    = 70.0
 	plotLeft   = 80.0
 	plotRight  = 30.0
@@ -62,8 +63,9 @@ type plotSeries struct {
 
 // panel is one quantity over handoff number.
 type panel struct {
-	title  string
-	series []plotSeries
+	title   string
+	integer bool // a count: ticks at whole numbers
+	series  []plotSeries
 }
 
 // figure is a titled stack of panels sharing the x axis.
@@ -90,7 +92,7 @@ func (f figure) draw(c canvas) {
 
 func (f figure) drawPanel(c canvas, p panel, top float64, last bool) {
 	x0, x1 := plotLeft, plotW-plotRight
-	y0, y1 := top+20, top+panelH // plot area, y1 at the bottom
+	y0, y1 := top+40, top+panelH // plot area, y1 at the bottom
 	lo, hi := math.Inf(1), math.Inf(-1)
 	for _, s := range p.series {
 		for _, q := range s.pts {
@@ -108,6 +110,9 @@ func (f figure) drawPanel(c canvas, p panel, top float64, last bool) {
 		hi = lo + 1
 	}
 	step := niceStep((hi - lo) / 4)
+	if p.integer {
+		step = math.Max(step, 1)
+	}
 	lo = math.Floor(lo/step) * step
 	hi = math.Ceil(hi/step) * step
 	if hi == lo {
@@ -139,10 +144,10 @@ func (f figure) drawPanel(c canvas, p panel, top float64, last bool) {
 			pts[j] = pt{sx(q.x), sy(q.y)}
 		}
 		c.polyline(pts, s.c, s.width)
-		// Legend, right-aligned above the panel.
-		c.text(lx, top+10, anchorEnd, 11, s.label, s.c)
+		// Legend, right-aligned under the title.
+		c.text(lx, top+28, anchorEnd, 11, s.label, s.c)
 		lx -= float64(len(s.label))*6.5 + 30
-		c.polyline([]pt{{lx + 4, top + 6}, {lx + 22, top + 6}}, s.c, 3)
+		c.polyline([]pt{{lx + 4, top + 24}, {lx + 22, top + 24}}, s.c, 3)
 		lx -= 24
 	}
 }
@@ -173,22 +178,29 @@ func tickLabel(v, step float64) string {
 // rest after each handoff, and the highest value of any sample from that
 // one until the next rest sample. v < 0 means not read.
 func restAndMax(all, rest []sample, scale float64, v func(sample) float64) (restPts, maxPts []pt) {
-	j := 0
 	for i, r := range rest {
 		if y := v(r); y >= 0 {
 			restPts = append(restPts, pt{float64(i), y / scale})
 		}
-		if i == len(rest)-1 {
-			break
+	}
+	if len(rest) < 2 {
+		return restPts, nil
+	}
+	hi := make([]float64, len(rest)-1)
+	for i := range hi {
+		hi[i] = -1
+	}
+	for _, smp := range all {
+		// The interval that holds smp: after rest[i], before rest[i+1].
+		i := sort.Search(len(rest), func(k int) bool { return rest[k].At.After(smp.At) }) - 1
+		if i < 0 || i >= len(hi) {
+			continue
 		}
-		hi := -1.0
-		for ; j < len(all) && all[j].At.Before(rest[i+1].At); j++ {
-			if !all[j].At.Before(r.At) {
-				hi = math.Max(hi, v(all[j]))
-			}
-		}
-		if hi >= 0 {
-			maxPts = append(maxPts, pt{float64(i), hi / scale})
+		hi[i] = math.Max(hi[i], v(smp))
+	}
+	for i, y := range hi {
+		if y >= 0 {
+			maxPts = append(maxPts, pt{float64(i), y / scale})
 		}
 	}
 	return restPts, maxPts
@@ -196,7 +208,7 @@ func restAndMax(all, rest []sample, scale float64, v func(sample) float64) (rest
 
 func twoLines(all, rest []sample, title string, scale float64, v func(sample) float64) panel {
 	r, m := restAndMax(all, rest, scale, v)
-	return panel{title: title, series: []plotSeries{
+	return panel{title: title, integer: scale == 1, series: []plotSeries{
 		{label: "max until the next handoff", c: colMax, width: 1, pts: m},
 		{label: "at rest, before the next handoff", c: colRest, width: 1.5, pts: r},
 	}}
@@ -227,7 +239,7 @@ func figures(rep *report, all, rest []sample) (sup, daemon figure) {
 		panels: []panel{
 			twoLines(all, rest, "serving daemon RSS (MiB, VmRSS)", 1<<20, func(s sample) float64 { return float64(s.DaemonRSS) }),
 			twoLines(all, rest, "serving daemon open descriptors", 1, func(s sample) float64 { return float64(s.DaemonFDs) }),
-			{title: "kvd processes alive, zombie children of the supervisor", series: []plotSeries{
+			{title: "kvd processes alive, zombie children of the supervisor", integer: true, series: []plotSeries{
 				{label: "zombies, max until the next handoff", c: colRed, width: 1.5, pts: zM},
 				{label: "kvd alive, max until the next handoff", c: colMax, width: 1, pts: kvdM},
 				{label: "kvd alive at rest", c: colRest, width: 1.5, pts: kvdR},

@@ -239,8 +239,13 @@ func (s *soak) handoffs(ctx context.Context, smp *sampler, l *loader, rep *repor
 	progressEvery := max(1, o.handoffs/20)
 	start := time.Now()
 	committed, rolledBack := 0, 0
+	var ended time.Time // the previous handoff's reply
 	for i := 1; i <= o.handoffs; i++ {
-		if !sleepUntil(ctx, start.Add(time.Duration(i-1)*o.every)) {
+		next := start.Add(time.Duration(i-1) * o.every)
+		if rest := ended.Add(o.minRest); rest.After(next) {
+			next = rest
+		}
+		if !sleepUntil(ctx, next) {
 			rep.problem("stopped after %d of %d handoffs: %v", i-1, o.handoffs, context.Cause(ctx))
 			break
 		}
@@ -254,7 +259,8 @@ func (s *soak) handoffs(ctx context.Context, smp *sampler, l *loader, rep *repor
 		bin := s.bins.kvd[i%2]
 		rec := handoffRecord{N: i, Binary: bin, Want: buildIDs[i%2], Started: time.Now()}
 		line, err := s.sup.ask(ctx, "handoff "+bin, replyTimeout)
-		rec.Took = time.Since(rec.Started)
+		ended = time.Now()
+		rec.Took = ended.Sub(rec.Started)
 		if err == nil {
 			rec.Reply, err = parseHandoffReply(line)
 		}

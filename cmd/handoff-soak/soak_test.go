@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -20,10 +21,16 @@ func TestSoakShort(t *testing.T) {
 	plots := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	var stdout, stderr bytes.Buffer
-	err := run(ctx, []string{"-handoffs", "5", "-every", "250ms", "-warmup", "500ms",
+	args := []string{"-handoffs", "5", "-every", "250ms", "-warmup", "500ms",
 		"-fresh-rate", "20", "-keepalive", "4", "-keepalive-rate", "5",
-		"-dir", filepath.Join(t.TempDir(), "work"), "-plot", plots, "-json", "-q"}, &stdout, &stderr)
+		"-dir", filepath.Join(t.TempDir(), "work"), "-plot", plots, "-json", "-q"}
+	// The binaries come from the last commit when there is one, so that
+	// edits in progress elsewhere in the tree do not break this test.
+	if exec.Command("git", "rev-parse", "--verify", "HEAD").Run() == nil {
+		args = append(args, "-rev", "HEAD")
+	}
+	var stdout, stderr bytes.Buffer
+	err := run(ctx, args, &stdout, &stderr)
 	t.Logf("stderr:\n%s", stderr.String())
 	var rep report
 	if jerr := json.Unmarshal(stdout.Bytes(), &rep); jerr != nil {
