@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"github.com/handoff-go/handoff"
@@ -26,6 +27,9 @@ type daemon struct {
 	cfg   config
 	log   *slog.Logger
 	store *store.Store
+	// writesFailing is set while writes fail (see noteWrite), so that the
+	// log says when they start and stop failing rather than at each one.
+	writesFailing atomic.Bool
 }
 
 // open makes the warmed-up store writable and puts the HTTP adapter on
@@ -86,6 +90,11 @@ func (d *daemon) Shutdown(ctx context.Context) error {
 	dctx, cancel := context.WithTimeout(ctx, stopDrainGrace)
 	rep, err := d.Drain(dctx)
 	cancel()
+	if errors.Is(err, store.ErrFailed) || errors.Is(err, store.ErrWriteFailed) {
+		// Writes were refused already; every acknowledged one is durable.
+		d.log.Warn("stopping a store that refuses writes; the next start recovers from disk", "reason", err)
+		return errors.Join(d.Server.Shutdown(ctx), d.store.Close())
+	}
 	if err != nil {
 		return errors.Join(fmt.Errorf("drain: %w", err), d.Server.Shutdown(ctx), d.store.Close())
 	}
@@ -146,7 +155,29 @@ func (d *daemon) reopen(context.Context) error {
 	if rc.FullLoad {
 		d.log.Warn("store: the log did not continue from our seal; loaded it in full", "reason", rc.FullLoadReason)
 	}
+	if err := d.store.Check(); err != nil {
+		// A failed store is not reopened (it was never sealed: it holds
+		// every acknowledged write); a log that cannot be opened for
+		// writing is tried again by each write. Reads are served either way.
+		d.log.Error("resumed serving reads; the store refuses writes", "reason", err)
+	}
 	return nil
+}
+
+// noteWrite logs when writes start failing and when they work again.
+func (d *daemon) noteWrite(err error) {
+	failing := errors.Is(err, store.ErrFailed) || errors.Is(err, store.ErrWriteFailed)
+	if err != nil && !failing {
+		return // the request's fault, or a handoff
+	}
+	if d.writesFailing.Swap(failing) == failing {
+		return
+	}
+	if failing {
+		d.log.Error("store: writes fail; reads are still served", "reason", err)
+	} else {
+		d.log.Info("store: writes work again")
+	}
 }
 
 // pause waits for the duration of a test knob, or until ctx ends.

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"strconv"
+	"syscall"
 
 	"github.com/handoff-go/handoff/examples/kvd/store"
 )
@@ -34,6 +35,10 @@ type statsReply struct {
 	Keys     int    `json:"keys"`
 	BuildID  string `json:"build_id"`
 	PID      int    `json:"pid"`
+	// Writable is the store's health check (see /healthz); WriteError
+	// says why not.
+	Writable   bool   `json:"writable"`
+	WriteError string `json:"write_error,omitempty"`
 }
 
 func (d *daemon) put(w http.ResponseWriter, r *http.Request) {
@@ -59,6 +64,7 @@ func (d *daemon) del(w http.ResponseWriter, r *http.Request) {
 }
 
 func (d *daemon) replyWrite(w http.ResponseWriter, key string, rev uint64, err error) {
+	d.noteWrite(err)
 	if err != nil {
 		replyError(w, writeStatus(err), err)
 		return
@@ -69,10 +75,16 @@ func (d *daemon) replyWrite(w http.ResponseWriter, key string, rev uint64, err e
 
 // writeStatus maps a store error to an HTTP status. A sealed or closed
 // store is a handoff or a shutdown in progress: 503, retry (the next
-// process will take the write).
+// process will take the write). A full disk is 507, any other write that
+// failed (a read-only disk) 503: the next write tries again. A failed
+// store (an fsync failed) is 500: it refuses writes until a restart.
 func writeStatus(err error) int {
 	switch {
 	case errors.Is(err, store.ErrSealed), errors.Is(err, store.ErrClosed):
+		return http.StatusServiceUnavailable
+	case errors.Is(err, store.ErrWriteFailed) && (errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT)):
+		return http.StatusInsufficientStorage
+	case errors.Is(err, store.ErrWriteFailed):
 		return http.StatusServiceUnavailable
 	case errors.Is(err, store.ErrInvalidKey):
 		return http.StatusBadRequest
@@ -104,12 +116,17 @@ func (d *daemon) healthz(w http.ResponseWriter, _ *http.Request) {
 }
 
 func (d *daemon) stats(w http.ResponseWriter, _ *http.Request) {
-	replyJSON(w, http.StatusOK, statsReply{
+	r := statsReply{
 		Revision: d.store.Revision(),
 		Keys:     d.store.Len(),
 		BuildID:  d.cfg.buildID,
 		PID:      os.Getpid(),
-	})
+		Writable: true,
+	}
+	if err := d.store.Check(); err != nil {
+		r.Writable, r.WriteError = false, err.Error()
+	}
+	replyJSON(w, http.StatusOK, r)
 }
 
 func replyJSON(w http.ResponseWriter, status int, v any) {

@@ -40,7 +40,30 @@
 // in any role), --slow-prepare DURATION (the warm-up takes this much
 // longer), --slow-drain DURATION, --slow-seal DURATION, --segment-bytes N
 // (start a new log segment past N bytes, so that tests see rotations and
-// compactions with little data).
+// compactions with little data), --fail-fsync-at PHASE (the first fsync
+// of the log in PHASE, drain, seal or commit, fails with EIO, as a failing
+// disk's would: see below).
+//
+// # A disk that fails
+//
+// kvd keeps serving reads whatever the disk does: the store holds every
+// acknowledged write in memory. Writes fail with a reason naming the
+// cause, and /healthz answers 503 with it:
+//
+//   - A full or read-only disk (a write of the log fails, or the log cannot
+//     be opened for writing at start): the write is not applied and what it
+//     appended is cut off the log; PUT and DELETE answer 507 Insufficient
+//     Storage for ENOSPC and EDQUOT, 503 otherwise. Each write tries again,
+//     so writes work again by themselves once the disk takes them, without
+//     a restart. A cold start on such a disk serves reads. A handoff
+//     commits if the disk lets the successor open the log, and aborts in
+//     the drain (the incumbent serving on) if the incumbent's log is not
+//     open for writing.
+//   - A failed fsync: the kernel may have dropped what it could not
+//     write, so the store never retries it and refuses writes (500) until
+//     the process is restarted and recovers from disk (kill it: the
+//     supervisor starts it again). A handoff that meets it, or whose drain
+//     or seal fsync fails, aborts, and the incumbent serves reads on.
 package main
 
 import (
@@ -93,6 +116,7 @@ type config struct {
 	slowDrain       time.Duration
 	slowSeal        time.Duration
 	segmentBytes    int64
+	failFsyncAt     store.SyncPhase
 	dump            bool
 	populate        int
 	valueSize       int
@@ -111,6 +135,14 @@ func parseFlags(args []string) (config, error) {
 	fs.DurationVar(&c.slowDrain, "slow-drain", 0, "test knob: make every drain take this much longer")
 	fs.DurationVar(&c.slowSeal, "slow-seal", 0, "test knob: make every seal take this much longer")
 	fs.Int64Var(&c.segmentBytes, "segment-bytes", 0, "test knob: start a new log segment past this many `bytes` (default 64 MiB)")
+	fs.Func("fail-fsync-at", "test knob: the first fsync of the log in `phase` drain, seal or commit fails with EIO", func(v string) error {
+		switch p := store.SyncPhase(v); p {
+		case store.SyncDrain, store.SyncSeal, store.SyncCommit:
+			c.failFsyncAt = p
+			return nil
+		}
+		return fmt.Errorf("want drain, seal or commit, not %q", v)
+	})
 	fs.BoolVar(&c.dump, "dump", false, "print the stored data as JSON and exit")
 	fs.IntVar(&c.populate, "populate", 0, "fill the data directory with `N` keys, compact, and exit (for benchmarks)")
 	fs.IntVar(&c.valueSize, "value-size", 1024, "with --populate: the size of each value in `bytes`")
@@ -235,12 +267,28 @@ func openStore(cfg config, log *slog.Logger, w *store.Warm) (*store.Store, error
 			return nil, err
 		}
 	}
-	st, err := w.OpenWith(store.Options{SegmentBytes: cfg.segmentBytes})
+	st, err := w.OpenWith(store.Options{SegmentBytes: cfg.segmentBytes, FailSync: failFsyncAt(cfg.failFsyncAt, log)})
 	if err != nil {
 		return nil, fmt.Errorf("open store: %w", err)
 	}
 	logRecovery(log, st)
 	return st, nil
+}
+
+// failFsyncAt is the --fail-fsync-at knob: the first fsync of the log in
+// phase fails with EIO. Nil without the knob.
+func failFsyncAt(phase store.SyncPhase, log *slog.Logger) func(store.SyncPhase) error {
+	if phase == "" {
+		return nil
+	}
+	var fired atomic.Bool
+	return func(p store.SyncPhase) error {
+		if p != phase || !fired.CompareAndSwap(false, true) {
+			return nil
+		}
+		log.Warn("--fail-fsync-at: failing an fsync of the log", "phase", p)
+		return fmt.Errorf("fsync failure injected by --fail-fsync-at %s: %w", p, syscall.EIO)
+	}
 }
 
 func logRecovery(log *slog.Logger, st *store.Store) {
@@ -254,6 +302,9 @@ func logRecovery(log *slog.Logger, st *store.Store) {
 	if rc.TornTailBytes > 0 {
 		log.Warn("store: cut a torn log tail (a write interrupted by a crash, never acknowledged)",
 			"file", rc.TornTailFile, "offset", rc.TornTailAt, "bytes", rc.TornTailBytes)
+	}
+	if rc.WriteErr != nil {
+		log.Error("store: opened without a writable log: serving reads, refusing writes", "reason", rc.WriteErr)
 	}
 }
 

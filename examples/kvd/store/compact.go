@@ -133,10 +133,14 @@ func (s *Store) compactAll(ctx context.Context) error {
 		return err
 	}
 	s.mu.RLock()
-	full := s.size > 0
+	full, writable, wfault := s.size > 0, s.f != nil, s.wfault
 	s.mu.RUnlock()
 	var err error
-	if full {
+	switch {
+	case full && !writable:
+		// The active segment may need cutting before it is closed.
+		err = fmt.Errorf("store: compact: %w: the log is not open for writing: %w", ErrWriteFailed, wfault)
+	case full:
 		err = s.rotate()
 	}
 	s.mu.Lock()

@@ -15,17 +15,37 @@
 //   - Every write has its own revision, one more than the previous one, across
 //     seals, reopens and processes. Revision reports the last durable one;
 //     readers never see a write that is not durable yet.
-//   - A failed write or fsync of the log (or of the directory, when a new
-//     segment starts) fails every write of its batch and of the batches
-//     queued behind it, and the store refuses writes from then on
-//     (ErrFailed). It never retries an fsync: after a failed fsync the
-//     kernel may have dropped the dirty pages, so only a restart that
-//     recovers from disk is safe.
-//   - Seal refuses new writes (ErrSealed), waits for the batch being
-//     committed, cancels a running compaction and waits for it (it stops
-//     at its next chunk, about 256 KiB, and removes its temporary file), and
-//     closes the log. It writes nothing: every acknowledged write is
-//     fsync'd already. Its cost does not depend on the data.
+//   - A failed fsync of the log (or of the directory, when a new segment
+//     starts) fails every write of its batch and of the batches queued
+//     behind it, and the store refuses writes from then on (ErrFailed). It
+//     never retries an fsync: after a failed fsync the kernel may have
+//     dropped the dirty pages, so only a restart that recovers from disk is
+//     safe. Reads go on: every acknowledged write is in memory.
+//   - A failed write of the log that is not an fsync's (a full or
+//     read-only disk) fails its batch and those queued behind it
+//     (ErrWriteFailed) and cuts off, and fsyncs, whatever the write
+//     appended, so that nothing of a write its caller was told failed
+//     comes back; their revisions are handed out again. The store stays
+//     open: each write tries again, and writes work as soon as the disk
+//     takes them. Check answers the cause until a write succeeds.
+//   - Opening never needs the disk to take a write: if the log cannot be
+//     opened for writing (the first segment created, a torn tail cut) the
+//     store opens with every durable write, serves reads, refuses writes
+//     with ErrWriteFailed (Recovery.WriteErr says why), and its first write
+//     that finds the disk writable does what was left, then writes.
+//   - Sync, which a handoff's drain calls, waits for the batch in flight
+//     and fsyncs the active segment; Seal refuses new writes (ErrSealed),
+//     waits for the batch being committed, cancels a running compaction
+//     and waits for it (it stops at its next chunk, about 256 KiB, and
+//     removes its temporary file), fsyncs the active segment and closes it.
+//     Neither writes anything: every acknowledged write is fsync'd
+//     already, so their fsyncs cost next to nothing and do not depend on
+//     the data, and one that fails fails the store as above. A store whose
+//     log is not open for writing is neither synced nor sealed
+//     (ErrWriteFailed), so a handoff aborts before anything stops.
+//   - Reopen of a failed store does nothing and returns nil: a failed
+//     store was never sealed, so nobody else wrote; it serves reads and
+//     refuses writes on.
 //   - Prepare only reads, without the data-directory lock, while another
 //     process may be writing and compacting the directory. Warm.Open and
 //     Reopen (the lock held, the writer sealed) apply what follows the

@@ -14,9 +14,20 @@ var (
 	// ErrClosed: the store was closed.
 	ErrClosed = errors.New("store: closed")
 
-	// ErrFailed: writing or fsyncing the log failed. The store refuses
-	// writes for good; restart the process to recover from disk.
+	// ErrFailed: an fsync of the log (or of the directory, when a segment
+	// starts) failed. After a failed fsync the kernel may have dropped the
+	// pages it could not write, so the store never retries it: it refuses
+	// writes for good and serves reads (every acknowledged write is in
+	// memory); restart the process to recover from disk.
 	ErrFailed = errors.New("store: failed")
+
+	// ErrWriteFailed: writing the log failed without an fsync failing (a
+	// full or read-only disk), or the log could not be opened for writing.
+	// The write, and those batched with it, were not applied, and what the
+	// failed write appended to the log is cut off before anything else is
+	// written. The store stays open and serves reads; the next write tries
+	// again, so writes work again as soon as the disk takes them.
+	ErrWriteFailed = errors.New("store: write failed")
 
 	// ErrCorrupt: a file in the data directory is damaged somewhere other
 	// than a torn log tail. The error is a *CorruptError.

@@ -458,13 +458,12 @@ func (w *Warm) open(opts options) (*Store, error) {
 		return nil, err
 	}
 	s.data = l.data
-	if err := s.becomeWriterLocked(l, &rc); err != nil {
-		s.reapers.Wait()
-		return nil, err
-	}
+	s.becomeWriterLocked(l, &rc)
 	rc.CatchUpDuration = time.Since(start)
 	s.recovery = rc
-	s.startCompactorLocked()
+	if s.state == stateOpen {
+		s.startCompactorLocked()
+	}
 	return s, nil
 }
 

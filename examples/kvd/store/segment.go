@@ -76,12 +76,12 @@ func segmentPath(dir string, seq uint64) string {
 	return filepath.Join(dir, segmentName(seq))
 }
 
-// createSegment creates segment seq for appending. It fails if the file
-// exists: a segment is created once.
-func createSegment(dir string, seq uint64) (*os.File, error) {
-	f, err := os.OpenFile(segmentPath(dir, seq), os.O_RDWR|os.O_CREATE|os.O_EXCL|os.O_APPEND, 0o600)
+// createSegment creates segment seq for appending, opening it with
+// openFile. It fails if the file exists: a segment is created once.
+func createSegment(openFile func(string, int, os.FileMode) (*os.File, error), dir string, seq uint64) (*os.File, error) {
+	f, err := openFile(segmentPath(dir, seq), os.O_RDWR|os.O_CREATE|os.O_EXCL|os.O_APPEND, 0o600)
 	if err != nil {
-		return nil, fmt.Errorf("store: create log segment: %w", err)
+		return nil, fmt.Errorf("store: create log segment %s: %w", segmentName(seq), err)
 	}
 	return f, nil
 }

@@ -40,10 +40,13 @@ const (
 type options struct {
 	syncFile        func(*os.File) error // fsync of log segments and snapshots
 	syncDir         func(dir string) error
-	maxBatchRecords int    // 0: no limit (group commit); 1: one fsync per write
-	segmentBytes    int64  // rotate once the active segment holds this much
-	noAutoCompact   bool   // compact only when Compact is called
-	onEnqueue       func() // called after a write joined a batch
+	failSync        func(SyncPhase) error                                           // Options.FailSync
+	writeFile       func(*os.File, []byte) (int, error)                             // appends a batch to the log
+	openFile        func(name string, flag int, perm os.FileMode) (*os.File, error) // opens the log for writing
+	maxBatchRecords int                                                             // 0: no limit (group commit); 1: one fsync per write
+	segmentBytes    int64                                                           // rotate once the active segment holds this much
+	noAutoCompact   bool                                                            // compact only when Compact is called
+	onEnqueue       func()                                                          // called after a write joined a batch
 	// compactChunk is called between chunks of a compaction with its
 	// context (a test blocks there until the compaction is cancelled).
 	compactChunk func(context.Context)
@@ -52,7 +55,7 @@ type options struct {
 }
 
 func defaultOptions() options {
-	return options{syncFile: (*os.File).Sync, syncDir: syncDir, segmentBytes: DefaultSegmentBytes}
+	return options{syncFile: (*os.File).Sync, syncDir: syncDir, writeFile: (*os.File).Write, openFile: os.OpenFile, segmentBytes: DefaultSegmentBytes}
 }
 
 // Options tune a Store. The zero value is the default.
@@ -61,6 +64,13 @@ type Options struct {
 	// segment (DefaultSegmentBytes when 0). The compactor merges closed
 	// segments into the snapshot.
 	SegmentBytes int64
+
+	// FailSync is for fault-injection tests (kvd's --fail-fsync-at); leave
+	// it nil. If set, it is asked before every fsync of a log segment
+	// with the fsync's phase, and an error it returns is taken as that
+	// fsync's failure (the fsync is not done): the store fails as after a
+	// real one.
+	FailSync func(SyncPhase) error
 }
 
 func (o Options) apply(opts options) (options, error) {
@@ -69,6 +79,9 @@ func (o Options) apply(opts options) (options, error) {
 	}
 	if o.SegmentBytes > 0 {
 		opts.segmentBytes = o.SegmentBytes
+	}
+	if o.FailSync != nil {
+		opts.failSync = o.FailSync
 	}
 	return opts, nil
 }
@@ -97,10 +110,18 @@ type Recovery struct {
 	FullLoadReason string
 
 	// TornTailFile is the segment whose torn tail was cut off at offset
-	// TornTailAt, TornTailBytes bytes; all empty when the log was intact.
+	// TornTailAt, TornTailBytes bytes; all empty when the log was intact
+	// (or when cutting it failed: see WriteErr).
 	TornTailFile  string
 	TornTailAt    int64
 	TornTailBytes int64
+
+	// WriteErr is why the log could not be opened for writing (a full or
+	// read-only disk): the store opened with every durable write, serves
+	// reads, and refuses writes with this reason; each write tries again.
+	// If it matches ErrFailed an fsync failed and writes are refused for
+	// good. Nil when the store opened writable.
+	WriteErr error
 }
 
 // Store is a durable in-memory key-value map. All methods are safe for
@@ -113,14 +134,20 @@ type Store struct {
 	// other; it is taken before mu.
 	life sync.Mutex
 
-	mu         sync.RWMutex
-	progress   *sync.Cond // broadcast after every commit and hand-over of the write turn
-	state      state
-	refuse     error    // why writes are refused; nil while open
-	f          *os.File // the active segment, appended to; nil unless open
-	seq        uint64   // the active segment's sequence number
-	size       int64    // bytes of the active segment that are durable
-	lastCRC    uint32   // checksum of the active segment's last record; 0 if it has none
+	mu       sync.RWMutex
+	progress *sync.Cond // broadcast after every commit and hand-over of the write turn
+	state    state
+	refuse   error    // why writes are refused; nil while open
+	f        *os.File // the active segment, appended to; nil unless open and writable
+	// wfault is why writing the log does not work at the moment: the last
+	// write failed, or the writer could not be opened (then f is nil and
+	// plan says what is left to do). Unlike refuse it is not for good: the
+	// next batch tries again, and a batch that commits clears it.
+	wfault     error
+	plan       writerPlan
+	seq        uint64 // the active segment's sequence number
+	size       int64  // bytes of the active segment that are durable
+	lastCRC    uint32 // checksum of the active segment's last record; 0 if it has none
 	segs       []segment
 	snapRev    uint64 // revision of the newest snapshot this process verified or wrote
 	snapBytes  int64  // its size, if this process wrote it (compaction policy)
@@ -179,61 +206,46 @@ func open(dir string, opts options) (*Store, error) {
 
 // becomeWriterLocked makes s the writer of the state l loaded: it appends
 // to the last segment (cut to its last good record) or creates the first.
-// l is consumed. Called with s.mu held or before s is shared.
-func (s *Store) becomeWriterLocked(l *loader, rc *Recovery) (err error) {
+// l is consumed. The state is s's whatever happens to the files: if the
+// log cannot be opened for writing (a full or read-only disk) the store
+// serves reads and each write tries again (rc.WriteErr says why), and if an
+// fsync fails it refuses writes for good. Called with s.mu held or before
+// s is shared.
+func (s *Store) becomeWriterLocked(l *loader, rc *Recovery) {
 	defer l.close()
-	var f *os.File
-	defer func() {
-		if err != nil && f != nil {
-			f.Close()
-		}
-	}()
-	seq, size := l.pos.seq, l.pos.off
+	seq, size, lastCRC := l.pos.seq, l.pos.off, l.pos.lastCRC
+	closed := l.closed
+	var p writerPlan
 	if l.pos.f == nil {
-		// No log yet: create the first segment and make its name durable.
-		if f, err = createSegment(s.dir, 0); err != nil {
-			return err
-		}
-		if err = s.opts.syncDir(s.dir); err != nil {
-			return err
-		}
-		seq, size = 0, 0
+		// No log yet: create the first segment.
+		seq, size, p.create = 0, 0, true
 	} else {
-		path := segmentPath(s.dir, seq)
-		if f, err = os.OpenFile(path, os.O_RDWR|os.O_APPEND, 0); err != nil {
-			return fmt.Errorf("store: open log segment for writing: %w", err)
-		}
 		if l.torn.bytes > 0 {
-			if err = f.Truncate(size); err != nil {
-				return fmt.Errorf("store: cut %s at offset %d: %w", path, size, err)
-			}
-			if err = s.opts.syncFile(f); err != nil {
-				return fmt.Errorf("store: fsync %s after cutting it: %w", path, err)
-			}
-			rc.TornTailFile, rc.TornTailAt, rc.TornTailBytes = l.torn.path, l.torn.at, l.torn.bytes
+			p.cut, p.cutSeq, p.cutAt = true, seq, size
 		}
 		if l.pos.lastRev != 0 && l.pos.lastRev < l.snapRev {
 			// The segment ends below the snapshot (records the snapshot
 			// holds, their damaged rest cut off): the next revision would
 			// not follow its last one, so the writer starts a new segment.
-			l.closed = append(l.closed, segment{seq: seq, lastRev: l.pos.lastRev, size: size})
-			nf, err := createSegment(s.dir, seq+1)
-			if err != nil {
-				return err
-			}
-			f.Close()
-			f = nf
-			if err = s.opts.syncDir(s.dir); err != nil {
-				return err
-			}
-			seq, size, l.pos.lastCRC = seq+1, 0, 0
+			closed = append(closed, segment{seq: seq, lastRev: l.pos.lastRev, size: size})
+			seq, size, lastCRC, p.create = seq+1, 0, 0, true
 		}
 	}
-	s.f, s.seq, s.size, s.lastCRC = f, seq, size, l.pos.lastCRC
-	s.segs, s.snapRev, s.snapBytes = l.closed, l.snapRev, l.snapBytes
+	s.f, s.seq, s.size, s.lastCRC = nil, seq, size, lastCRC
+	s.segs, s.snapRev, s.snapBytes = closed, l.snapRev, l.snapBytes
 	s.rev, s.next = l.rev, l.rev
 	s.state, s.refuse = stateOpen, nil
-	return nil
+	f, rest, fault := s.openWriter(seq, p)
+	s.setWriterLocked(f, rest, fault)
+	if p.cut && !rest.cut {
+		rc.TornTailFile, rc.TornTailAt, rc.TornTailBytes = l.torn.path, l.torn.at, l.torn.bytes
+	}
+	switch {
+	case s.state == stateFailed:
+		rc.WriteErr = s.refuse
+	case s.wfault != nil:
+		rc.WriteErr = s.wfault
+	}
 }
 
 // unlink removes the name path now and frees its blocks later. Freeing a
@@ -339,26 +351,63 @@ func (s *Store) fits(b *batch, r record) bool {
 // commitHead writes and fsyncs the batch at the head of the queue, starts
 // a new segment if the active one is full, then hands the turn to the
 // next batch's first writer. Only the writer whose batch's lead channel
-// was closed calls it.
+// was closed calls it. A writer that is not open (a full or read-only disk
+// at open, or after a failed write) is opened first.
 func (s *Store) commitHead() {
 	s.mu.Lock()
 	b := s.queue[0]
 	s.queue[0] = nil
 	s.queue = s.queue[1:]
-	f := s.f
+	f, seq, size, plan := s.f, s.seq, s.size, s.plan
 	s.mu.Unlock()
 
-	_, err := f.Write(b.buf)
-	if err == nil {
-		err = s.opts.syncFile(f)
+	var fault *writerFault
+	if f == nil {
+		var rest writerPlan
+		f, rest, fault = s.openWriter(seq, plan)
+		s.mu.Lock()
+		s.setWriterLocked(f, rest, fault)
+		s.mu.Unlock()
+	}
+	var werr, serr error // a failed write, a failed fsync
+	if fault == nil {
+		if _, err := s.opts.writeFile(f, b.buf); err != nil {
+			werr = fmt.Errorf("writing the log: %w", err)
+			// The write may have appended part of the batch: cut it off,
+			// or have the next writer do it before appending.
+			if cf := s.cutFile(f, seq, size); cf != nil {
+				if cf.fatal {
+					serr = cf.err
+				} else {
+					werr = errors.Join(werr, cf.err)
+					f.Close()
+					s.mu.Lock()
+					s.f, s.plan = nil, writerPlan{cut: true, cutSeq: seq, cutAt: size}
+					s.mu.Unlock()
+				}
+			}
+		} else if err := s.syncLog(f, SyncCommit); err != nil {
+			serr = fmt.Errorf("writing the log: %w", err)
+		}
+	} else if fault.fatal {
+		serr = fault.err
+	} else {
+		werr = fault.err
 	}
 
 	s.mu.Lock()
 	s.fsyncs++
-	if err != nil {
+	switch {
+	case serr != nil:
 		// Never retry: the kernel may have dropped the pages it failed to
 		// write. Fail this batch and every batch queued behind it.
-		b.err = s.failQueueLocked(fmt.Errorf("writing the log: %w", err))
+		b.err = s.failQueueLocked(serr)
+	case werr != nil:
+		// Nothing was fsync'd or applied: the disk is full or read-only.
+		// The store stays open and the next batch tries again.
+		s.writeFailedLocked(b, werr)
+	}
+	if serr != nil || werr != nil {
 		close(b.done)
 		s.handTurnLocked()
 		s.mu.Unlock()
@@ -370,6 +419,7 @@ func (s *Store) commitHead() {
 	s.size += int64(len(b.buf))
 	s.lastCRC = b.lastCRC
 	s.rev = b.recs[len(b.recs)-1].rev
+	s.wfault = nil
 	close(b.done)
 	full := s.size >= s.opts.segmentBytes
 	s.mu.Unlock()
@@ -417,7 +467,7 @@ func (s *Store) rotate() error {
 	s.mu.RLock()
 	seq, old, size, rev := s.seq, s.f, s.size, s.rev
 	s.mu.RUnlock()
-	nf, err := createSegment(s.dir, seq+1)
+	nf, err := createSegment(s.opts.openFile, s.dir, seq+1)
 	if err != nil {
 		s.mu.Lock()
 		s.rotateErr = err
@@ -525,16 +575,46 @@ func (s *Store) Fingerprint() string {
 	return fmt.Sprintf("r%d-%s@%d-%08x", s.rev, segmentName(s.seq), s.size, s.lastCRC)
 }
 
-// Sync waits until every write accepted so far is durable, and returns the
-// reason the store refuses writes if it failed. Writes are durable when Put
-// and Delete return, so Sync only waits for the batch in flight.
+// Sync waits until every write accepted so far is durable (or failed)
+// and fsyncs the active log segment: a handoff's drain calls it. Writes
+// are durable when Put and Delete return, so it only waits for the batch
+// in flight, and the fsync finds nothing to write unless the disk lost
+// it. It returns the reason the store refuses writes if it failed (and
+// fails it if the fsync fails), and an error matching ErrWriteFailed if
+// the log is not open for writing. On a sealed or closed store it does
+// nothing.
 func (s *Store) Sync() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for target := s.next; s.rev < target && s.state != stateFailed; {
+	// A failed batch hands its revisions out again (s.next goes back):
+	// then what was accepted is done too.
+	for target := s.next; s.rev < target && s.next >= target && s.state != stateFailed; {
 		s.progress.Wait()
 	}
-	if s.state == stateFailed {
+	for s.committing && s.state == stateOpen {
+		s.progress.Wait()
+	}
+	switch s.state {
+	case stateFailed:
+		return s.refuse
+	case stateOpen:
+	default:
+		return nil
+	}
+	if s.f == nil {
+		return fmt.Errorf("store: sync: %w: the log is not open for writing: %w", ErrWriteFailed, s.wfault)
+	}
+	// Take the write turn: no batch is written meanwhile.
+	s.committing = true
+	f := s.f
+	s.mu.Unlock()
+	err := s.syncLog(f, SyncDrain)
+	s.mu.Lock()
+	if err != nil {
+		s.failQueueLocked(fmt.Errorf("fsync of the log in a drain: %w", err))
+	}
+	s.handTurnLocked()
+	if err != nil {
 		return s.refuse
 	}
 	return nil
@@ -542,13 +622,21 @@ func (s *Store) Sync() error {
 
 // Check is a health check: it returns nil if the store is open, takes
 // writes, and its active log segment on disk is the file it writes, of the
-// size it wrote (nobody else truncated, replaced or appended to it).
+// size it wrote (nobody else truncated, replaced or appended to it). A
+// store whose last write failed (a full or read-only disk) answers an
+// error matching ErrWriteFailed until a write succeeds again.
 func (s *Store) Check() error {
 	s.mu.RLock()
-	st, refuse, f, seq, size, busy := s.state, s.refuse, s.f, s.seq, s.size, s.committing
+	st, refuse, f, seq, size, busy, wfault := s.state, s.refuse, s.f, s.seq, s.size, s.committing, s.wfault
 	s.mu.RUnlock()
 	if st != stateOpen {
 		return refuse
+	}
+	switch {
+	case f == nil:
+		return fmt.Errorf("store: check: %w: the log is not open for writing: %w", ErrWriteFailed, wfault)
+	case wfault != nil:
+		return fmt.Errorf("store: check: %w: the last write failed: %w", ErrWriteFailed, wfault)
 	}
 	fi, err := f.Stat()
 	if err != nil {
@@ -573,12 +661,15 @@ func (s *Store) Check() error {
 // Seal makes the store read-only for a handoff, in a time that does not
 // depend on the data: new writes fail with ErrSealed, the batch in flight
 // is committed (every acknowledged write is fsync'd already), a running
-// compaction is cancelled and waited for, and the log file is closed.
+// compaction is cancelled and waited for, and the log file is fsync'd
+// (nothing is left to write, so that costs next to nothing) and closed.
 // Revision and Fingerprint then describe the sealed state; reads go on.
 // Seal on a sealed store does nothing.
 //
-// If Seal fails the store is open again, unless the last batch failed
-// (ErrFailed).
+// If Seal fails the store is open again, unless the last batch or Seal's
+// fsync failed (ErrFailed). A store whose log is not open for writing (a
+// full or read-only disk at open, or a failed write that could not be cut
+// off) is not sealed: the error matches ErrWriteFailed.
 func (s *Store) Seal() error {
 	s.life.Lock()
 	defer s.life.Unlock()
@@ -599,6 +690,12 @@ func (s *Store) Seal() error {
 		s.mu.Unlock()
 		return err
 	}
+	if s.f == nil {
+		s.state, s.refuse = stateOpen, nil
+		err := fmt.Errorf("store: seal: %w: the log is not open for writing: %w", ErrWriteFailed, s.wfault)
+		s.mu.Unlock()
+		return err
+	}
 	// Reopen continues from here; the open file reads this segment even
 	// if a successor's compaction deletes it.
 	rf, err := os.Open(segmentPath(s.dir, s.seq))
@@ -613,8 +710,14 @@ func (s *Store) Seal() error {
 
 	c.stop()
 
+	// Nobody writes meanwhile: the store is sealing.
+	serr := s.syncLog(s.f, SyncSeal)
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if serr != nil {
+		rf.Close()
+		return s.failLocked(fmt.Errorf("store: seal: fsync of the log: %w", serr))
+	}
 	s.sealedAt = &position{seq: s.seq, f: rf, off: s.size, lastRev: s.rev, lastCRC: s.lastCRC}
 	if s.size == 0 {
 		s.sealedAt.lastRev = 0
@@ -664,8 +767,15 @@ func (s *Store) Sealed() bool {
 // broken by the successor's compactions means a full load). Hold the
 // data-directory lock. On an open store it does nothing, so it is
 // idempotent; if it fails the store stays sealed, and the next Reopen
-// loads the directory in full. A failed store cannot be reopened (restart
-// the process to recover from disk), nor can a closed one.
+// loads the directory in full. If the log cannot be opened for writing
+// the store is open all the same, serving reads, and Check says why writes
+// fail (see Recovery.WriteErr).
+//
+// A failed store (ErrFailed) is not reopened: it was never sealed, so
+// nobody else wrote and it holds every acknowledged write; Reopen returns
+// nil and it goes on serving reads and refusing writes, for good (only a
+// restart, which recovers from disk, lets it write again: an fsync is
+// never retried). A closed store cannot be reopened.
 func (s *Store) Reopen() error {
 	s.life.Lock()
 	defer s.life.Unlock()
@@ -676,7 +786,7 @@ func (s *Store) Reopen() error {
 		return nil
 	case stateSealed:
 	case stateFailed:
-		return fmt.Errorf("store: cannot reopen: %w", s.refuse)
+		return nil
 	default:
 		return ErrClosed
 	}
@@ -701,9 +811,7 @@ func (s *Store) Reopen() error {
 		}
 	}
 	fresh, pending := l.data, l.pending
-	if err := s.becomeWriterLocked(l, &rc); err != nil {
-		return err // still sealed; the next Reopen loads in full
-	}
+	s.becomeWriterLocked(l, &rc)
 	if fresh != nil {
 		s.data = fresh
 	} else {
@@ -714,7 +822,9 @@ func (s *Store) Reopen() error {
 	s.closeSealedLocked()
 	rc.CatchUpDuration = time.Since(start)
 	s.recovery = rc
-	s.startCompactorLocked()
+	if s.state == stateOpen {
+		s.startCompactorLocked()
+	}
 	return nil
 }
 

@@ -598,9 +598,22 @@ func TestFsyncFailureFailsBatch(t *testing.T) {
 			if _, err := s.Put("later", []byte("x")); !errors.Is(err, ErrFailed) {
 				t.Errorf("Put on a failed store = %v, want ErrFailed", err)
 			}
-			for name, err := range map[string]error{"Sync": s.Sync(), "Seal": s.Seal(), "Reopen": s.Reopen(), "Check": s.Check()} {
+			for name, err := range map[string]error{"Sync": s.Sync(), "Seal": s.Seal(), "Check": s.Check()} {
 				if !errors.Is(err, ErrFailed) {
 					t.Errorf("%s on a failed store = %v, want ErrFailed", name, err)
+				}
+			}
+			// An aborted handoff resumes a failed store as it was:
+			// serving reads, refusing writes.
+			if err := s.Reopen(); err != nil {
+				t.Errorf("Reopen on a failed store = %v, want nil (it stays failed)", err)
+			}
+			if _, err := s.Put("after-reopen", []byte("x")); !errors.Is(err, ErrFailed) {
+				t.Errorf("Put after Reopen on a failed store = %v, want ErrFailed", err)
+			}
+			for _, k := range acked {
+				if _, ok := s.Get(k); !ok {
+					t.Errorf("acknowledged %q not served by the failed store", k)
 				}
 			}
 			if calls != callsAfter {
