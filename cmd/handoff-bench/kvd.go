@@ -317,7 +317,7 @@ func (b *kvdBench) runHandoffs(ctx context.Context, work, data string, n int) (k
 		return mr, errors.Join(err, serr)
 	}
 	probes, writes, okAt, acked := ld.snapshot()
-	mr.setLoad(probes, writes, pauses(okAt, windows), pauses(okAt, idle), len(acked))
+	mr.setLoad(probes, writes, windows, pauses(okAt, windows), pauses(okAt, idle), len(acked))
 	// Where each accept gap lay, by the supervisor's phase timings (its
 	// clock starts a request's round trip after t0: a fraction of a
 	// millisecond).
@@ -382,7 +382,7 @@ func (b *kvdBench) runRestarts(ctx context.Context, data string, n int) (kvdMode
 		return mr, err
 	}
 	probes, writes, okAt, acked := ld.snapshot()
-	mr.setLoad(probes, writes, pauses(okAt, windows), pauses(okAt, idle), len(acked))
+	mr.setLoad(probes, writes, windows, pauses(okAt, windows), pauses(okAt, idle), len(acked))
 	mr.setRestarts(took)
 	if mr.LostLive, err = checkLive(ctx, addr, acked); err != nil {
 		return mr, err

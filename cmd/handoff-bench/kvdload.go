@@ -35,15 +35,20 @@ type reqCounts struct {
 	Failures map[string]int64 `json:"failures"` // by kind
 	// Examples are the first few failures, as the client saw them.
 	Examples []string `json:"examples,omitempty"`
+	// FailedInOps: the failed ones that were in flight during a handoff
+	// or a restart; the others failed in the rests between them.
+	FailedInOps int64 `json:"failed_in_ops"`
 	// Skipped: probe ticks that found maxProbesInFlight probes waiting.
 	Skipped    int64         `json:"skipped,omitempty"`
 	MaxLatency time.Duration `json:"max_latency_ns"` // of the successful ones
+
+	failedAt [][2]time.Time // start and end of each failed request
 }
 
-func (c *reqCounts) record(lat time.Duration, kind string, err error) {
+func (c *reqCounts) record(start, end time.Time, kind string, err error) {
 	if err == nil {
 		c.OK++
-		c.MaxLatency = max(c.MaxLatency, lat)
+		c.MaxLatency = max(c.MaxLatency, end.Sub(start))
 		return
 	}
 	if c.Failures == nil {
@@ -53,6 +58,23 @@ func (c *reqCounts) record(lat time.Duration, kind string, err error) {
 	c.Failures[kind]++
 	if len(c.Examples) < 5 {
 		c.Examples = append(c.Examples, err.Error())
+	}
+	if len(c.failedAt) < maxRecorded {
+		c.failedAt = append(c.failedAt, [2]time.Time{start, end})
+	}
+}
+
+// countInOps sets FailedInOps: the failures in flight during one of the
+// windows.
+func (c *reqCounts) countInOps(windows [][2]time.Time) {
+	c.FailedInOps = 0
+	for _, f := range c.failedAt {
+		for _, w := range windows {
+			if f[0].Before(w[1]) && f[1].After(w[0]) {
+				c.FailedInOps++
+				break
+			}
+		}
 	}
 }
 
@@ -132,7 +154,7 @@ func (l *kvdLoad) probe(ctx context.Context) {
 			end := time.Now()
 			l.mu.Lock()
 			defer l.mu.Unlock()
-			l.probes.record(end.Sub(start), kind, err)
+			l.probes.record(start, end, kind, err)
 			if err == nil {
 				l.okAt = append(l.okAt, end)
 			}
@@ -154,7 +176,7 @@ func (l *kvdLoad) write(ctx context.Context) {
 		start := time.Now()
 		_, kind, err := kvdRequest(l.addr, "PUT /kv/"+key, []byte(value))
 		l.mu.Lock()
-		l.writes.record(time.Since(start), kind, err)
+		l.writes.record(start, time.Now(), kind, err)
 		if err == nil {
 			l.acked[key] = value
 		}
@@ -173,7 +195,9 @@ func (l *kvdLoad) snapshot() (probes, writes reqCounts, okAt []time.Time, acked 
 	for k, v := range l.acked {
 		acked[k] = v
 	}
-	return l.probes, l.writes, okAt, acked
+	probes, writes = l.probes, l.writes
+	probes.failedAt, writes.failedAt = slices.Clone(probes.failedAt), slices.Clone(writes.failedAt)
+	return probes, writes, okAt, acked
 }
 
 // kvdRequest sends one HTTP/1.1 request ("METHOD /path") with body on a

@@ -153,7 +153,10 @@ func (m *kvdModeResult) setRestarts(took []time.Duration) {
 	}
 }
 
-func (m *kvdModeResult) setLoad(probes, writes reqCounts, around, idle []pause, acked int) {
+// setLoad sets what the load saw; windows are the handoffs or restarts.
+func (m *kvdModeResult) setLoad(probes, writes reqCounts, windows [][2]time.Time, around, idle []pause, acked int) {
+	probes.countInOps(windows)
+	writes.countInOps(windows)
 	m.Probes, m.Writes, m.Acked, m.pauses = probes, writes, acked, around
 	lens := func(ps []pause) []time.Duration {
 		var ds []time.Duration
@@ -296,8 +299,9 @@ func (r *kvdResult) print(w io.Writer) {
 		span{12, 13, "stop-then-start"},
 		span{15, 17, "ratios of medians"})
 
-	fmt.Fprintf(w, "\nrequests and writes (failed: refused, reset, timed out or not 200; lost: acknowledged, then missing live or on disk)\n")
-	cells = [][]string{{"keys", "mode", "done", "probes ok", "failed", "skipped", "PUTs acked", "failed", "lost live", "lost disk", "populated bad", "cold start"}}
+	fmt.Fprintf(w, "\nrequests and writes (failed: refused, reset, timed out or not 200; in ops: of them, in flight during a handoff or restart;\n")
+	fmt.Fprintf(w, "lost: acknowledged, then missing live or on disk; cold start: the first start until kvd serves)\n")
+	cells = [][]string{{"keys", "mode", "done", "probes ok", "failed", "in ops", "skipped", "PUTs acked", "failed", "in ops", "lost live", "lost disk", "populated bad", "cold start"}}
 	for _, s := range r.Sizes {
 		for _, m := range []struct {
 			name string
@@ -305,8 +309,8 @@ func (r *kvdResult) print(w io.Writer) {
 		}{{"handoff", s.Handoff}, {"restart", s.Restart}} {
 			cells = append(cells, []string{
 				keysLabel(s.Keys), m.name, fmt.Sprintf("%d/%d", m.r.Done, m.r.Attempts),
-				fmt.Sprint(m.r.Probes.OK), fmt.Sprint(m.r.Probes.Failed), fmt.Sprint(m.r.Probes.Skipped),
-				fmt.Sprint(m.r.Acked), fmt.Sprint(m.r.Writes.Failed),
+				fmt.Sprint(m.r.Probes.OK), fmt.Sprint(m.r.Probes.Failed), fmt.Sprint(m.r.Probes.FailedInOps), fmt.Sprint(m.r.Probes.Skipped),
+				fmt.Sprint(m.r.Acked), fmt.Sprint(m.r.Writes.Failed), fmt.Sprint(m.r.Writes.FailedInOps),
 				fmt.Sprint(len(m.r.LostLive)), fmt.Sprint(len(m.r.Disk.Lost)), fmt.Sprint(m.r.Disk.PopulatedBad),
 				msShort(m.r.ColdStart),
 			})
