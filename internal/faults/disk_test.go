@@ -1,11 +1,18 @@
 package faults
 
 import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/handoff-go/handoff/internal/testutil"
 )
@@ -106,4 +113,193 @@ func TestDataDirFull(t *testing.T) {
 	c.putOK(5)
 	c.stop()
 	c.checkDump(data)
+}
+
+// journal is what these tests read of the supervisor's journal.
+type journal struct {
+	Phase        string `json:"phase"`
+	IncumbentPID int    `json:"incumbent_pid"`
+	SuccessorPID int    `json:"successor_pid"`
+}
+
+func readJournal(t *testing.T, path string) (journal, []byte) {
+	t.Helper()
+	raw, err := os.ReadFile(path)
+	testutil.Must(t, err)
+	var j journal
+	if err := json.Unmarshal(raw, &j); err != nil {
+		t.Fatalf("the journal %s does not decode (half-written?): %v\n%s", path, err, raw)
+	}
+	return j, raw
+}
+
+// checkOnly checks that dir holds exactly names: no temporary file left.
+func checkOnly(t *testing.T, dir string, names ...string) {
+	t.Helper()
+	ents, err := os.ReadDir(dir)
+	testutil.Must(t, err)
+	var got []string
+	for _, e := range ents {
+		got = append(got, e.Name())
+	}
+	slices.Sort(got)
+	slices.Sort(names)
+	if !slices.Equal(got, names) {
+		t.Fatalf("%s holds %q, want %q", dir, got, names)
+	}
+}
+
+// TestJournalDirFull: the supervisor's journal on a full filesystem. The
+// supervisor keeps serving; a handoff whose journal record cannot be
+// written aborts (the record names the successor, which a restarted
+// supervisor must find and kill: without it the successor could not be
+// told from the incumbent), whether it is the first record, before the
+// incumbent drained, or the committing one, after the seal, when the
+// incumbent takes its lock back. The journal is left a complete record, no
+// temporary file beside it, and with space again the next handoff commits
+// and records the new incumbent.
+func TestJournalDirFull(t *testing.T) {
+	binaries(t)
+	dir := testutil.ShortDir(t)
+	jdir := filepath.Join(dir, "journal-dir")
+	mountTmpfs(t, jdir, "size=64k")
+	c := newCluster(t, dir, options{journalDir: jdir, scripts: map[string]string{
+		"kvd-v2":      scriptV2,
+		"kvd-v2-slow": `exec $KVD --build-id v2 --slow-prepare 1500ms "$@"`,
+	}})
+	c.putOK(initialWrites)
+	j, before := readJournal(t, c.journal)
+	if j.Phase != "idle" || j.IncumbentPID != c.stats().PID {
+		t.Fatalf("journal before the handoff: %+v, want idle with pid %d", j, c.stats().PID)
+	}
+
+	t.Run("first record", func(t *testing.T) {
+		filler := fill(t, jdir)
+		defer os.Remove(filler)
+		c.mustAbort(c.scripts["kvd-v2"], "could not write its journal", "no space left on device")
+		c.checkNotDrained()
+		c.checkReads()
+		c.putOK(3)
+		if _, after := readJournal(t, c.journal); !bytes.Equal(after, before) {
+			t.Errorf("the journal changed although no write could succeed:\n%s", after)
+		}
+		checkOnly(t, jdir, "journal", "filler")
+	})
+
+	t.Run("committing record", func(t *testing.T) {
+		// The successor warms up for 1.5 s: the journal fills once its
+		// first record (spawning) is written, before the committing one.
+		res := make(chan string, 1)
+		incumbent := c.stats().PID
+		fds, kids := c.supervisorFDs(), c.children()
+		go func() {
+			line, ok := c.upgrade(c.scripts["kvd-v2-slow"])
+			if ok {
+				line = "committed: " + line
+			}
+			res <- line
+		}()
+		deadline := time.Now().Add(startTimeout)
+		for {
+			if j, _ := readJournal(t, c.journal); j.Phase == "spawning" {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("no spawning record within %v", startTimeout)
+			}
+			time.Sleep(pollInterval)
+		}
+		filler := fill(t, jdir)
+		defer os.Remove(filler)
+		var line string
+		select {
+		case line = <-res:
+		case <-time.After(cliTimeout):
+			t.Fatal("the handoff did not end")
+		}
+		if !strings.Contains(line, "rolled back") || !strings.Contains(line, "could not write its journal") {
+			t.Fatalf("handoff with the journal filling up: %s; want a rollback naming the journal", line)
+		}
+		t.Logf("handoff with the journal filling after its first record: %s", line)
+		if o := c.lastOutcome(); o.SealMS == 0 {
+			t.Errorf("the handoff did not get to the seal (outcome %+v): the committing record was not the one that failed", o)
+		}
+		if st := c.stats(); st.PID != incumbent {
+			t.Fatalf("pid %d serves after the rollback, not the incumbent %d", st.PID, incumbent)
+		}
+		if got := c.children(); !slices.Equal(got, kids) {
+			t.Fatalf("children %v before, %v after", kids, got)
+		}
+		if got := c.supervisorFDs(); got != fds {
+			t.Fatalf("the supervisor held %d descriptors before, %d after", fds, got)
+		}
+		c.checkReads()
+		c.putOK(3)
+		j, _ := readJournal(t, c.journal)
+		t.Logf("journal left as its last complete record: phase %s, incumbent %d, successor %d", j.Phase, j.IncumbentPID, j.SuccessorPID)
+		checkOnly(t, jdir, "journal", "filler")
+	})
+
+	c.mustCommit(c.scripts["kvd-v2"])
+	if j, _ := readJournal(t, c.journal); j.Phase != "idle" || j.IncumbentPID != c.stats().PID {
+		t.Errorf("journal after the commit: %+v, want idle with pid %d", j, c.stats().PID)
+	}
+	checkOnly(t, jdir, "journal")
+	c.putOK(3)
+	c.stop()
+	c.checkDump(c.data)
+}
+
+// TestControlSocketDirFull: the control socket's directory has no inode
+// left (a tmpfs with nr_inodes), so a successor cannot bind its control
+// socket: the handoff aborts, the incumbent serves on, and with an inode
+// free the next handoff commits.
+//
+// The successor binds at its temporary name before it says it is ready
+// to begin, but the library ignores a failure there and tries again after
+// the seal (AnnounceAndBind), where the successor exits without telling
+// the supervisor why: so the incumbent is drained and sealed for nothing
+// and the reason is only "the successor exited". The test logs both.
+func TestControlSocketDirFull(t *testing.T) {
+	binaries(t)
+	dir := testutil.ShortDir(t)
+	cdir := filepath.Join(dir, "run")
+	mountTmpfs(t, cdir, "size=64k,nr_inodes=16")
+	c := newCluster(t, dir, options{controlDir: cdir, scripts: map[string]string{"kvd-v2": scriptV2}})
+	c.putOK(initialWrites)
+	var fillers []string
+	for i := 0; ; i++ {
+		p := filepath.Join(cdir, fmt.Sprintf("filler-%d", i))
+		f, err := os.Create(p)
+		if errors.Is(err, syscall.ENOSPC) {
+			break
+		}
+		testutil.Must(t, err)
+		f.Close()
+		fillers = append(fillers, p)
+	}
+	c.mustAbort(c.scripts["kvd-v2"])
+	o := c.lastOutcome()
+	t.Logf("successor without an inode for its control socket: drained %.1f ms, accept gap %.1f ms, reason %q (the successor logged: %s)",
+		o.DrainMS, o.AcceptGapMS, o.AbortReason, lastLine(c.log(), "bind: no space left on device"))
+	c.checkReads()
+	c.putOK(3)
+	for _, p := range fillers {
+		testutil.Must(t, os.Remove(p))
+	}
+	c.mustCommit(c.scripts["kvd-v2"])
+	c.putOK(3)
+	c.stop()
+	c.checkDump(c.data)
+}
+
+// lastLine returns the last line of log that contains want, or "(none)".
+func lastLine(log, want string) string {
+	lines := strings.Split(log, "\n")
+	for i := len(lines) - 1; i >= 0; i-- {
+		if strings.Contains(lines[i], want) {
+			return strings.TrimSpace(lines[i])
+		}
+	}
+	return "(none)"
 }

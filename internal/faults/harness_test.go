@@ -587,3 +587,41 @@ func prlimit(t *testing.T, pid, n int) (restore func()) {
 		}
 	}
 }
+
+// outcome is one of the last outcomes status --json reports.
+type outcome struct {
+	ID          string  `json:"id"`
+	Committed   bool    `json:"committed"`
+	AbortReason string  `json:"abort_reason"`
+	DrainMS     float64 `json:"drain_ms"`
+	SealMS      float64 `json:"seal_ms"`
+	AcceptGapMS float64 `json:"accept_gap_ms"`
+}
+
+// lastOutcome runs status --json and returns the last handoff's outcome.
+func (c *cluster) lastOutcome() outcome {
+	c.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), cliTimeout)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, c.bins.supervisor, "status", "--config", c.cfg, "--json").Output()
+	if err != nil {
+		c.t.Fatalf("handoff-supervisor status --json: %v", err)
+	}
+	var st struct {
+		LastOutcomes []outcome `json:"last_outcomes"`
+	}
+	testutil.Must(c.t, json.Unmarshal(out, &st))
+	if len(st.LastOutcomes) == 0 {
+		c.t.Fatalf("status reports no handoff: %s", out)
+	}
+	return st.LastOutcomes[len(st.LastOutcomes)-1]
+}
+
+// checkNotDrained checks that the last handoff never asked the incumbent
+// to drain: no accept gap.
+func (c *cluster) checkNotDrained() {
+	c.t.Helper()
+	if o := c.lastOutcome(); o.DrainMS != 0 || o.AcceptGapMS != 0 {
+		c.t.Errorf("the incumbent was drained (drain %.1f ms, accept gap %.1f ms) for handoff %s: %s", o.DrainMS, o.AcceptGapMS, o.ID, o.AbortReason)
+	}
+}
