@@ -716,7 +716,7 @@ func (s *Store) Seal() error {
 	defer s.mu.Unlock()
 	if serr != nil {
 		rf.Close()
-		return s.failLocked(fmt.Errorf("store: seal: fsync of the log: %w", serr))
+		return s.failLocked(fmt.Errorf("fsync of the log in a seal: %w", serr))
 	}
 	s.sealedAt = &position{seq: s.seq, f: rf, off: s.size, lastRev: s.rev, lastCRC: s.lastCRC}
 	if s.size == 0 {
