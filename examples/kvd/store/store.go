@@ -379,7 +379,7 @@ func (s *Store) commitHead() {
 				if cf.fatal {
 					serr = cf.err
 				} else {
-					werr = errors.Join(werr, cf.err)
+					werr = fmt.Errorf("%w (and cutting off what it appended failed: %w)", werr, cf.err)
 					f.Close()
 					s.mu.Lock()
 					s.f, s.plan = nil, writerPlan{cut: true, cutSeq: seq, cutAt: size}
