@@ -15,6 +15,7 @@ import (
 	"github.com/handoff-go/handoff/internal/crash"
 	"github.com/handoff-go/handoff/internal/peercred"
 	"github.com/handoff-go/handoff/internal/wire"
+	"golang.org/x/sys/unix"
 )
 
 // Incumbent is the serving daemon's end of the control socket. Serve answers
@@ -123,6 +124,7 @@ func (i *Incumbent) Serve(ctx context.Context, d Drainable) error {
 		i.mu.Unlock()
 	})
 	defer stop()
+	var backoff time.Duration // after accept failed for want of descriptors or memory
 	for {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -144,8 +146,25 @@ func (i *Incumbent) Serve(ctx context.Context, d Drainable) error {
 			if errors.As(err, &ne) && ne.Timeout() {
 				continue
 			}
+			if acceptCanRecover(err) {
+				// Out of descriptors (or memory) for now: the daemon
+				// serves on, the supervisor's connection waits in the
+				// backlog (its hello timeout bounds the handoff), and
+				// accept is tried again, as net/http does.
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				i.log().Warn("handoff: control socket accept failed; retrying", "err", err, "in", backoff)
+				t := time.NewTimer(backoff)
+				select {
+				case <-t.C:
+				case <-i.closed:
+				case <-ctx.Done():
+				}
+				t.Stop()
+				continue
+			}
 			return fmt.Errorf("handoff: control socket accept: %w", err)
 		}
+		backoff = 0
 		if _, err := peercred.CheckSameUser(c); err != nil {
 			i.log().Warn("handoff: control peer refused", "err", err)
 			c.Close()
@@ -170,6 +189,18 @@ func (i *Incumbent) log() *slog.Logger {
 	i.mu.Lock()
 	defer i.mu.Unlock()
 	return i.logger
+}
+
+// acceptCanRecover says whether an accept error is the process or the
+// system running short of descriptors or memory, which passes, rather
+// than the listener being broken.
+func acceptCanRecover(err error) bool {
+	for _, e := range []error{unix.EMFILE, unix.ENFILE, unix.ENOBUFS, unix.ENOMEM, unix.ECONNABORTED} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
 }
 
 var errResumeFailed = errors.New("handoff: could not resume after an aborted handoff")
