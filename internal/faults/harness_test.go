@@ -496,10 +496,29 @@ func (c *cluster) mustCommit(binary string) {
 	if !ok {
 		c.t.Fatalf("handoff to %s did not commit: %s", filepath.Base(binary), line)
 	}
-	if after := c.stats().PID; after == before {
+	after := c.stats().PID
+	if after == before {
 		c.t.Fatalf("handoff committed (%s) but pid %d still serves", line, before)
 	}
+	c.awaitOnlyChild(after)
 	c.t.Logf("handoff to %s: %s", filepath.Base(binary), line)
+}
+
+// awaitOnlyChild waits until pid is the supervisor's only child: the
+// daemon a handoff replaced finishes its requests and exits.
+func (c *cluster) awaitOnlyChild(pid int) {
+	c.t.Helper()
+	deadline := time.Now().Add(restartBound)
+	for {
+		kids := c.children()
+		if len(kids) == 1 && kids[0] == pid {
+			return
+		}
+		if time.Now().After(deadline) {
+			c.t.Fatalf("the supervisor's children are %v %v after the commit, want only %d", kids, restartBound, pid)
+		}
+		time.Sleep(pollInterval)
+	}
 }
 
 // mustAbort hands off to binary and fails unless it rolled back with a
@@ -572,14 +591,19 @@ func (c *cluster) kill() stats {
 	}
 }
 
-// prlimit sets the descriptor limit of pid, soft and hard, as prlimit
-// --pid PID --nofile=N:N does (prlimit(2)), and returns a function that
-// puts the old one back.
+// prlimit lowers the soft descriptor limit of pid to n, as prlimit --pid
+// PID --nofile=N: does (prlimit(2)), and returns a function that puts the
+// old one back. The hard limit stays: lowering it for good is all a test
+// could do here, since raising a hard limit needs CAP_SYS_RESOURCE in the
+// initial user namespace, which a container's root lacks. Go raises its
+// soft limit to the hard one only at start, so a running process keeps
+// the lowered one.
 func prlimit(t *testing.T, pid, n int) (restore func()) {
 	t.Helper()
 	var old unix.Rlimit
-	if err := unix.Prlimit(pid, unix.RLIMIT_NOFILE, &unix.Rlimit{Cur: uint64(n), Max: uint64(n)}, &old); err != nil {
-		t.Fatalf("prlimit --pid %d --nofile=%d:%d: %v", pid, n, n, err)
+	testutil.Must(t, unix.Prlimit(pid, unix.RLIMIT_NOFILE, nil, &old))
+	if err := unix.Prlimit(pid, unix.RLIMIT_NOFILE, &unix.Rlimit{Cur: uint64(n), Max: old.Max}, nil); err != nil {
+		t.Fatalf("prlimit --pid %d --nofile=%d:%d: %v", pid, n, old.Max, err)
 	}
 	return func() {
 		if err := unix.Prlimit(pid, unix.RLIMIT_NOFILE, &old, nil); err != nil && !errors.Is(err, syscall.ESRCH) {
