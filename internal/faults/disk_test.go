@@ -230,9 +230,7 @@ func TestJournalDirFull(t *testing.T) {
 		if got := c.children(); !slices.Equal(got, kids) {
 			t.Fatalf("children %v before, %v after", kids, got)
 		}
-		if got := c.supervisorFDs(); got != fds {
-			t.Fatalf("the supervisor held %d descriptors before, %d after", fds, got)
-		}
+		c.checkFDs(fds)
 		c.checkReads()
 		c.putOK(3)
 		j, _ := readJournal(t, c.journal)

@@ -41,9 +41,7 @@ func (c *cluster) handoffAt(pid, n int, binary, want string) (committed bool, li
 	if got := c.children(); fmt.Sprint(got) != fmt.Sprint(kids) {
 		c.t.Fatalf("limit %d: the supervisor's children were %v, now %v", n, kids, got)
 	}
-	if got := c.supervisorFDs(); got != fds {
-		c.t.Fatalf("limit %d: the supervisor held %d descriptors, now %d", n, fds, got)
-	}
+	c.checkFDs(fds)
 	c.checkReads()
 	c.putOK(1)
 	return false, line
@@ -114,14 +112,19 @@ func TestDescriptorsRunOut(t *testing.T) {
 		base := countFDs(t, inc)
 		// At the limit the incumbent cannot accept the supervisor's
 		// connection: the supervisor gives up after its hello timeout,
-		// and the incumbent, told nothing, serves on.
-		committed, line := c.handoffAt(inc, base-1, c.scripts["kvd-v2"], "did not answer on its control socket")
+		// and the incumbent, told nothing, serves on. (The count may hold
+		// the connection of the last request, about to close: two below
+		// it is at the limit for sure.)
+		committed, line := c.handoffAt(inc, base-2, c.scripts["kvd-v2"], "did not answer on its control socket")
 		if committed {
-			t.Fatalf("limit %d (%d open): committed: %s", base-1, base, line)
+			t.Fatalf("limit %d (%d open): committed: %s", base-2, base, line)
 		}
-		t.Logf("limit %d (%d open): %s", base-1, base, line)
-		for n := base; ; n++ {
-			committed, line := c.handoffAt(c.stats().PID, n, c.scripts["kvd-v2"], "too many open files")
+		t.Logf("limit %d (%d open): %s", base-2, base, line)
+		for n := base - 1; ; n++ {
+			committed, line := c.handoffAt(c.stats().PID, n, c.scripts["kvd-v2"], "")
+			if !committed && !strings.Contains(line, "too many open files") && !strings.Contains(line, "did not answer on its control socket") {
+				t.Fatalf("limit %d: handoff rolled back without naming the descriptors: %s", n, line)
+			}
 			t.Logf("limit %d (%d open): %s", n, base, line)
 			if committed {
 				break
@@ -179,9 +182,7 @@ func (c *cluster) handoffAtScript(script string) (committed bool, line string) {
 	if got := c.children(); fmt.Sprint(got) != fmt.Sprint(kids) {
 		c.t.Fatalf("the supervisor's children were %v, now %v", kids, got)
 	}
-	if got := c.supervisorFDs(); got != fds {
-		c.t.Fatalf("the supervisor held %d descriptors, now %d", fds, got)
-	}
+	c.checkFDs(fds)
 	c.checkReads()
 	c.putOK(1)
 	return false, line
