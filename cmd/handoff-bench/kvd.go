@@ -123,8 +123,9 @@ func (b *kvdBench) build(ctx context.Context) (string, error) {
 	}
 	b.kvd = filepath.Join(b.dir, "kvd")
 	// -buildvcs=auto: a binary built in the working tree records its
-	// revision (GOFLAGS may say otherwise).
-	cmd := exec.CommandContext(ctx, "go", "build", "-buildvcs=auto", "-o", b.kvd, "./examples/kvd")
+	// revision (GOFLAGS may say otherwise). -trimpath: the build cache
+	// serves a commit extracted into a new directory each run.
+	cmd := exec.CommandContext(ctx, "go", "build", "-buildvcs=auto", "-trimpath", "-o", b.kvd, "./examples/kvd")
 	cmd.Dir = src
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("go build ./examples/kvd: %w\n%s", err, out)

@@ -8,6 +8,7 @@ import (
 	"html"
 	"image"
 	"image/color"
+	"image/draw"
 	"image/png"
 	"io"
 	"math"
@@ -277,9 +278,16 @@ func newPNGCanvas() *pngCanvas {
 }
 
 func (p *pngCanvas) set(x, y int, c color.RGBA) {
-	if image.Pt(x, y).In(p.img.Rect) {
-		p.img.SetRGBA(x, y, c)
+	if x < 0 || y < 0 || x >= p.img.Rect.Max.X || y >= p.img.Rect.Max.Y {
+		return
 	}
+	i := y*p.img.Stride + 4*x
+	p.img.Pix[i], p.img.Pix[i+1], p.img.Pix[i+2], p.img.Pix[i+3] = c.R, c.G, c.B, c.A
+}
+
+// fill paints the rectangle r of the large image.
+func (p *pngCanvas) fill(r image.Rectangle, c color.RGBA) {
+	draw.Draw(p.img, r, image.NewUniform(c), image.Point{}, draw.Src)
 }
 
 // disc fills the pixels within r of (cx, cy), in the large image's pixels.
@@ -298,6 +306,12 @@ func (p *pngCanvas) line(x1, y1, x2, y2, width float64, c color.RGBA, dashed boo
 	const k = pngSupersample
 	x1, y1, x2, y2 = x1*k, y1*k, x2*k, y2*k
 	r := max(width*k/2, 0.75)
+	if !dashed && (x1 == x2 || y1 == y2) {
+		// Axis-aligned (the grid, the axes, the ticks): a rectangle.
+		p.fill(image.Rect(int(math.Round(min(x1, x2)-r)), int(math.Round(min(y1, y2)-r)),
+			int(math.Round(max(x1, x2)+r)), int(math.Round(max(y1, y2)+r))), c)
+		return
+	}
 	length := math.Hypot(x2-x1, y2-y1)
 	steps := int(math.Ceil(length * 2))
 	for i := 0; i <= steps; i++ {
@@ -320,15 +334,8 @@ func (p *pngCanvas) dot(x, y, r float64, c color.RGBA) {
 func (p *pngCanvas) rect(x, y, w, h float64, fill, stroke color.RGBA) {
 	const k = pngSupersample
 	x0, y0, x1, y1 := int(x*k), int(y*k), int((x+w)*k), int((y+h)*k)
-	for yy := y0; yy < y1; yy++ {
-		for xx := x0; xx < x1; xx++ {
-			c := fill
-			if xx < x0+k || xx >= x1-k || yy < y0+k || yy >= y1-k {
-				c = stroke
-			}
-			p.set(xx, yy, c)
-		}
-	}
+	p.fill(image.Rect(x0, y0, x1, y1), stroke)
+	p.fill(image.Rect(x0+k, y0+k, x1-k, y1-k), fill)
 }
 
 func (p *pngCanvas) text(x, y float64, s string, size float64, anchor int, vertical bool) {
@@ -374,17 +381,20 @@ func (p *pngCanvas) text(x, y float64, s string, size float64, anchor int, verti
 func (p *pngCanvas) shrink() *image.RGBA {
 	const k = pngSupersample
 	out := image.NewRGBA(image.Rect(0, 0, figW, figH))
+	in := p.img.Pix
 	for y := range figH {
 		for x := range figW {
-			var r, g, b, a int
+			var sum [4]int
 			for dy := range k {
-				for dx := range k {
-					c := p.img.RGBAAt(x*k+dx, y*k+dy)
-					r, g, b, a = r+int(c.R), g+int(c.G), b+int(c.B), a+int(c.A)
+				row := (y*k+dy)*p.img.Stride + 4*x*k
+				for i, v := range in[row : row+4*k] {
+					sum[i%4] += int(v)
 				}
 			}
-			n := k * k
-			out.SetRGBA(x, y, color.RGBA{uint8(r / n), uint8(g / n), uint8(b / n), uint8(a / n)})
+			o := y*out.Stride + 4*x
+			for i := range sum {
+				out.Pix[o+i] = uint8(sum[i] / (k * k))
+			}
 		}
 	}
 	return out
