@@ -52,10 +52,10 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	var o options
 	fs := flag.NewFlagSet("handoff-bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.IntVar(&o.handoffs, "handoffs", 100, fmt.Sprintf("handoffs, and restarts of each baseline, to perform (-kvd: per size; default %d)", kvdDefaultHandoffs))
+	fs.IntVar(&o.handoffs, "handoffs", 100, fmt.Sprintf("handoffs, and restarts of each baseline, to perform (with -kvd: per size, %d unless set)", kvdDefaultHandoffs))
 	fs.IntVar(&o.rate, "rate", 1000, "requests per second across all clients, each on a fresh connection")
 	fs.IntVar(&o.clients, "clients", 8, "concurrent client goroutines")
-	fs.DurationVar(&o.every, "every", 200*time.Millisecond, fmt.Sprintf("time from the start of one handoff or restart to the start of the next (-kvd: rest before each; default %v)", kvdDefaultEvery))
+	fs.DurationVar(&o.every, "every", 200*time.Millisecond, fmt.Sprintf("time from the start of one handoff or restart to the start of the next (with -kvd: the rest before each, %v unless set)", kvdDefaultEvery))
 	fs.DurationVar(&o.idle, "idle", 5*time.Second, "how long the supervisor's CPU time is measured while idle")
 	fs.BoolVar(&o.json, "json", false, "print the results as JSON")
 	fs.BoolVar(&o.kvd, "kvd", false, "measure examples/kvd instead: handoff and stop-then-start for each data size")
