@@ -110,6 +110,12 @@ func acquire(dir string) (*DataDirLock, error) {
 	path := filepath.Join(dir, wire.LockFileName)
 	for attempt := 0; ; attempt++ {
 		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|syscall.O_CLOEXEC, 0o600)
+		if errors.Is(err, syscall.EROFS) {
+			// A read-only filesystem (ext4 remounts itself so on an
+			// error): flock works on a descriptor opened for reading,
+			// and the daemon can still serve what it reads.
+			f, err = os.OpenFile(path, os.O_RDONLY|syscall.O_CLOEXEC, 0)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("handoff: open lock file: %w", err)
 		}
