@@ -19,7 +19,9 @@ import (
 // running daemon. Writes are refused with 503 naming it, every
 // acknowledged write is served, a handoff aborts in the drain (the log is
 // not open for writing, so the incumbent does not seal) and the incumbent
-// serves on; kvd --dump, once the filesystem is writable again, has every
+// serves on; killed, it is restarted on the read-only disk and serves
+// reads (the lock and the store open read-only); kvd --dump, on the
+// read-only filesystem and once it is writable again, has every
 // acknowledged write.
 //
 // A tmpfs cannot be made read-only under kvd: the kernel refuses to
@@ -63,7 +65,16 @@ func TestDataDirReadOnly(t *testing.T) {
 			t.Fatalf("%s is still writable after %s", data, trigger)
 		}
 		c.checkReadOnly()
+		// Killed on the read-only disk: the supervisor starts it again,
+		// and it opens its store read-only and serves.
+		st := c.kill()
+		c.checkReads()
+		code, body := c.put()
+		checkRefused(t, "read-only data directory, after a restart", code, body, http.StatusServiceUnavailable, "read-only file system")
+		c.checkDegraded("read-only file system")
+		t.Logf("restarted on the read-only disk as pid %d: %d acknowledged writes served, writes refused: %s", st.PID, len(c.acked), strings.TrimSpace(body))
 		c.stop()
+		c.checkDump(data) // on the read-only filesystem
 		// Writable again: unmount and mount the image anew (ext4 replays
 		// its journal).
 		testutil.Must(t, syscall.Unmount(data, 0))
