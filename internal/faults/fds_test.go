@@ -151,10 +151,11 @@ exec $KVD --build-id v2 "$@"`, n)
 		c.putOK(initialWrites)
 		for n := first; ; n++ {
 			committed, line := c.handoffAtScript(c.scripts[fmt.Sprintf("kvd-v2-nofile-%d", n)])
-			t.Logf("successor limit %d: %s (the successor said: %s)", n, line, lastLine(c.log(), "kvd: "))
 			if committed {
+				t.Logf("successor limit %d: %s", n, line)
 				break
 			}
+			t.Logf("successor limit %d: %s (the successor said: %s)", n, line, lastLine(c.log(), "kvd: "))
 			if n == first+maxPoints {
 				t.Fatalf("no handoff committed with a successor limit up to %d", n)
 			}
