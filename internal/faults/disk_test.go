@@ -163,9 +163,16 @@ func TestJournalDirFull(t *testing.T) {
 	dir := testutil.ShortDir(t)
 	jdir := filepath.Join(dir, "journal-dir")
 	mountTmpfs(t, jdir, "size=64k")
+	// A successor that waits at a FIFO before it starts kvd: the
+	// supervisor has written its first record (spawning) by then.
+	gatePath := filepath.Join(dir, "gate")
+	testutil.Must(t, syscall.Mkfifo(gatePath, 0o600))
+	gate, err := os.OpenFile(gatePath, os.O_RDWR, 0) // never blocks; keeps what is written until read
+	testutil.Must(t, err)
+	t.Cleanup(func() { gate.Close() })
 	c := newCluster(t, dir, options{journalDir: jdir, scripts: map[string]string{
-		"kvd-v2":      scriptV2,
-		"kvd-v2-slow": `exec $KVD --build-id v2 --slow-prepare 1500ms "$@"`,
+		"kvd-v2":       scriptV2,
+		"kvd-v2-gated": fmt.Sprintf(`read go < %q; exec $KVD --build-id v2 "$@"`, gatePath),
 	}})
 	c.putOK(initialWrites)
 	j, before := readJournal(t, c.journal)
@@ -187,13 +194,14 @@ func TestJournalDirFull(t *testing.T) {
 	})
 
 	t.Run("committing record", func(t *testing.T) {
-		// The successor warms up for 1.5 s: the journal fills once its
-		// first record (spawning) is written, before the committing one.
+		// The journal fills once its first record (spawning) is written,
+		// while the successor waits at the gate: before the committing
+		// record.
 		res := make(chan string, 1)
 		incumbent := c.stats().PID
 		fds, kids := c.supervisorFDs(), c.children()
 		go func() {
-			line, ok := c.upgrade(c.scripts["kvd-v2-slow"])
+			line, ok := c.upgrade(c.scripts["kvd-v2-gated"])
 			if ok {
 				line = "committed: " + line
 			}
@@ -211,6 +219,8 @@ func TestJournalDirFull(t *testing.T) {
 		}
 		filler := fill(t, jdir)
 		defer os.Remove(filler)
+		_, err := gate.WriteString("go\n")
+		testutil.Must(t, err)
 		var line string
 		select {
 		case line = <-res:
