@@ -5,12 +5,14 @@ import (
 	"encoding/json"
 	"errors"
 	"flag"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -41,6 +43,9 @@ func TestParseFlags(t *testing.T) {
 			config{dataDir: "/d", listen: "127.0.0.1:8080", buildID: buildID, dump: true, valueSize: 1024}, false},
 		{"populate", []string{"--data", "/d", "--populate", "1000", "--value-size", "10"},
 			config{dataDir: "/d", listen: "127.0.0.1:8080", buildID: buildID, populate: 1000, valueSize: 10}, false},
+		{"fail an fsync", []string{"--data", "/d", "--fail-fsync-at", "seal"},
+			config{dataDir: "/d", listen: "127.0.0.1:8080", buildID: buildID, failFsyncAt: store.SyncSeal, valueSize: 1024}, false},
+		{"fail an fsync in no phase", []string{"--data", "/d", "--fail-fsync-at", "later"}, config{}, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -303,5 +308,66 @@ func TestSlowPrepareHonoursTheDeadline(t *testing.T) {
 	_, err := prepare(ctx, config{dataDir: t.TempDir(), slowPrepare: time.Hour}, slog.New(slog.DiscardHandler))
 	if !errors.Is(err, context.Canceled) {
 		t.Errorf("prepare = %v, want context.Canceled", err)
+	}
+}
+
+func TestWriteStatus(t *testing.T) {
+	tests := []struct {
+		err  error
+		want int
+	}{
+		{store.ErrSealed, http.StatusServiceUnavailable},
+		{store.ErrClosed, http.StatusServiceUnavailable},
+		{fmt.Errorf("%w: writing the log: %w", store.ErrWriteFailed, syscall.ENOSPC), http.StatusInsufficientStorage},
+		{fmt.Errorf("%w: writing the log: %w", store.ErrWriteFailed, syscall.EDQUOT), http.StatusInsufficientStorage},
+		{fmt.Errorf("%w: writing the log: %w", store.ErrWriteFailed, syscall.EROFS), http.StatusServiceUnavailable},
+		{fmt.Errorf("%w: writing the log: %w", store.ErrFailed, syscall.EIO), http.StatusInternalServerError},
+		{store.ErrInvalidKey, http.StatusBadRequest},
+		{store.ErrValueTooLarge, http.StatusRequestEntityTooLarge},
+	}
+	for _, tt := range tests {
+		if got := writeStatus(tt.err); got != tt.want {
+			t.Errorf("writeStatus(%v) = %d, want %d", tt.err, got, tt.want)
+		}
+	}
+}
+
+// TestFailedFsyncHooks: --fail-fsync-at drain fails the drain's fsync; the
+// daemon then serves reads, refuses writes with 500 saying why, reports
+// itself unhealthy and not writable, and resumes after the aborted
+// handoff without an error.
+func TestFailedFsyncHooks(t *testing.T) {
+	dir := t.TempDir()
+	log := slog.New(slog.DiscardHandler)
+	st, err := store.OpenWith(dir, store.Options{FailSync: failFsyncAt(store.SyncDrain, log)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	d := &daemon{cfg: config{dataDir: dir, buildID: "test-build"}, log: log, store: st}
+	h := d.routes()
+	ctx := context.Background()
+	if rec := do(t, h, "PUT", "/kv/k", "v1"); rec.Code != http.StatusOK {
+		t.Fatalf("PUT = %d %s", rec.Code, rec.Body)
+	}
+	if err := d.sync(ctx); !errors.Is(err, store.ErrFailed) || !errors.Is(err, syscall.EIO) {
+		t.Fatalf("sync with a failing fsync = %v, want ErrFailed wrapping EIO", err)
+	}
+	if err := d.reopen(ctx); err != nil {
+		t.Fatalf("reopen of the failed store = %v, want nil", err)
+	}
+	rec := do(t, h, "PUT", "/kv/k", "v2")
+	if rec.Code != http.StatusInternalServerError || !strings.Contains(rec.Body.String(), "--fail-fsync-at drain") {
+		t.Errorf("PUT on the failed store = %d %s, want 500 naming the failed fsync", rec.Code, rec.Body)
+	}
+	if rec := do(t, h, "GET", "/kv/k", ""); rec.Code != http.StatusOK || rec.Body.String() != "v1" {
+		t.Errorf("GET on the failed store = %d %q, want the acknowledged value", rec.Code, rec.Body)
+	}
+	if rec := do(t, h, "GET", "/healthz", ""); rec.Code != http.StatusServiceUnavailable {
+		t.Errorf("healthz on the failed store = %d, want 503", rec.Code)
+	}
+	var sr statsReply
+	if err := json.Unmarshal(do(t, h, "GET", "/stats", "").Body.Bytes(), &sr); err != nil || sr.Writable || !strings.Contains(sr.WriteError, "--fail-fsync-at drain") {
+		t.Errorf("/stats on the failed store = %+v, %v; want not writable, saying why", sr, err)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"syscall"
 	"time"
 
 	"github.com/handoff-go/handoff/internal/crash"
@@ -199,8 +200,15 @@ func (s *Store) compact(ctx context.Context) (err error) {
 		}
 	}
 	var base uint64
+	var snapSize int64
 	if sr != nil {
 		base = sr.rev
+		if fi, err := in.Stat(); err == nil {
+			snapSize = fi.Size()
+		}
+	}
+	if err := s.roomToCompact(segs, base, snapSize); err != nil {
+		return err
 	}
 
 	// The newest operation per key in the closed segments beyond base.
@@ -327,6 +335,40 @@ func (s *Store) compact(ctx context.Context) (err error) {
 	s.snapRev, s.snapBytes = target, sw.bytes
 	s.mu.Unlock()
 	return s.deleteCovered()
+}
+
+// compactReserve is the free space a compaction leaves for the log: it
+// starts only if the new snapshot fits with this much to spare, so that
+// it never fills the disk under the writers.
+const compactReserve = maxBatchBytes
+
+// roomToCompact fails with ENOSPC, postponing the compaction, unless the
+// filesystem has room for the new snapshot, at most the old one (of
+// snapSize bytes) and the segments beyond base together, plus
+// compactReserve. Where the free space cannot be told, it lets the
+// compaction try.
+func (s *Store) roomToCompact(segs []segment, base uint64, snapSize int64) error {
+	need := snapSize + compactReserve
+	for _, g := range segs {
+		if g.lastRev > base {
+			need += g.size
+		}
+	}
+	free, err := s.opts.freeBytes(s.dir)
+	if err != nil || free >= uint64(need) {
+		return nil
+	}
+	return fmt.Errorf("store: compact: postponed: %d bytes free, the new snapshot may need %d and the log %d besides: %w",
+		free, need-compactReserve, compactReserve, syscall.ENOSPC)
+}
+
+// freeBytes is the space dir's filesystem has for unprivileged writes.
+func freeBytes(dir string) (uint64, error) {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		return 0, err
+	}
+	return st.Bavail * uint64(st.Bsize), nil
 }
 
 // readForCompaction reads the closed segment g from disk and records in

@@ -119,6 +119,13 @@
 // holder's compactor removes those left behind), and segments the snapshot
 // covers are skipped and deleted later.
 //
+// A compaction starts only if the filesystem has room for the new
+// snapshot (at most the old one and the segments it merges) and 4 MiB
+// for the log besides: one that would fill the disk would fail the
+// writers' batches meanwhile. Otherwise it is postponed, CompactionStats
+// saying why (an error matching ENOSPC), until the next segment closes or
+// Compact is called.
+//
 // Freeing a big file's blocks is slow (on ext4 hundreds of milliseconds a
 // gigabyte), and it happens at the last close of an unlinked file. Files
 // the store unlinks (segments, cancelled temporary snapshots, the snapshot a

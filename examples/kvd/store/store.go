@@ -43,6 +43,7 @@ type options struct {
 	failSync        func(SyncPhase) error                                           // Options.FailSync
 	writeFile       func(*os.File, []byte) (int, error)                             // appends a batch to the log
 	openFile        func(name string, flag int, perm os.FileMode) (*os.File, error) // opens the log for writing
+	freeBytes       func(dir string) (uint64, error)                                // free space, before a compaction
 	maxBatchRecords int                                                             // 0: no limit (group commit); 1: one fsync per write
 	segmentBytes    int64                                                           // rotate once the active segment holds this much
 	noAutoCompact   bool                                                            // compact only when Compact is called
@@ -55,7 +56,7 @@ type options struct {
 }
 
 func defaultOptions() options {
-	return options{syncFile: (*os.File).Sync, syncDir: syncDir, writeFile: (*os.File).Write, openFile: os.OpenFile, segmentBytes: DefaultSegmentBytes}
+	return options{syncFile: (*os.File).Sync, syncDir: syncDir, writeFile: (*os.File).Write, openFile: os.OpenFile, freeBytes: freeBytes, segmentBytes: DefaultSegmentBytes}
 }
 
 // Options tune a Store. The zero value is the default.

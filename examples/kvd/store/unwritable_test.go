@@ -290,3 +290,35 @@ func TestReopenOnUnwritableDisk(t *testing.T) {
 	inc.Close()
 	checkAcked(t, dir, map[string]string{"inc": "1", "succ": "2", "again": "3"})
 }
+
+// TestCompactionWaitsForRoom: a compaction that would not leave the log
+// room on the disk is postponed with ENOSPC, writes no temporary file,
+// and runs once there is room.
+func TestCompactionWaitsForRoom(t *testing.T) {
+	dir := t.TempDir()
+	var free atomic.Uint64
+	opts := smallSegments(1<<10, false)
+	opts.freeBytes = func(string) (uint64, error) { return free.Load(), nil }
+	s := openT(t, dir, opts)
+	for i := range 40 {
+		mustPut(t, s, fmt.Sprintf("k%02d", i), "a value long enough to fill segments")
+	}
+	free.Store(compactReserve) // room for the log, none for a snapshot
+	if err := s.Compact(); !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("Compact without room = %v, want ENOSPC", err)
+	}
+	if st := s.Stats(); !errors.Is(st.Compaction.LastErr, syscall.ENOSPC) || st.Compaction.Snapshots != 0 {
+		t.Errorf("after the postponed compaction: %+v", st.Compaction)
+	}
+	if tmps, _ := staleTemps(dir); len(tmps) > 0 {
+		t.Errorf("a postponed compaction left %v", tmps)
+	}
+	mustPut(t, s, "during", "writes go on")
+	free.Store(1 << 40)
+	if err := s.Compact(); err != nil {
+		t.Fatalf("Compact with room: %v", err)
+	}
+	if st := s.Stats(); st.Compaction.Snapshots != 1 || st.SnapshotRevision != s.Revision() {
+		t.Errorf("after the compaction: %+v", st)
+	}
+}
