@@ -418,8 +418,11 @@ func (w *Warm) Close() error {
 // position with the full recovery rules (a torn tail is cut off, other
 // damage fails with a *CorruptError), and appends to the last segment. If
 // compactions during the warm-up deleted segments it had not read, it
-// loads the directory in full instead and says so in Recovery. A Warm is
-// opened at most once.
+// loads the directory in full instead and says so in Recovery. If the
+// last segment cannot be opened for writing (or cut, or the first one
+// created) the store opens all the same, serving reads and refusing
+// writes until the disk takes them, and Recovery.WriteErr says why. A
+// Warm is opened at most once.
 func (w *Warm) Open() (*Store, error) {
 	return w.open(defaultOptions())
 }

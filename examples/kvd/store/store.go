@@ -182,8 +182,11 @@ type batch struct {
 // Open opens the store in dir, creating the directory and the log if
 // needed, and recovers: it loads the snapshot, replays the log segments on
 // top, and cuts a torn tail off the last one (see Recovery). Damage
-// elsewhere fails with a *CorruptError. Hold the data-directory lock
-// before calling it. Open is Prepare followed by Warm.Open.
+// elsewhere fails with a *CorruptError. A log that cannot be opened for
+// writing (a full or read-only disk) does not fail it: the store serves
+// reads and refuses writes until the disk takes them (Recovery.WriteErr).
+// Hold the data-directory lock before calling it. Open is Prepare
+// followed by Warm.Open.
 func Open(dir string) (*Store, error) {
 	return open(dir, defaultOptions())
 }
