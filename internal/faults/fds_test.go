@@ -20,7 +20,7 @@ const maxPoints = 16
 func (c *cluster) handoffAt(pid, n int, binary, want string) (committed bool, line string) {
 	c.t.Helper()
 	before := c.stats().PID
-	fds, kids := c.supervisorFDs(), c.children()
+	fds, kids, incFDs := c.supervisorFDs(), c.children(), countFDs(c.t, before)
 	restore := prlimit(c.t, pid, n)
 	line, committed = c.upgrade(binary)
 	restore()
@@ -42,6 +42,7 @@ func (c *cluster) handoffAt(pid, n int, binary, want string) (committed bool, li
 		c.t.Fatalf("limit %d: the supervisor's children were %v, now %v", n, kids, got)
 	}
 	c.checkFDs(fds)
+	c.checkIncumbentFDs(before, incFDs)
 	c.checkReads()
 	c.putOK(1)
 	return false, line
@@ -171,7 +172,7 @@ exec $KVD --build-id v2 "$@"`, n)
 func (c *cluster) handoffAtScript(script string) (committed bool, line string) {
 	c.t.Helper()
 	before := c.stats().PID
-	fds, kids := c.supervisorFDs(), c.children()
+	fds, kids, incFDs := c.supervisorFDs(), c.children(), countFDs(c.t, before)
 	line, committed = c.upgrade(script)
 	if committed {
 		c.awaitOnlyChild(c.stats().PID)
@@ -184,6 +185,7 @@ func (c *cluster) handoffAtScript(script string) (committed bool, line string) {
 		c.t.Fatalf("the supervisor's children were %v, now %v", kids, got)
 	}
 	c.checkFDs(fds)
+	c.checkIncumbentFDs(before, incFDs)
 	c.checkReads()
 	c.putOK(1)
 	return false, line

@@ -528,7 +528,7 @@ func (c *cluster) awaitOnlyChild(pid int) {
 func (c *cluster) mustAbort(binary string, want ...string) string {
 	c.t.Helper()
 	before := c.stats().PID
-	fds, kids := c.supervisorFDs(), c.children()
+	fds, kids, incFDs := c.supervisorFDs(), c.children(), countFDs(c.t, before)
 	line, ok := c.upgrade(binary)
 	if ok {
 		c.t.Fatalf("handoff to %s committed, want a rollback: %s", filepath.Base(binary), line)
@@ -545,8 +545,27 @@ func (c *cluster) mustAbort(binary string, want ...string) string {
 		c.t.Fatalf("the supervisor's children were %v before the handoff, %v after", kids, got)
 	}
 	c.checkFDs(fds)
+	c.checkIncumbentFDs(before, incFDs)
 	c.t.Logf("handoff to %s: %s", filepath.Base(binary), line)
 	return line
+}
+
+// checkIncumbentFDs checks that the incumbent pid, back from a rollback,
+// holds at most the before descriptors it held before the handoff (the
+// connection of a request just answered may still be closing).
+func (c *cluster) checkIncumbentFDs(pid, before int) {
+	c.t.Helper()
+	deadline := time.Now().Add(requestBound)
+	for {
+		got := countFDs(c.t, pid)
+		if got <= before {
+			return
+		}
+		if time.Now().After(deadline) {
+			c.t.Fatalf("the incumbent held %d descriptors before the handoff, %d for %v after", before, got, requestBound)
+		}
+		time.Sleep(pollInterval)
+	}
 }
 
 // checkFDs checks that the supervisor holds at most the before
