@@ -14,6 +14,7 @@
 // the daemon serves as before.
 //
 // Mounting needs root: without it, or where a mount fails, the tests are
-// skipped with the reason. FAULTS_KVD names a kvd binary to use instead of
+// skipped with the reason, unless FAULTS_REQUIRED is set (CI sets it):
+// then they fail. FAULTS_KVD names a kvd binary to use instead of
 // building one (to run the set against another revision).
 package faults

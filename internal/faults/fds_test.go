@@ -2,6 +2,7 @@ package faults
 
 import (
 	"fmt"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -102,6 +103,11 @@ func TestDescriptorsRunOut(t *testing.T) {
 			}
 		}
 		c.mustCommit(c.scripts["kvd-v2"])
+		// Journal writes failed with EMFILE on the way: none left a
+		// temporary file.
+		if tmps, _ := filepath.Glob(c.journal + ".tmp-*"); len(tmps) > 0 {
+			t.Errorf("temporary journal files left: %v", tmps)
+		}
 		c.stop()
 		c.checkDump(c.data)
 	})

@@ -68,10 +68,10 @@ func TestMain(m *testing.M) {
 func binaries(t *testing.T) bins {
 	t.Helper()
 	if runtime.GOOS != "linux" {
-		t.Skip("resource faults are Linux-only")
+		skip(t, "resource faults are Linux-only")
 	}
 	if os.Geteuid() != 0 {
-		t.Skip("the resource-fault tests mount filesystems and set other processes' limits: they need root")
+		skip(t, "the resource-fault tests mount filesystems and set other processes' limits: they need root")
 	}
 	buildOnce.Do(func() {
 		var err error
@@ -108,6 +108,20 @@ func binaries(t *testing.T) bins {
 	return built
 }
 
+// envRequired makes a test that cannot run here fail instead of skipping:
+// CI sets it, so that the set is not skipped without anyone noticing.
+const envRequired = "FAULTS_REQUIRED"
+
+// skip skips the test with the reason, or fails it when envRequired is
+// set.
+func skip(t *testing.T, format string, args ...any) {
+	t.Helper()
+	if os.Getenv(envRequired) != "" {
+		t.Fatalf("%s is set, but: "+format, append([]any{envRequired}, args...)...)
+	}
+	t.Skipf(format, args...)
+}
+
 func moduleRoot() (string, error) {
 	out, err := exec.Command("go", "env", "GOMOD").Output()
 	if err != nil {
@@ -128,7 +142,7 @@ func mountTmpfs(t *testing.T, dir, opts string) {
 	t.Helper()
 	testutil.Must(t, os.MkdirAll(dir, 0o755))
 	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, opts); err != nil {
-		t.Skipf("mount a tmpfs (%s) on %s: %v", opts, dir, err)
+		skip(t, "mount a tmpfs (%s) on %s: %v", opts, dir, err)
 	}
 	t.Cleanup(func() {
 		if err := syscall.Unmount(dir, syscall.MNT_DETACH); err != nil {

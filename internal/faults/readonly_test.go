@@ -104,7 +104,7 @@ func mountExt4(t *testing.T, dir string) string {
 	t.Helper()
 	mkfs, err := exec.LookPath("mkfs.ext4")
 	if err != nil {
-		t.Skipf("no mkfs.ext4: %v", err)
+		skip(t, "no mkfs.ext4: %v", err)
 	}
 	img := filepath.Join(t.TempDir(), "data.img")
 	f, err := os.Create(img)
@@ -112,7 +112,7 @@ func mountExt4(t *testing.T, dir string) string {
 	testutil.Must(t, f.Truncate(8<<20))
 	testutil.Must(t, f.Close())
 	if out, err := exec.Command(mkfs, "-q", "-F", img).CombinedOutput(); err != nil {
-		t.Skipf("mkfs.ext4: %v: %s", err, out)
+		skip(t, "mkfs.ext4: %v: %s", err, out)
 	}
 	testutil.Must(t, os.MkdirAll(dir, 0o700))
 	mountLoop(t, img, dir)
@@ -124,7 +124,7 @@ func mountExt4(t *testing.T, dir string) string {
 func mountLoop(t *testing.T, img, dir string) {
 	t.Helper()
 	if out, err := exec.Command("mount", "-t", "ext4", "-o", "loop,errors=remount-ro", img, dir).CombinedOutput(); err != nil {
-		t.Skipf("mount %s on a loop device: %v: %s", img, err, out)
+		skip(t, "mount %s on a loop device: %v: %s", img, err, out)
 	}
 	t.Cleanup(func() {
 		if err := syscall.Unmount(dir, syscall.MNT_DETACH); err != nil && !errors.Is(err, syscall.EINVAL) {
