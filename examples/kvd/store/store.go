@@ -630,9 +630,13 @@ func (s *Store) Sync() error {
 // store whose last write failed (a full or read-only disk) answers an
 // error matching ErrWriteFailed until a write succeeds again.
 func (s *Store) Check() error {
+	// The read lock is held across the stats: no batch can start while it
+	// is held (a write takes the lock to join the queue), and one that is
+	// being written keeps committing set until it has updated size under
+	// the lock. So the file is size bytes long unless a batch is in flight.
 	s.mu.RLock()
+	defer s.mu.RUnlock()
 	st, refuse, f, seq, size, busy, wfault := s.state, s.refuse, s.f, s.seq, s.size, s.committing, s.wfault
-	s.mu.RUnlock()
 	if st != stateOpen {
 		return refuse
 	}

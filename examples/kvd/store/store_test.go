@@ -851,3 +851,41 @@ func writeFile(t *testing.T, path string, b []byte) {
 		t.Fatal(err)
 	}
 }
+
+// Check runs beside writers (the daemon's /healthz does): a batch being
+// committed must never look like a foreign writer.
+func TestCheckBesideWriters(t *testing.T) {
+	// Without fsyncs the writers leave the queue empty often, which is
+	// when a Check that read the state before a batch started would stat
+	// the file after it was written.
+	opts := defaultOptions()
+	opts.syncFile = func(*os.File) error { return nil }
+	s := openT(t, t.TempDir(), opts)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for w := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if _, err := s.Put(fmt.Sprintf("w%d-%d", w, i), []byte("v")); err != nil {
+					t.Errorf("put: %v", err)
+					return
+				}
+			}
+		}()
+	}
+	for range 20000 {
+		if err := s.Check(); err != nil {
+			t.Errorf("Check beside writers: %v", err)
+			break
+		}
+	}
+	close(stop)
+	wg.Wait()
+}
