@@ -144,6 +144,12 @@ func (r *runner) succeed(ctx context.Context, s *Successor) error {
 	if err := r.warmUp(ctx, h); err != nil {
 		return err
 	}
+	sock, err := r.controlSocket()
+	if err != nil {
+		h.giveUp(err.Error())
+		return fmt.Errorf("%w: %w", ErrAborted, err)
+	}
+	h.control = sock
 	b, err := h.WaitForBegin(ctx)
 	if err != nil {
 		return err
@@ -152,21 +158,14 @@ func (r *runner) succeed(ctx context.Context, s *Successor) error {
 	guard := b.StartHeartbeats()
 	lock, err := AcquireDataDirLock(r.cfg.DataDir)
 	if err != nil {
-		guard.Stop()
-		b.discardPrebound()
+		b.giveUp("the successor could not take the data-directory lock: " + err.Error())
 		return fmt.Errorf("%w: %w", ErrAborted, err)
 	}
 	svc, err := r.open(ctx, b.Listeners())
 	guard.Stop()
 	if err != nil {
 		lock.Release()
-		b.discardPrebound()
-		return fmt.Errorf("%w: %w", ErrAborted, err)
-	}
-	sock, err := r.controlSocket()
-	if err != nil {
-		lock.Release()
-		b.discardPrebound()
+		b.giveUp("the successor could not open its data: " + err.Error())
 		return fmt.Errorf("%w: %w", ErrAborted, err)
 	}
 	inc, err := b.AnnounceAndBind(r.readiness(svc, b.Listeners()), sock, lock)

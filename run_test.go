@@ -27,7 +27,8 @@ import (
 // (HANDOFF_TEST_ROLE=run): a line server on the listener "line" that
 // answers every line with "ok <pid>". RUN_DIR is its data directory;
 // RUN_LISTEN, if set, is the address Run binds when "line" was not
-// inherited. RUN_FAIL_PREPARE makes Prepare fail, RUN_FAIL_OPEN makes
+// inherited; RUN_CONTROL, if set, is its Config.ControlSocket.
+// RUN_FAIL_PREPARE makes Prepare fail, RUN_FAIL_OPEN makes
 // Open fail, RUN_UNHEALTHY makes Readiness report unhealthy. It appends
 // "<event> <pid>" lines to RUN_DIR/events; Prepare's event says whether
 // another process held the data-directory lock meanwhile.
@@ -70,6 +71,7 @@ func runDaemon() int {
 	if addr := os.Getenv("RUN_LISTEN"); addr != "" {
 		cfg.Listen = map[string]string{"line": addr}
 	}
+	cfg.ControlSocket = os.Getenv("RUN_CONTROL")
 	err := Run(ctx, cfg)
 	runEvent(dir, "exit")
 	if err != nil {
@@ -305,10 +307,22 @@ func TestRunUnderSupervisor(t *testing.T) {
 	if got := ask(t, "tcp", addr); got != pid {
 		t.Fatalf("failing warm-up: answered by %d, want the incumbent %d", got, pid)
 	}
-	for _, knob := range []string{"RUN_FAIL_OPEN=1", "RUN_UNHEALTHY=1"} {
+	// A successor that cannot bind its control socket says so before the
+	// incumbent drains for nothing.
+	out, err = sup.PerformHandoff(ctx, spec("RUN_CONTROL="+filepath.Join(dir, "missing", "ctl")))
+	if err != nil || out.Committed || !strings.Contains(out.AbortReason, "gave up during its warm-up: the successor cannot bind its control socket") {
+		t.Fatalf("unbindable control socket: %v %+v, want a rollback naming the control socket", err, out)
+	}
+	if hasEvent(t, data, "drained", pid) || out.Phases.Drain != 0 {
+		t.Fatalf("unbindable control socket: the incumbent was drained: %v %+v", events(t, data), out.Phases)
+	}
+	for knob, reason := range map[string]string{
+		"RUN_FAIL_OPEN=1": "gave up after Begin: the successor could not open its data: handoff: open: RUN_FAIL_OPEN",
+		"RUN_UNHEALTHY=1": "the successor reported itself unhealthy",
+	} {
 		out, err := sup.PerformHandoff(ctx, spec(knob))
-		if err != nil || out.Committed {
-			t.Fatalf("%s: %v %+v, want a rollback", knob, err, out)
+		if err != nil || out.Committed || !strings.Contains(out.AbortReason, reason) {
+			t.Fatalf("%s: %v %+v, want a rollback saying %q", knob, err, out, reason)
 		}
 		if !hasEvent(t, data, "resumed", pid) {
 			t.Fatalf("%s: the incumbent did not resume: %v", knob, events(t, data))

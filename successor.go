@@ -35,6 +35,11 @@ type HandshookSuccessor struct {
 	deadline   time.Time
 	beat       time.Duration // heartbeat interval for the supervisor's liveness
 	handshaken time.Time
+	// control is the control socket path AnnounceAndBind will be given,
+	// when the caller knows it (Run does): then a failure to bind it
+	// before Begin aborts at once. Empty: the supervisor's path, bound if
+	// it can be.
+	control string
 
 	mu    sync.Mutex
 	guard *HeartbeatGuard
@@ -174,7 +179,18 @@ func (s *HandshookSuccessor) WaitForBegin(ctx context.Context) (*BegunSuccessor,
 	// Bind the control socket at its temporary name now, off the accept
 	// gap (AnnounceAndBind uses it if it is given the same path).
 	var pre *preparedSocket
-	if path, err := controlSocketPath(""); err == nil {
+	if s.control != "" {
+		var err error
+		if pre, err = prepareControlSocket(s.control); err != nil {
+			// It would fail again after the incumbent sealed for nothing.
+			reason := "the successor cannot bind its control socket: " + err.Error()
+			if conn.Version() >= wire.WarmUpVersion {
+				conn.Send(wire.Abort{Reason: reason}, s.id, wire.WriteTimeout)
+			}
+			conn.Close()
+			return nil, fmt.Errorf("%w: %s", ErrAborted, reason)
+		}
+	} else if path, err := controlSocketPath(""); err == nil {
 		pre, _ = prepareControlSocket(path) // on error AnnounceAndBind tries again and says why
 	}
 	fail := func(err error) (*BegunSuccessor, error) {
@@ -217,6 +233,27 @@ func (s *HandshookSuccessor) WaitForBegin(ctx context.Context) (*BegunSuccessor,
 			return fail(wire.Violation("expected begin, got %s", f.Msg.Type()))
 		}
 	}
+}
+
+// giveUp tells the supervisor why this successor cannot go on after
+// Begin (it could not take the lock or open its data), so that the abort
+// says so rather than only that the process exited; the caller exits
+// then. It consumes s.
+func (s *BegunSuccessor) giveUp(reason string) {
+	s.mu.Lock()
+	used := s.used
+	s.used = true
+	g := s.guard
+	s.mu.Unlock()
+	g.Stop()
+	s.discardPrebound()
+	if used {
+		return
+	}
+	if s.conn.Version() >= wire.WarmUpVersion {
+		s.conn.Send(wire.Abort{Reason: reason}, s.id, wire.WriteTimeout)
+	}
+	s.conn.Close()
 }
 
 // discardPrebound closes the control socket bound before Begin, for a
@@ -273,9 +310,16 @@ func (s *BegunSuccessor) AnnounceAndBind(r ReadinessSnapshot, controlSocket stri
 		}
 		return nil, err
 	}
+	// giveUp is abort before Ready was sent: the supervisor is told why.
+	giveUp := func(err error) (*Incumbent, error) {
+		if conn.Version() >= wire.WarmUpVersion {
+			conn.Send(wire.Abort{Reason: "the successor cannot announce Ready: " + err.Error()}, s.id, wire.WriteTimeout)
+		}
+		return abort(err)
+	}
 	if lock == nil || lock.released() {
 		s.discardPrebound()
-		return abort(errors.New("handoff: AnnounceAndBind needs the held data-directory lock"))
+		return giveUp(errors.New("handoff: AnnounceAndBind needs the held data-directory lock"))
 	}
 	// The daemon's own start-up ends here; what follows is the library's.
 	openTook := time.Since(s.begun)
@@ -284,7 +328,7 @@ func (s *BegunSuccessor) AnnounceAndBind(r ReadinessSnapshot, controlSocket stri
 	controlSocket, err := controlSocketPath(controlSocket)
 	if err != nil {
 		s.discardPrebound()
-		return abort(fmt.Errorf("%w: %w", ErrAborted, err))
+		return giveUp(fmt.Errorf("%w: %w", ErrAborted, err))
 	}
 	sock := s.pre
 	s.pre = nil
@@ -293,7 +337,7 @@ func (s *BegunSuccessor) AnnounceAndBind(r ReadinessSnapshot, controlSocket stri
 			sock.discard()
 		}
 		if sock, err = prepareControlSocket(controlSocket); err != nil {
-			return abort(fmt.Errorf("%w: %w", ErrAborted, err))
+			return giveUp(fmt.Errorf("%w: %w", ErrAborted, err))
 		}
 	}
 	published := false

@@ -476,9 +476,13 @@ func (r *run) begin() (wire.Ready, error) {
 		return wire.Ready{}, err
 	}
 	r.journalAhead(PhaseCommitting)
-	fr, err := r.awaitUntil(r.succ, r.deadline, wire.TypeReady)
+	fr, err := r.awaitUntil(r.succ, r.deadline, wire.TypeReady, wire.TypeAbort)
 	if err != nil {
 		return wire.Ready{}, err
+	}
+	if m, ok := fr.Msg.(wire.Abort); ok {
+		r.out.Phases.BeginToReady = time.Since(t4)
+		return wire.Ready{}, r.abortAs(ErrSuccessorFailed, "the successor (pid %d) gave up after Begin: %s", r.succ.child.pid, m.Reason)
 	}
 	ready := fr.Msg.(wire.Ready)
 	r.out.Phases.BeginToReady = time.Since(t4)

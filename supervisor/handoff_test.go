@@ -126,12 +126,12 @@ func TestHandoffAbortsRollBack(t *testing.T) {
 		{"successor hangs silently in its warm-up", nil, []string{"TD_HANG_AT=after-hello"}, short, 0, "(liveness timeout) while the supervisor waited for [ready_to_begin abort]", ErrTimeout},
 		// A warm-up that heartbeats but never ends: the deadline aborts.
 		{"successor warms up past the deadline", nil, []string{"TD_HANG_AT=warm-up"}, short, 5 * time.Second, "did not send [ready_to_begin abort]: the handoff deadline passed", ErrTimeout},
-		{"successor hangs silently after begin", nil, []string{"TD_HANG_AT=after-begin"}, short, 0, "(liveness timeout) while the supervisor waited for [ready]", ErrTimeout},
+		{"successor hangs silently after begin", nil, []string{"TD_HANG_AT=after-begin"}, short, 0, "(liveness timeout) while the supervisor waited for [ready abort]", ErrTimeout},
 		// A successor that holds the lock and heartbeats but never sends
 		// Ready: the overall deadline aborts; it is killed and the
 		// incumbent retakes the lock. The deadline leaves seconds for
 		// everything before Ready.
-		{"successor heartbeats but never sends ready", nil, []string{"TD_HANG_AT=before-ready"}, short, 10 * time.Second, "did not send [ready]: the handoff deadline passed", ErrTimeout},
+		{"successor heartbeats but never sends ready", nil, []string{"TD_HANG_AT=before-ready"}, short, 10 * time.Second, "did not send [ready abort]: the handoff deadline passed", ErrTimeout},
 		{"ready unhealthy", nil, []string{"TD_UNHEALTHY=1"}, Config{}, 0, "unhealthy", ErrReadyRejected},
 		{"ready with stale revisions", nil, []string{"TD_STALE=1"}, Config{}, 0, "stale", ErrReadyRejected},
 		{"seal fails", []string{"TD_SEAL_FAIL=1"}, nil, Config{}, 0, "seal failed: test knob", ErrSealFailed},
