@@ -119,6 +119,7 @@ type config struct {
 	failFsyncAt     store.SyncPhase
 	dump            bool
 	populate        int
+	successor       bool // spawned by the supervisor for a handoff
 	valueSize       int
 }
 
@@ -187,6 +188,9 @@ func run(ctx context.Context, args []string) error {
 	}
 
 	var warm *store.Warm // from Prepare to Open
+	// The supervisor spawns a successor with HANDOFF_ROLE=successor (Run
+	// reads the variable and clears it).
+	cfg.successor = os.Getenv("HANDOFF_ROLE") == "successor"
 	return handoff.Run(ctx, handoff.Config{
 		DataDir:       cfg.dataDir,
 		ControlSocket: cfg.control,
@@ -222,6 +226,14 @@ func prepare(ctx context.Context, cfg config, log *slog.Logger) (*store.Warm, er
 	}
 	if err := pause(ctx, cfg.slowPrepare); err != nil {
 		return nil, fmt.Errorf("--slow-prepare: %w", err)
+	}
+	if cfg.successor {
+		// One CPU for the warm-up: the incumbent serves beside it, and a
+		// load of the whole store (and its garbage collection) on every
+		// CPU would slow the incumbent's requests for the warm-up's
+		// length. A cold start has nobody beside it and uses them all.
+		procs := runtime.GOMAXPROCS(1)
+		defer runtime.GOMAXPROCS(procs)
 	}
 	w, err := store.Prepare(cfg.dataDir)
 	if err != nil {
