@@ -250,18 +250,29 @@ func prepare(ctx context.Context, cfg config, log *slog.Logger) (*store.Warm, er
 	return w, nil
 }
 
-// dump writes the store's revision and data to w as JSON.
-func dump(cfg config, log *slog.Logger, w io.Writer) error {
+// openLocked opens the store for a command that runs without serving
+// (--dump, --populate): it takes the data-directory lock, so it fails
+// rather than touch a directory a daemon owns. done closes the store and
+// releases the lock.
+func openLocked(cfg config, log *slog.Logger) (st *store.Store, done func(), err error) {
 	lock, err := handoff.AcquireDataDirLock(cfg.dataDir)
 	if err != nil {
-		return fmt.Errorf("data-directory lock: %w", err)
+		return nil, nil, fmt.Errorf("data-directory lock: %w", err)
 	}
-	defer lock.Release()
-	st, err := openStore(cfg, log, nil)
+	if st, err = openStore(cfg, log, nil); err != nil {
+		lock.Release()
+		return nil, nil, err
+	}
+	return st, func() { st.Close(); lock.Release() }, nil
+}
+
+// dump writes the store's revision and data to w as JSON.
+func dump(cfg config, log *slog.Logger, w io.Writer) error {
+	st, done, err := openLocked(cfg, log)
 	if err != nil {
 		return err
 	}
-	defer st.Close()
+	defer done()
 	rev, data := st.Contents()
 	return json.NewEncoder(w).Encode(struct {
 		Revision uint64            `json:"revision"`
@@ -327,16 +338,11 @@ const populateWriters = 256
 // populate fills the store with cfg.populate keys through concurrent
 // writers (group commit), compacts it, and reports as JSON.
 func populate(cfg config, log *slog.Logger, w io.Writer) error {
-	lock, err := handoff.AcquireDataDirLock(cfg.dataDir)
-	if err != nil {
-		return fmt.Errorf("data-directory lock: %w", err)
-	}
-	defer lock.Release()
-	st, err := openStore(cfg, log, nil)
+	st, done, err := openLocked(cfg, log)
 	if err != nil {
 		return err
 	}
-	defer st.Close()
+	defer done()
 	start := time.Now()
 	var next atomic.Int64
 	errs := make(chan error, populateWriters)
