@@ -16,6 +16,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/handoff-go/handoff/internal/okline"
 )
 
 // Supervisor settings of the soak: generous bounds, so that a slow
@@ -275,7 +277,7 @@ func parseHandoffReply(line string) (handoffReply, error) {
 	if !ok {
 		return handoffReply{}, fmt.Errorf("supervisor: %s", line)
 	}
-	f, err := replyFields(rest)
+	f, err := okline.Fields(rest)
 	if err != nil {
 		return handoffReply{}, fmt.Errorf("reply %q: %w", line, err)
 	}
@@ -296,32 +298,6 @@ func parseHandoffReply(line string) (handoffReply, error) {
 		return handoffReply{}, fmt.Errorf("reply %q: %w", line, err)
 	}
 	return r, nil
-}
-
-// replyFields splits key=value fields; a value is a bare word or a
-// Go-quoted string.
-func replyFields(s string) (map[string]string, error) {
-	out := map[string]string{}
-	for s = strings.TrimSpace(s); s != ""; s = strings.TrimSpace(s) {
-		key, rest, ok := strings.Cut(s, "=")
-		if !ok || key == "" || strings.ContainsAny(key, " \"") {
-			return nil, fmt.Errorf("malformed field at %q", s)
-		}
-		val := ""
-		if strings.HasPrefix(rest, `"`) {
-			q, err := strconv.QuotedPrefix(rest)
-			if err != nil {
-				return nil, fmt.Errorf("field %s: %w", key, err)
-			}
-			val, _ = strconv.Unquote(q)
-			rest = rest[len(q):]
-		} else {
-			val, rest, _ = strings.Cut(rest, " ")
-		}
-		out[key] = val
-		s = rest
-	}
-	return out, nil
 }
 
 // statusReply is the part of the status command's JSON the soak reads.

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/handoff-go/handoff/internal/okline"
 )
 
 // maxReply bounds a reply line read by the client commands.
@@ -149,7 +151,7 @@ func upgradeAnswer(reply string) (string, int, error) {
 	if !ok {
 		return "", exitFailure, fmt.Errorf("unexpected reply from the supervisor: %q", reply)
 	}
-	f, err := parseFields(rest)
+	f, err := okline.Fields(rest)
 	if err != nil {
 		return "", exitFailure, fmt.Errorf("unexpected reply from the supervisor %q: %w", reply, err)
 	}

@@ -15,6 +15,7 @@ import (
 	"testing/iotest"
 	"time"
 
+	"github.com/handoff-go/handoff/internal/okline"
 	"github.com/handoff-go/handoff/supervisor"
 	"github.com/pelletier/go-toml/v2"
 	"github.com/rogpeppe/go-internal/txtar"
@@ -186,7 +187,7 @@ func FuzzUpgradeAnswer(f *testing.F) {
 			}
 		case code == exitOK:
 			rest, ok := strings.CutPrefix(reply, "ok: ")
-			fields, ferr := parseFields(rest)
+			fields, ferr := okline.Fields(rest)
 			if !ok || ferr != nil || fields["committed"] != "true" || !strings.HasPrefix(answer, "committed: ") {
 				t.Fatalf("%q: exit 0 with %q", reply, answer)
 			}
@@ -204,7 +205,7 @@ func FuzzParseFields(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
-		fields, err := parseFields(s)
+		fields, err := okline.Fields(s)
 		if err != nil {
 			return
 		}
@@ -212,7 +213,7 @@ func FuzzParseFields(f *testing.F) {
 		for _, k := range slices.Sorted(maps.Keys(fields)) {
 			b.WriteString(k + "=" + strconv.Quote(fields[k]) + " ")
 		}
-		again, err := parseFields(b.String())
+		again, err := okline.Fields(b.String())
 		if err != nil || !maps.Equal(again, fields) {
 			t.Fatalf("%q read as %q; written back as %q it reads as %q, %v", s, fields, b.String(), again, err)
 		}
@@ -237,7 +238,7 @@ func FuzzHandoffReply(f *testing.F) {
 		if want := map[bool]int{true: exitOK, false: exitFailure}[committed]; err != nil || code != want {
 			t.Fatalf("%q: exit %d, %v; want exit %d", line, code, err, want)
 		}
-		fields, err := parseFields(strings.TrimPrefix(line, "ok: "))
+		fields, err := okline.Fields(strings.TrimPrefix(line, "ok: "))
 		if err != nil || fields["id"] != id || fields["build_id"] != build || fields["reason"] != oneLine(reason) || fields["pid"] != strconv.Itoa(pid) {
 			t.Fatalf("%q read back as %q, %v", line, fields, err)
 		}

@@ -16,8 +16,8 @@ import (
 	"strings"
 	"sync"
 	"time"
-	"unicode"
 
+	"github.com/handoff-go/handoff/internal/okline"
 	"github.com/handoff-go/handoff/internal/peercred"
 	"github.com/handoff-go/handoff/supervisor"
 	"golang.org/x/sys/unix"
@@ -452,40 +452,5 @@ func (s *triggerServer) finish(c *net.UnixConn) {
 func handoffReply(o supervisor.Outcome) string {
 	pid := o.PID
 	return fmt.Sprintf("ok: id=%s committed=%t pid=%d build_id=%s accept_gap=%s library_overhead=%s reason=%s",
-		bareOrQuoted(string(o.ID)), o.Committed, pid, strconv.Quote(o.BuildID), o.Phases.AcceptGap, o.Phases.LibraryOverhead, strconv.Quote(oneLine(o.AbortReason)))
-}
-
-// bareOrQuoted writes a field value bare when parseFields reads it back
-// as it is (a handoff id always is), else Go-quoted.
-func bareOrQuoted(s string) string {
-	if s == "" || strings.ContainsAny(s, " \"\\") || strings.IndexFunc(s, func(r rune) bool { return !unicode.IsPrint(r) }) >= 0 {
-		return strconv.Quote(s)
-	}
-	return s
-}
-
-// parseFields parses the key=value fields of an "ok:" reply; a value is
-// a bare word or a Go-quoted string.
-func parseFields(s string) (map[string]string, error) {
-	out := map[string]string{}
-	for s = strings.TrimSpace(s); s != ""; s = strings.TrimSpace(s) {
-		key, rest, ok := strings.Cut(s, "=")
-		if !ok || key == "" || strings.ContainsAny(key, " \"") {
-			return nil, fmt.Errorf("malformed field at %q", s)
-		}
-		var val string
-		if strings.HasPrefix(rest, `"`) {
-			q, err := strconv.QuotedPrefix(rest)
-			if err != nil {
-				return nil, fmt.Errorf("field %s: %w", key, err)
-			}
-			val, _ = strconv.Unquote(q)
-			rest = rest[len(q):]
-		} else {
-			val, rest, _ = strings.Cut(rest, " ")
-		}
-		out[key] = val
-		s = rest
-	}
-	return out, nil
+		okline.Value(string(o.ID)), o.Committed, pid, strconv.Quote(o.BuildID), o.Phases.AcceptGap, o.Phases.LibraryOverhead, strconv.Quote(oneLine(o.AbortReason)))
 }

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/handoff-go/handoff/internal/okline"
 	"github.com/handoff-go/handoff/internal/peercred"
 	"github.com/handoff-go/handoff/internal/testutil"
 	"github.com/handoff-go/handoff/supervisor"
@@ -456,7 +457,7 @@ func TestHandoffReplyRoundTrip(t *testing.T) {
 		if !ok {
 			t.Fatalf("reply %q", line)
 		}
-		f, err := parseFields(rest)
+		f, err := okline.Fields(rest)
 		if err != nil {
 			t.Fatalf("%q: %v", line, err)
 		}
@@ -470,7 +471,7 @@ func TestHandoffReplyRoundTrip(t *testing.T) {
 			}
 		}
 	}
-	if _, err := parseFields(`id=1 reason="unterminated`); err == nil {
+	if _, err := okline.Fields(`id=1 reason="unterminated`); err == nil {
 		t.Error("unterminated quote parsed")
 	}
 }
