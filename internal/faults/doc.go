@@ -14,7 +14,8 @@
 // the daemon serves as before.
 //
 // Mounting needs root: without it, or where a mount fails, the tests are
-// skipped with the reason, unless FAULTS_REQUIRED is set (CI sets it):
-// then they fail. FAULTS_KVD names a kvd binary to use instead of
-// building one (to run the set against another revision).
+// skipped with the reason, unless FAULTS_REQUIRED is set: then they fail.
+// .ci/run sets it where it runs as root and a tmpfs mounts. FAULTS_KVD
+// names a kvd binary to use instead of building one (to run the set
+// against another revision).
 package faults
