@@ -2,14 +2,9 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"errors"
 	"fmt"
-	"html"
-	"image"
 	"image/color"
-	"image/draw"
-	"image/png"
 	"io"
 	"math"
 	"os"
@@ -17,6 +12,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/handoff-go/handoff/internal/plot"
 )
 
 // plotName is the plot's file name in -plot DIR, without the extension.
@@ -24,13 +21,11 @@ const plotName = "kvd-gap-vs-size"
 
 // Plot geometry, in SVG user units (pixels of the PNG).
 const (
-	figW, figH             = 960, 540
-	figLeft, figRight      = 80, 30
-	figTop, figBottom      = 70, 60
-	pngSupersample         = 3 // the PNG is drawn this much larger, then averaged down
-	targetGap              = 20 * time.Millisecond
-	anchorStart, anchorMid = 0, 1
-	anchorEnd              = 2
+	figW, figH        = 960, 540
+	figLeft, figRight = 80, 30
+	figTop, figBottom = 70, 60
+	pngSupersample    = 3 // the PNG is drawn this much larger, then averaged down
+	targetGap         = 20 * time.Millisecond
 )
 
 // Colours of the series.
@@ -44,17 +39,6 @@ var (
 	colourBlack   = color.RGBA{0x00, 0x00, 0x00, 0xff}
 	colourWhite   = color.RGBA{0xff, 0xff, 0xff, 0xff}
 )
-
-// canvas is what the plot is drawn on; svgCanvas and pngCanvas draw the
-// same figure, in the same coordinates.
-type canvas interface {
-	line(x1, y1, x2, y2, width float64, c color.RGBA, dashed bool)
-	dot(x, y, r float64, c color.RGBA)
-	rect(x, y, w, h float64, fill, stroke color.RGBA)
-	// text draws s with its baseline at y, anchored at x; vertical text
-	// reads upwards and is anchored at its middle.
-	text(x, y float64, s string, size float64, anchor int, vertical bool)
-}
 
 // plotPoint is one size of one series: the median, and the p99 (drawn
 // as a bar above the median) or 0 for none.
@@ -116,7 +100,7 @@ func logRange(vs []float64) (lo, hi float64) {
 
 // drawGapPlot draws the accept gap and the restart time against the data
 // size, both axes logarithmic.
-func drawGapPlot(cv canvas, r *kvdResult) {
+func drawGapPlot(cv plot.Canvas, r *kvdResult) {
 	series := gapSeries(r)
 	var xs, ys []float64
 	for _, s := range series {
@@ -136,11 +120,11 @@ func drawGapPlot(cv canvas, r *kvdResult) {
 	py := func(ms float64) float64 { return figTop + innerH - (math.Log10(ms)-ylo)/(yhi-ylo)*innerH }
 	left, right, top, bottom := float64(figLeft), float64(figLeft)+innerW, float64(figTop), float64(figTop)+innerH
 
-	cv.rect(0, 0, figW, figH, colourWhite, colourWhite)
-	cv.text(figW/2, 24, fmt.Sprintf("examples/kvd: pause of a handoff vs stop-then-start, by data size (%d-byte values)", r.ValueSize), 15, anchorMid, false)
-	cv.text(figW/2, 44, fmt.Sprintf("%s, %s, %d CPUs; %d handoffs and %d restarts per size; kvd %s", r.Date[:min(10, len(r.Date))], r.OS, r.CPUs, r.Handoffs, r.Handoffs, shortRev(r.KVD)), 11, anchorMid, false)
-	cv.text(figW/2, figH-14, "keys in the store (log scale)", 12, anchorMid, false)
-	cv.text(22, top+innerH/2, "milliseconds (log scale)", 12, anchorMid, true)
+	cv.Rect(0, 0, figW, figH, colourWhite, colourWhite)
+	cv.Text(figW/2, 24, fmt.Sprintf("examples/kvd: pause of a handoff vs stop-then-start, by data size (%d-byte values)", r.ValueSize), font(15, plot.Middle))
+	cv.Text(figW/2, 44, fmt.Sprintf("%s, %s, %d CPUs; %d handoffs and %d restarts per size; kvd %s", r.Date[:min(10, len(r.Date))], r.OS, r.CPUs, r.Handoffs, r.Handoffs, shortRev(r.KVD)), font(11, plot.Middle))
+	cv.Text(figW/2, figH-14, "keys in the store (log scale)", font(12, plot.Middle))
+	cv.Text(22, top+innerH/2, "milliseconds (log scale)", plot.Font{Size: 12, Anchor: plot.Middle, Vertical: true, Colour: colourBlack})
 
 	// Grid, ticks and labels: decades, with minor lines at 2..9.
 	for e := math.Floor(ylo); e <= yhi; e++ {
@@ -151,11 +135,11 @@ func drawGapPlot(cv canvas, r *kvdResult) {
 			}
 			y := py(v)
 			if m == 1 {
-				cv.line(left, y, right, y, 1, colourGrid, false)
-				cv.line(left-5, y, left, y, 1, colourBlack, false)
-				cv.text(left-8, y+4, trimMS(v), 11, anchorEnd, false)
+				plot.Line(cv, left, y, right, y, thin(colourGrid))
+				plot.Line(cv, left-5, y, left, y, thin(colourBlack))
+				cv.Text(left-8, y+4, trimMS(v), font(11, plot.End))
 			} else {
-				cv.line(left-3, y, left, y, 1, colourBlack, false)
+				plot.Line(cv, left-3, y, left, y, thin(colourBlack))
 			}
 		}
 	}
@@ -167,51 +151,59 @@ func drawGapPlot(cv canvas, r *kvdResult) {
 			}
 			x := px(v)
 			if m == 1 {
-				cv.line(x, top, x, bottom, 1, colourGrid, false)
-				cv.line(x, bottom, x, bottom+5, 1, colourBlack, false)
-				cv.text(x, bottom+19, keysLabel(int(math.Round(v))), 11, anchorMid, false)
+				plot.Line(cv, x, top, x, bottom, thin(colourGrid))
+				plot.Line(cv, x, bottom, x, bottom+5, thin(colourBlack))
+				cv.Text(x, bottom+19, keysLabel(int(math.Round(v))), font(11, plot.Middle))
 			} else {
-				cv.line(x, bottom, x, bottom+3, 1, colourBlack, false)
+				plot.Line(cv, x, bottom, x, bottom+3, thin(colourBlack))
 			}
 		}
 	}
-	cv.line(left, top, left, bottom, 1, colourBlack, false)
-	cv.line(left, bottom, right, bottom, 1, colourBlack, false)
+	plot.Line(cv, left, top, left, bottom, thin(colourBlack))
+	plot.Line(cv, left, bottom, right, bottom, thin(colourBlack))
 
 	// The target of issue 10: at most 20 ms (named in the legend).
 	ty := py(float64(targetGap) / float64(time.Millisecond))
-	cv.line(left, ty, right, ty, 1, colourTarget, true)
+	plot.Line(cv, left, ty, right, ty, plot.Stroke{Colour: colourTarget, Width: 1, Dashed: true})
 
 	for _, s := range series {
 		for i, p := range s.points {
 			x, y := px(p.keys), py(p.median)
 			if i > 0 {
 				q := s.points[i-1]
-				cv.line(px(q.keys), py(q.median), x, y, 2, s.colour, s.dashed)
+				plot.Line(cv, px(q.keys), py(q.median), x, y, plot.Stroke{Colour: s.colour, Width: 2, Dashed: s.dashed})
 			}
 			if p.p99 > p.median {
 				bx := x + s.barShift
-				cv.line(bx, y, bx, py(p.p99), 1.5, s.colour, false)
-				cv.line(bx-4, py(p.p99), bx+4, py(p.p99), 1.5, s.colour, false)
+				plot.Line(cv, bx, y, bx, py(p.p99), plot.Stroke{Colour: s.colour, Width: 1.5})
+				plot.Line(cv, bx-4, py(p.p99), bx+4, py(p.p99), plot.Stroke{Colour: s.colour, Width: 1.5})
 			}
-			cv.dot(x, y, 3.5, s.colour)
+			cv.Dot(x, y, 3.5, s.colour)
 		}
 	}
 
 	// Legend, top left inside the axes.
 	lx, ly := left+12, top+12
 	n := float64(len(series))
-	cv.rect(lx-6, ly-6, 400, n*18+44, colourWhite, colourGrid)
+	cv.Rect(lx-6, ly-6, 400, n*18+44, colourWhite, colourGrid)
 	for i, s := range series {
 		y := ly + float64(i)*18 + 6
-		cv.line(lx, y, lx+24, y, 2, s.colour, s.dashed)
-		cv.dot(lx+12, y, 3.5, s.colour)
-		cv.text(lx+32, y+4, s.label, 11, anchorStart, false)
+		plot.Line(cv, lx, y, lx+24, y, plot.Stroke{Colour: s.colour, Width: 2, Dashed: s.dashed})
+		cv.Dot(lx+12, y, 3.5, s.colour)
+		cv.Text(lx+32, y+4, s.label, font(11, plot.Start))
 	}
-	cv.line(lx, ly+n*18+6, lx+24, ly+n*18+6, 1, colourTarget, true)
-	cv.text(lx+32, ly+n*18+10, "20 ms: the target for the accept gap", 11, anchorStart, false)
-	cv.text(lx, ly+n*18+28, "dots: medians; bars: up to the p99", 11, anchorStart, false)
+	plot.Line(cv, lx, ly+n*18+6, lx+24, ly+n*18+6, plot.Stroke{Colour: colourTarget, Width: 1, Dashed: true})
+	cv.Text(lx+32, ly+n*18+10, "20 ms: the target for the accept gap", font(11, plot.Start))
+	cv.Text(lx, ly+n*18+28, "dots: medians; bars: up to the p99", font(11, plot.Start))
 }
+
+// font is the plot's text: black, of size points, anchored at a.
+func font(size float64, a plot.Anchor) plot.Font {
+	return plot.Font{Size: size, Anchor: a, Colour: colourBlack}
+}
+
+// thin is the stroke of the grid, the axes and the ticks.
+func thin(c color.RGBA) plot.Stroke { return plot.Stroke{Colour: c, Width: 1} }
 
 // shortRev shortens a full VCS revision at the start of rev to 12 digits.
 func shortRev(rev string) string {
@@ -229,181 +221,17 @@ func trimMS(v float64) string {
 	return strings.TrimRight(fmt.Sprintf("%.4f", v), "0")
 }
 
-// svgCanvas writes SVG elements.
-type svgCanvas struct{ b bytes.Buffer }
-
-func svgColour(c color.RGBA) string { return fmt.Sprintf("#%02x%02x%02x", c.R, c.G, c.B) }
-
-func (s *svgCanvas) line(x1, y1, x2, y2, width float64, c color.RGBA, dashed bool) {
-	dash := ""
-	if dashed {
-		dash = ` stroke-dasharray="6,3"`
-	}
-	fmt.Fprintf(&s.b, `<path d="M%.1f %.1f L%.1f %.1f" stroke="%s" stroke-width="%.1f"%s fill="none"/>`+"\n", x1, y1, x2, y2, svgColour(c), width, dash)
-}
-
-func (s *svgCanvas) dot(x, y, r float64, c color.RGBA) {
-	fmt.Fprintf(&s.b, `<circle cx="%.1f" cy="%.1f" r="%.1f" fill="%s"/>`+"\n", x, y, r, svgColour(c))
-}
-
-func (s *svgCanvas) rect(x, y, w, h float64, fill, stroke color.RGBA) {
-	fmt.Fprintf(&s.b, `<rect x="%.1f" y="%.1f" width="%.1f" height="%.1f" fill="%s" stroke="%s"/>`+"\n", x, y, w, h, svgColour(fill), svgColour(stroke))
-}
-
-func (s *svgCanvas) text(x, y float64, str string, size float64, anchor int, vertical bool) {
-	a := [...]string{"start", "middle", "end"}[anchor]
-	if vertical {
-		fmt.Fprintf(&s.b, `<text transform="translate(%.1f %.1f) rotate(-90)" text-anchor="middle" font-size="%.0f">%s</text>`+"\n", x, y, size, html.EscapeString(str))
-		return
-	}
-	fmt.Fprintf(&s.b, `<text x="%.1f" y="%.1f" text-anchor="%s" font-size="%.0f">%s</text>`+"\n", x, y, a, size, html.EscapeString(str))
-}
-
 func renderSVG(w io.Writer, r *kvdResult) error {
-	var s svgCanvas
-	fmt.Fprintf(&s.b, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" viewBox="0 0 %d %d" font-family="sans-serif">`+"\n", figW, figH, figW, figH)
-	drawGapPlot(&s, r)
-	s.b.WriteString("</svg>\n")
-	_, err := w.Write(s.b.Bytes())
+	s := plot.NewSVG(figW, figH)
+	drawGapPlot(s, r)
+	_, err := s.WriteTo(w)
 	return err
 }
 
-// pngCanvas rasterises the figure pngSupersample times larger than the
-// PNG, without anti-aliasing; shrink averages it down, which smooths the
-// edges.
-type pngCanvas struct{ img *image.RGBA }
-
-func newPNGCanvas() *pngCanvas {
-	return &pngCanvas{img: image.NewRGBA(image.Rect(0, 0, figW*pngSupersample, figH*pngSupersample))}
-}
-
-func (p *pngCanvas) set(x, y int, c color.RGBA) {
-	if x < 0 || y < 0 || x >= p.img.Rect.Max.X || y >= p.img.Rect.Max.Y {
-		return
-	}
-	i := y*p.img.Stride + 4*x
-	p.img.Pix[i], p.img.Pix[i+1], p.img.Pix[i+2], p.img.Pix[i+3] = c.R, c.G, c.B, c.A
-}
-
-// fill paints the rectangle r of the large image.
-func (p *pngCanvas) fill(r image.Rectangle, c color.RGBA) {
-	draw.Draw(p.img, r, image.NewUniform(c), image.Point{}, draw.Src)
-}
-
-// disc fills the pixels within r of (cx, cy), in the large image's pixels.
-func (p *pngCanvas) disc(cx, cy, r float64, c color.RGBA) {
-	for y := int(math.Floor(cy - r)); y <= int(math.Ceil(cy+r)); y++ {
-		for x := int(math.Floor(cx - r)); x <= int(math.Ceil(cx+r)); x++ {
-			dx, dy := float64(x)+0.5-cx, float64(y)+0.5-cy
-			if dx*dx+dy*dy <= r*r {
-				p.set(x, y, c)
-			}
-		}
-	}
-}
-
-func (p *pngCanvas) line(x1, y1, x2, y2, width float64, c color.RGBA, dashed bool) {
-	const k = pngSupersample
-	x1, y1, x2, y2 = x1*k, y1*k, x2*k, y2*k
-	r := max(width*k/2, 0.75)
-	if !dashed && (x1 == x2 || y1 == y2) {
-		// Axis-aligned (the grid, the axes, the ticks): a rectangle.
-		p.fill(image.Rect(int(math.Round(min(x1, x2)-r)), int(math.Round(min(y1, y2)-r)),
-			int(math.Round(max(x1, x2)+r)), int(math.Round(max(y1, y2)+r))), c)
-		return
-	}
-	length := math.Hypot(x2-x1, y2-y1)
-	steps := int(math.Ceil(length * 2))
-	for i := 0; i <= steps; i++ {
-		t := 0.0
-		if steps > 0 {
-			t = float64(i) / float64(steps)
-		}
-		// The SVG's dashes: 6 units drawn, 3 not.
-		if dashed && math.Mod(t*length/k, 9) >= 6 {
-			continue
-		}
-		p.disc(x1+t*(x2-x1), y1+t*(y2-y1), r, c)
-	}
-}
-
-func (p *pngCanvas) dot(x, y, r float64, c color.RGBA) {
-	p.disc(x*pngSupersample, y*pngSupersample, r*pngSupersample, c)
-}
-
-func (p *pngCanvas) rect(x, y, w, h float64, fill, stroke color.RGBA) {
-	const k = pngSupersample
-	x0, y0, x1, y1 := int(x*k), int(y*k), int((x+w)*k), int((y+h)*k)
-	p.fill(image.Rect(x0, y0, x1, y1), stroke)
-	p.fill(image.Rect(x0+k, y0+k, x1-k, y1-k), fill)
-}
-
-func (p *pngCanvas) text(x, y float64, s string, size float64, anchor int, vertical bool) {
-	// A font pixel is a square of scale pixels: the glyph's height is
-	// about 0.6 of the font size, as a sans-serif capital's.
-	scale := max(1, int(math.Round(size*0.6*pngSupersample/glyphH)))
-	runes := []rune(s)
-	width := (len(runes)*glyphAdvance - 1) * scale
-	ox, oy := int(x*pngSupersample), int(y*pngSupersample)
-	shift := 0
-	switch {
-	case vertical, anchor == anchorMid:
-		shift = width / 2
-	case anchor == anchorEnd:
-		shift = width
-	}
-	for i, r := range runes {
-		g := glyph(r)
-		for col := range glyphW {
-			for row := range glyphH + 2 {
-				if g[col]>>row&1 == 0 {
-					continue
-				}
-				// (u, v): along the text from its anchor, and down from
-				// the top of the glyphs (the baseline is at v = 0).
-				u := (i*glyphAdvance+col)*scale - shift
-				v := (row - glyphH) * scale
-				for a := range scale {
-					for b := range scale {
-						if vertical { // rotated a quarter turn anticlockwise
-							p.set(ox+v+b, oy-u-a, colourBlack)
-						} else {
-							p.set(ox+u+a, oy+v+b, colourBlack)
-						}
-					}
-				}
-			}
-		}
-	}
-}
-
-// shrink averages each pngSupersample square into one pixel.
-func (p *pngCanvas) shrink() *image.RGBA {
-	const k = pngSupersample
-	out := image.NewRGBA(image.Rect(0, 0, figW, figH))
-	in := p.img.Pix
-	for y := range figH {
-		for x := range figW {
-			var sum [4]int
-			for dy := range k {
-				row := (y*k+dy)*p.img.Stride + 4*x*k
-				for i, v := range in[row : row+4*k] {
-					sum[i%4] += int(v)
-				}
-			}
-			o := y*out.Stride + 4*x
-			for i := range sum {
-				out.Pix[o+i] = uint8(sum[i] / (k * k))
-			}
-		}
-	}
-	return out
-}
-
 func renderPNG(w io.Writer, r *kvdResult) error {
-	p := newPNGCanvas()
+	p := plot.NewPNG(figW, figH, 1, pngSupersample)
 	drawGapPlot(p, r)
-	return png.Encode(w, p.shrink())
+	return p.Encode(w)
 }
 
 // checkPlotDir tells before the run whether the plots can be written to dir.

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"fmt"
 	"image/color"
 	"math"
@@ -8,6 +9,8 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+
+	"github.com/handoff-go/handoff/internal/plot"
 )
 
 // The plots: quantities over handoff number, one panel each. The dark
@@ -23,6 +26,7 @@ const (
 	plotRight  = 30.0
 	panelGap   = 60.0
 	plotBottom = 50.0
+	pngScale   = 2 // pixels of the PNG a unit
 )
 
 var (
@@ -34,31 +38,12 @@ var (
 	colWhite = color.RGBA{0xff, 0xff, 0xff, 0xff}
 )
 
-// pt is a point in data or canvas coordinates.
-type pt struct{ x, y float64 }
-
-// anchor is where text sits relative to its point.
-type anchor int
-
-const (
-	anchorStart anchor = iota
-	anchorMiddle
-	anchorEnd
-)
-
-// canvas is what the SVG and PNG writers draw on, in SVG units.
-type canvas interface {
-	rect(x, y, w, h float64, fill color.RGBA)
-	polyline(pts []pt, c color.RGBA, width float64)
-	text(x, y float64, a anchor, size float64, s string, c color.RGBA)
-}
-
 // plotSeries is one line of a panel.
 type plotSeries struct {
 	label string
 	c     color.RGBA
 	width float64
-	pts   []pt
+	pts   []plot.Point
 }
 
 // panel is one quantity over handoff number.
@@ -80,23 +65,23 @@ func (f figure) height() float64 {
 }
 
 // draw lays the figure out on c.
-func (f figure) draw(c canvas) {
-	c.rect(0, 0, plotW, f.height(), colWhite)
-	c.text(plotLeft, 28, anchorStart, 16, f.title, colBlack)
-	c.text(plotLeft, 50, anchorStart, 12, f.subtitle, colBlack)
+func (f figure) draw(c plot.Canvas) {
+	c.Rect(0, 0, plotW, f.height(), colWhite, plot.None)
+	c.Text(plotLeft, 28, f.title, plot.Font{Size: 16, Anchor: plot.Start, Colour: colBlack})
+	c.Text(plotLeft, 50, f.subtitle, plot.Font{Size: 12, Anchor: plot.Start, Colour: colBlack})
 	for i, p := range f.panels {
 		top := plotTop + float64(i)*(panelH+panelGap)
 		f.drawPanel(c, p, top, i == len(f.panels)-1)
 	}
 }
 
-func (f figure) drawPanel(c canvas, p panel, top float64, last bool) {
+func (f figure) drawPanel(c plot.Canvas, p panel, top float64, last bool) {
 	x0, x1 := plotLeft, plotW-plotRight
 	y0, y1 := top+40, top+panelH // plot area, y1 at the bottom
 	lo, hi := math.Inf(1), math.Inf(-1)
 	for _, s := range p.series {
 		for _, q := range s.pts {
-			lo, hi = math.Min(lo, q.y), math.Max(hi, q.y)
+			lo, hi = math.Min(lo, q.Y), math.Max(hi, q.Y)
 		}
 	}
 	if math.IsInf(lo, 0) {
@@ -122,32 +107,32 @@ func (f figure) drawPanel(c canvas, p panel, top float64, last bool) {
 	sx := func(x float64) float64 { return x0 + x/xmax*(x1-x0) }
 	sy := func(y float64) float64 { return y1 - (y-lo)/(hi-lo)*(y1-y0) }
 
-	c.text(x0, top+10, anchorStart, 13, p.title, colBlack)
+	c.Text(x0, top+10, p.title, plot.Font{Size: 13, Anchor: plot.Start, Colour: colBlack})
 	for y := lo; y <= hi+step/2; y += step {
-		c.polyline([]pt{{x0, sy(y)}, {x1, sy(y)}}, colGrid, 1)
-		c.text(x0-6, sy(y)+4, anchorEnd, 11, tickLabel(y, step), colBlack)
+		plot.Line(c, x0, sy(y), x1, sy(y), plot.Stroke{Colour: colGrid, Width: 1})
+		c.Text(x0-6, sy(y)+4, tickLabel(y, step), plot.Font{Size: 11, Anchor: plot.End, Colour: colBlack})
 	}
 	xstep := niceStep(xmax / 8)
 	for x := 0.0; x <= xmax+xstep/2; x += xstep {
-		c.polyline([]pt{{sx(x), y1}, {sx(x), y1 + 4}}, colBlack, 1)
-		c.text(sx(x), y1+17, anchorMiddle, 11, tickLabel(x, xstep), colBlack)
+		plot.Line(c, sx(x), y1, sx(x), y1+4, plot.Stroke{Colour: colBlack, Width: 1})
+		c.Text(sx(x), y1+17, tickLabel(x, xstep), plot.Font{Size: 11, Anchor: plot.Middle, Colour: colBlack})
 	}
-	c.polyline([]pt{{x0, y0}, {x0, y1}, {x1, y1}}, colBlack, 1)
+	c.Polyline([]plot.Point{{X: x0, Y: y0}, {X: x0, Y: y1}, {X: x1, Y: y1}}, plot.Stroke{Colour: colBlack, Width: 1})
 	if last {
-		c.text((x0+x1)/2, y1+38, anchorMiddle, 12, "handoffs performed", colBlack)
+		c.Text((x0+x1)/2, y1+38, "handoffs performed", plot.Font{Size: 12, Anchor: plot.Middle, Colour: colBlack})
 	}
 	lx := x1
 	for i := len(p.series) - 1; i >= 0; i-- {
 		s := p.series[i]
-		pts := make([]pt, len(s.pts))
+		pts := make([]plot.Point, len(s.pts))
 		for j, q := range s.pts {
-			pts[j] = pt{sx(q.x), sy(q.y)}
+			pts[j] = plot.Point{X: sx(q.X), Y: sy(q.Y)}
 		}
-		c.polyline(pts, s.c, s.width)
+		c.Polyline(pts, plot.Stroke{Colour: s.c, Width: s.width})
 		// Legend, right-aligned under the title.
-		c.text(lx, top+28, anchorEnd, 11, s.label, s.c)
+		c.Text(lx, top+28, s.label, plot.Font{Size: 11, Anchor: plot.End, Colour: s.c})
 		lx -= float64(len(s.label))*6.5 + 30
-		c.polyline([]pt{{lx + 4, top + 24}, {lx + 22, top + 24}}, s.c, 3)
+		plot.Line(c, lx+4, top+24, lx+22, top+24, plot.Stroke{Colour: s.c, Width: 3})
 		lx -= 24
 	}
 }
@@ -177,10 +162,10 @@ func tickLabel(v, step float64) string {
 // restAndMax turns samples into the two lines of a panel: the value at
 // rest after each handoff, and the highest value of any sample from that
 // one until the next rest sample. v < 0 means not read.
-func restAndMax(all, rest []sample, scale float64, v func(sample) float64) (restPts, maxPts []pt) {
+func restAndMax(all, rest []sample, scale float64, v func(sample) float64) (restPts, maxPts []plot.Point) {
 	for i, r := range rest {
 		if y := v(r); y >= 0 {
-			restPts = append(restPts, pt{float64(i), y / scale})
+			restPts = append(restPts, plot.Point{X: float64(i), Y: y / scale})
 		}
 	}
 	if len(rest) < 2 {
@@ -200,7 +185,7 @@ func restAndMax(all, rest []sample, scale float64, v func(sample) float64) (rest
 	}
 	for i, y := range hi {
 		if y >= 0 {
-			maxPts = append(maxPts, pt{float64(i), y / scale})
+			maxPts = append(maxPts, plot.Point{X: float64(i), Y: y / scale})
 		}
 	}
 	return restPts, maxPts
@@ -258,6 +243,24 @@ func machineLine(m machine) string {
 	return fmt.Sprintf("%d CPUs, Linux %s", m.CPUs, m.Kernel)
 }
 
+// renderSVG draws f as an SVG document.
+func renderSVG(f figure) ([]byte, error) {
+	s := plot.NewSVG(plotW, f.height())
+	f.draw(s)
+	var b bytes.Buffer
+	_, err := s.WriteTo(&b)
+	return b.Bytes(), err
+}
+
+// renderPNG draws f as a PNG image, pngScale pixels a unit.
+func renderPNG(f figure) ([]byte, error) {
+	p := plot.NewPNG(plotW, f.height(), pngScale, 1)
+	f.draw(p)
+	var b bytes.Buffer
+	err := p.Encode(&b)
+	return b.Bytes(), err
+}
+
 // writePlots writes soak-supervisor and soak-daemon as SVG and PNG to dir.
 func writePlots(dir string, rep *report, all, rest []sample) error {
 	if len(rest) < 2 {
@@ -265,7 +268,11 @@ func writePlots(dir string, rep *report, all, rest []sample) error {
 	}
 	sup, daemon := figures(rep, all, rest)
 	for name, f := range map[string]figure{"soak-supervisor": sup, "soak-daemon": daemon} {
-		if err := os.WriteFile(filepath.Join(dir, name+".svg"), renderSVG(f), 0o644); err != nil {
+		svg, err := renderSVG(f)
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(dir, name+".svg"), svg, 0o644); err != nil {
 			return err
 		}
 		png, err := renderPNG(f)
