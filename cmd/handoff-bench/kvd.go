@@ -1,9 +1,7 @@
 package main
 
 import (
-	"archive/tar"
 	"context"
-	"debug/buildinfo"
 	"errors"
 	"fmt"
 	"io"
@@ -12,10 +10,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"strings"
 	"syscall"
 	"time"
 
+	"github.com/handoff-go/handoff/internal/gobuild"
 	"github.com/handoff-go/handoff/internal/proc"
 	"golang.org/x/sys/unix"
 )
@@ -102,129 +100,36 @@ func (b *kvdBench) run(ctx context.Context) (*kvdResult, error) {
 func (b *kvdBench) build(ctx context.Context) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, kvdBuildTimeout)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output()
-	if err != nil {
-		return "", fmt.Errorf("go env GOMOD: %w", err)
-	}
-	mod := strings.TrimSpace(string(out))
-	if mod == "" || mod == os.DevNull {
+	src, err := gobuild.ModuleRoot(ctx, "")
+	if errors.Is(err, gobuild.ErrNoModule) {
 		return "", errors.New("-kvd builds examples/kvd: run it from inside the handoff module")
 	}
-	src, rev := filepath.Dir(mod), ""
+	if err != nil {
+		return "", err
+	}
+	rev := ""
 	if b.o.kvdRev != "" {
-		if rev, err = gitOutput(ctx, src, "rev-parse", "--verify", b.o.kvdRev+"^{commit}"); err != nil {
-			return "", fmt.Errorf("-kvd-rev %s: %w", b.o.kvdRev, err)
-		}
 		tree := filepath.Join(b.dir, "src")
-		if err := extractCommit(ctx, src, rev, tree); err != nil {
+		if rev, err = gobuild.Extract(ctx, src, b.o.kvdRev, tree); err != nil {
 			return "", fmt.Errorf("-kvd-rev %s: %w", b.o.kvdRev, err)
 		}
 		src = tree
 	}
 	b.kvd = filepath.Join(b.dir, "kvd")
-	// -buildvcs=auto: a binary built in the working tree records its
-	// revision (GOFLAGS may say otherwise). -trimpath: the build cache
-	// serves a commit extracted into a new directory each run.
-	cmd := exec.CommandContext(ctx, "go", "build", "-buildvcs=auto", "-trimpath", "-o", b.kvd, "./examples/kvd")
-	cmd.Dir = src
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go build ./examples/kvd: %w\n%s", err, out)
+	if err := gobuild.Build(ctx, src, b.kvd, "", "./examples/kvd"); err != nil {
+		return "", err
 	}
 	if rev != "" {
 		return rev, nil
 	}
-	info, err := buildinfo.ReadFile(b.kvd)
+	rev, modified, err := gobuild.Revision(b.kvd)
 	if err != nil {
-		return "", fmt.Errorf("kvd build information: %w", err)
-	}
-	rev, modified := "unknown", false
-	for _, s := range info.Settings {
-		switch s.Key {
-		case "vcs.revision":
-			rev = s.Value
-		case "vcs.modified":
-			modified = s.Value == "true"
-		}
+		return "", fmt.Errorf("kvd %w", err)
 	}
 	if modified {
 		rev += " (with uncommitted changes in the tree)"
 	}
 	return rev, nil
-}
-
-func gitOutput(ctx context.Context, dir string, args ...string) (string, error) {
-	cmd := exec.CommandContext(ctx, "git", args...)
-	cmd.Dir = dir
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		return "", fmt.Errorf("git %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
-	}
-	return strings.TrimSpace(string(out)), nil
-}
-
-// extractCommit writes the files of commit rev of the repository in repo
-// into dir (git archive), without touching the repository.
-func extractCommit(ctx context.Context, repo, rev, dir string) error {
-	cmd := exec.CommandContext(ctx, "git", "archive", "--format=tar", rev)
-	cmd.Dir = repo
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		return err
-	}
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("git archive: %w", err)
-	}
-	err = untar(out, dir)
-	if err != nil {
-		io.Copy(io.Discard, out)
-	}
-	if werr := cmd.Wait(); werr != nil {
-		err = errors.Join(err, fmt.Errorf("git archive: %w: %s", werr, strings.TrimSpace(stderr.String())))
-	}
-	return err
-}
-
-// untar writes the directories and regular files of a tar stream into dir.
-func untar(r io.Reader, dir string) error {
-	tr := tar.NewReader(r)
-	for {
-		h, err := tr.Next()
-		if errors.Is(err, io.EOF) {
-			return nil
-		}
-		if err != nil {
-			return fmt.Errorf("read archive: %w", err)
-		}
-		path := filepath.Join(dir, filepath.FromSlash(h.Name))
-		if !strings.HasPrefix(path, filepath.Clean(dir)+string(filepath.Separator)) {
-			return fmt.Errorf("archive entry %q leaves the directory", h.Name)
-		}
-		switch h.Typeflag {
-		case tar.TypeDir:
-			err = os.MkdirAll(path, 0o755)
-		case tar.TypeReg:
-			err = writeFile(path, tr, os.FileMode(h.Mode)&0o777)
-		}
-		if err != nil {
-			return fmt.Errorf("extract %s: %w", h.Name, err)
-		}
-	}
-}
-
-func writeFile(path string, r io.Reader, mode os.FileMode) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return err
-	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, mode)
-	if err != nil {
-		return err
-	}
-	_, err = io.Copy(f, r)
-	return errors.Join(err, f.Close())
 }
 
 // sizeTimeout bounds one size: population, both modes, their checks.
