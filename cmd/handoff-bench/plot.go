@@ -1,7 +1,7 @@
 package main
 
 import (
-	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
 	"image/color"
@@ -12,6 +12,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/handoff-go/handoff/internal/atomicfile"
 
 	"github.com/handoff-go/handoff/internal/plot"
 )
@@ -255,30 +257,13 @@ func writePlots(dir string, r *kvdResult) error {
 	)
 }
 
-// writeFileAtomic writes path under a temporary name and renames it into
-// place, so a failed write leaves no half-written file.
-func writeFileAtomic(path string, write func(io.Writer) error) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("plot: %w", err)
-	}
-	w := bufio.NewWriter(f)
-	err = write(w)
-	if err == nil {
-		err = w.Flush()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Chmod(f.Name(), 0o644)
-	}
-	if err == nil {
-		err = os.Rename(f.Name(), path)
-	}
-	if err != nil {
-		os.Remove(f.Name())
+// writeFileAtomic renders into memory, then writes path through a
+// temporary file (internal/atomicfile), so a failed write leaves no
+// half-written plot.
+func writeFileAtomic(path string, render func(io.Writer) error) error {
+	var b bytes.Buffer
+	if err := render(&b); err != nil {
 		return fmt.Errorf("plot %s: %w", path, err)
 	}
-	return nil
+	return atomicfile.WriteFile(path, b.Bytes(), 0o644)
 }

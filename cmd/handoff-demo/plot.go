@@ -1,7 +1,7 @@
 package main
 
 import (
-	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
 	"html"
@@ -10,6 +10,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/handoff-go/handoff/internal/atomicfile"
 )
 
 // Plot geometry, in SVG user units (pixels).
@@ -50,32 +52,15 @@ func checkPlotPath(path string) error {
 // vertical line at each handoff's trigger (green: committed, orange:
 // rolled back). It is drawn by hand, without a plotting library, so that
 // go run ./cmd/handoff-demo compiles quickly. The file is written under a
-// temporary name and renamed into place, so a failed write leaves no
-// half-written plot.
+// temporary name and renamed into place (internal/atomicfile), so a
+// failed write leaves no half-written plot.
 func writePlot(path string, r *report) error {
 	if err := checkPlotPath(path); err != nil {
 		return fmt.Errorf("%s: %w", path, err)
 	}
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	w := bufio.NewWriter(f)
-	drawPlot(w, r)
-	err = w.Flush()
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Chmod(f.Name(), 0o644)
-	}
-	if err == nil {
-		err = os.Rename(f.Name(), path)
-	}
-	if err != nil {
-		os.Remove(f.Name())
-	}
-	return err
+	var b bytes.Buffer
+	drawPlot(&b, r)
+	return atomicfile.WriteFile(path, b.Bytes(), 0o644)
 }
 
 func drawPlot(w io.Writer, r *report) {
