@@ -217,6 +217,16 @@ func (b *kvdBench) runHandoffs(ctx context.Context, work, data string, n int) (k
 		outcomes = append(outcomes, o)
 		return err
 	})
+	// Then one abort of each kind under the same load: every write
+	// acknowledged meanwhile is checked with the others.
+	for _, cmd := range []string{cmdAbortWarmUp, cmdAbortAfterBegin} {
+		if err != nil {
+			break
+		}
+		var o supOutcome
+		o, err = sup.abort(cmd)
+		mr.Aborts = append(mr.Aborts, abortRecord{Kind: cmd, RolledBack: err == nil, Reason: o.AbortReason, AcceptGap: o.Phases.AcceptGap})
+	}
 	ld.stop()
 	if err != nil {
 		_, serr := sup.stop()

@@ -53,6 +53,12 @@ func TestKVDShort(t *testing.T) {
 		if r.Done != 2 {
 			t.Errorf("%d keys: %d restarts, want 2", s.Keys, r.Done)
 		}
+		// One planned abort of each kind, each rolled back with the
+		// incumbent serving; only the one after Begin had drained it.
+		if len(h.Aborts) != 2 || !h.Aborts[0].RolledBack || !h.Aborts[1].RolledBack ||
+			h.Aborts[0].AcceptGap != 0 || h.Aborts[1].AcceptGap <= 0 {
+			t.Errorf("%d keys: planned aborts %+v, want two rollbacks (warm-up: no accept gap; after begin: one)", s.Keys, h.Aborts)
+		}
 		for name, d := range map[string]*dist{
 			"accept gap": h.AcceptGap, "drain": h.Drain, "seal": h.Seal, "begin to ready": h.BeginToReady,
 			"warm-up": h.WarmUp, "pause": &h.Pause, "pause in gap": h.GapPause, "restart": r.StopToHealthy, "restart pause": &r.Pause,

@@ -75,6 +75,8 @@ type kvdModeResult struct {
 	// GapPause (handoff only): the longest time without a successful
 	// probe that overlaps the accept gap, the pause the gap itself caused.
 	GapPause *dist `json:"gap_probe_pause,omitempty"`
+	// Aborts (handoff only): the planned rollbacks after the handoffs.
+	Aborts []abortRecord `json:"aborts,omitempty"`
 	// Ops are the handoffs or restarts one by one.
 	Ops    []opRecord `json:"ops"`
 	Probes reqCounts  `json:"probes"`
@@ -104,6 +106,15 @@ type opRecord struct {
 	// GapFrom: when the accept gap began, from the handoff's start (the
 	// phases before it, as the supervisor measured them).
 	GapFrom time.Duration `json:"gap_from_ns,omitempty"`
+}
+
+// abortRecord is one planned abort: a successor that fails in its
+// warm-up, or after Begin holding the lock; the incumbent must serve on.
+type abortRecord struct {
+	Kind       string        `json:"kind"`
+	RolledBack bool          `json:"rolled_back"` // with the same daemon serving
+	Reason     string        `json:"reason"`
+	AcceptGap  time.Duration `json:"accept_gap_ns"` // 0 when the incumbent was never drained
 }
 
 // setHandoffs sets the handoff figures; call it after setLoad. inGap are
@@ -318,6 +329,13 @@ func (r *kvdResult) print(w io.Writer) {
 	}
 	writeTable(w, cells)
 	for _, s := range r.Sizes {
+		for _, a := range s.Handoff.Aborts {
+			verdict := "rolled back, the incumbent serving on"
+			if !a.RolledBack {
+				verdict = "NOT rolled back as planned"
+			}
+			fmt.Fprintf(w, "%s keys: planned %s: %s (accept gap %s): %s\n", keysLabel(s.Keys), a.Kind, verdict, msShort(a.AcceptGap), a.Reason)
+		}
 		for _, reason := range s.Handoff.AbortReasons {
 			fmt.Fprintf(w, "%s keys: handoff rolled back: %s\n", keysLabel(s.Keys), reason)
 		}

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"syscall"
 	"time"
 
@@ -24,8 +25,12 @@ import (
 // "handoff", "stats" or "stop". It first sends supReady.
 const (
 	cmdHandoff = "handoff"
-	cmdStats   = "stats"
-	cmdStop    = "stop"
+	// Planned aborts, kvd only: a successor that exits in its warm-up
+	// (--fail-prepare) or after Begin, holding the lock (--fail-before-ready).
+	cmdAbortWarmUp     = "abort-warm-up"
+	cmdAbortAfterBegin = "abort-after-begin"
+	cmdStats           = "stats"
+	cmdStop            = "stop"
 
 	handoffTimeout = 2 * time.Minute // bounds one PerformHandoff (its own deadline is 60 s)
 	stopTimeout    = 30 * time.Second
@@ -91,6 +96,10 @@ func runSupervisor(ctx context.Context, dir, spawn string, in io.Reader, out io.
 		switch sc.Text() {
 		case cmdHandoff:
 			reply = handoffOnce(ctx, s, spec, &replaced)
+		case cmdAbortWarmUp:
+			reply = handoffOnce(ctx, s, withArgs(spec, "--fail-prepare"), &replaced)
+		case cmdAbortAfterBegin:
+			reply = handoffOnce(ctx, s, withArgs(spec, "--fail-before-ready"), &replaced)
 		case cmdStats:
 			reply = stats(s)
 		case cmdStop:
@@ -159,6 +168,12 @@ func startSupervised(ctx context.Context, dir, spawn string) (*supervisor.Superv
 		return nil, "", 0, spec, err
 	}
 	return s, addr, p, spec, nil
+}
+
+// withArgs is spec with more arguments for the successor.
+func withArgs(spec supervisor.SpawnSpec, args ...string) supervisor.SpawnSpec {
+	spec.Args = append(slices.Clip(spec.Args), args...)
+	return spec
 }
 
 func handoffOnce(ctx context.Context, s *supervisor.Supervisor, spec supervisor.SpawnSpec, replaced *exitWatch) supOutcome {
@@ -331,6 +346,24 @@ func (p *supervisorProc) handoff() (supOutcome, error) {
 	}
 	if o.Error != "" {
 		return o, fmt.Errorf("handoff: %s", o.Error)
+	}
+	return o, nil
+}
+
+// abort asks for a handoff to a successor that fails as cmd says; it must
+// roll back with the same daemon serving.
+func (p *supervisorProc) abort(cmd string) (supOutcome, error) {
+	var o supOutcome
+	if err := p.call(cmd, &o, handoffTimeout+10*time.Second); err != nil {
+		return o, err
+	}
+	switch {
+	case o.Error != "":
+		return o, fmt.Errorf("%s: %s", cmd, o.Error)
+	case o.Committed:
+		return o, fmt.Errorf("%s: committed, want a rollback", cmd)
+	case o.PID != o.OldPID:
+		return o, fmt.Errorf("%s: pid %d serves after the rollback, want %d", cmd, o.PID, o.OldPID)
 	}
 	return o, nil
 }
