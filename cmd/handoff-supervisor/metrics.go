@@ -37,6 +37,7 @@ type metrics struct {
 	drain        prometheus.Histogram
 	seal         prometheus.Histogram
 	beginToReady prometheus.Histogram
+	warmUp       prometheus.Histogram
 	acceptGap    prometheus.Histogram
 }
 
@@ -90,6 +91,10 @@ func newMetrics() *metrics {
 			Namespace: metricsNamespace, Name: "begin_to_ready_seconds",
 			Help: "Time the successor took from Begin to Ready.", Buckets: phaseBuckets,
 		}),
+		warmUp: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: metricsNamespace, Name: "warm_up_seconds",
+			Help: "Time the successor prepared before the incumbent was asked to drain (its Hello acknowledged to ReadyToBegin).", Buckets: phaseBuckets,
+		}),
 		acceptGap: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Namespace: metricsNamespace, Name: "accept_gap_seconds",
 			Help: "Time nobody accepted connections during a committed handoff (they waited in the kernel's queue).", Buckets: gapBuckets,
@@ -110,7 +115,7 @@ func newMetrics() *metrics {
 // own returns the supervisor's own collectors (the handoff_ metrics).
 func (m *metrics) own() []prometheus.Collector {
 	return []prometheus.Collector{m.handoffs, m.rollbacks, m.sealFailures, m.restarts, m.startFails, m.inProgress,
-		m.duration, m.drain, m.seal, m.beginToReady, m.acceptGap}
+		m.duration, m.drain, m.seal, m.beginToReady, m.warmUp, m.acceptGap}
 }
 
 // onEvent records handoffs from the Supervisor's events.
@@ -142,7 +147,7 @@ func (m *metrics) observe(o supervisor.Outcome) {
 	for _, p := range []struct {
 		h prometheus.Histogram
 		d time.Duration
-	}{{m.drain, o.Phases.Drain}, {m.seal, o.Phases.Seal}, {m.beginToReady, o.Phases.BeginToReady}} {
+	}{{m.warmUp, o.Phases.WarmUp}, {m.drain, o.Phases.Drain}, {m.seal, o.Phases.Seal}, {m.beginToReady, o.Phases.BeginToReady}} {
 		if p.d > 0 {
 			p.h.Observe(p.d.Seconds())
 		}

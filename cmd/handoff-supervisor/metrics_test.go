@@ -86,7 +86,7 @@ func TestMetricsScrape(t *testing.T) {
 	m.onEvent(supervisor.Event{Kind: supervisor.EventHandoffFinished, Outcome: &supervisor.Outcome{
 		Committed: true,
 		Phases: supervisor.PhaseTimings{
-			Total: 2 * time.Second, Drain: 500 * time.Millisecond, Seal: 100 * time.Millisecond,
+			Total: 2 * time.Second, WarmUp: 700 * time.Millisecond, Drain: 500 * time.Millisecond, Seal: 100 * time.Millisecond,
 			BeginToReady: 300 * time.Millisecond, AcceptGap: 2 * time.Millisecond,
 		},
 	}})
@@ -100,6 +100,7 @@ func TestMetricsScrape(t *testing.T) {
 		`handoff_drain_duration_seconds_sum`:                  "0.5",
 		`handoff_seal_duration_seconds_sum`:                   "0.1",
 		`handoff_begin_to_ready_seconds_sum`:                  "0.3",
+		`handoff_warm_up_seconds_sum`:                         "0.7",
 		`handoff_accept_gap_seconds_count`:                    "1",
 	})
 
@@ -127,6 +128,7 @@ func TestMetricsScrape(t *testing.T) {
 		`handoff_drain_duration_seconds_count`:                  "2",
 		`handoff_seal_duration_seconds_count`:                   "2",
 		`handoff_begin_to_ready_seconds_count`:                  "1",
+		`handoff_warm_up_seconds_count`:                         "1",
 		`handoff_accept_gap_seconds_count`:                      "1",
 	})
 	if _, ok := got["process_resident_memory_bytes"]; !ok {

@@ -270,6 +270,7 @@ Metrics (metrics_addr, /metrics):
   handoff_rollbacks_total                 handoffs rolled back
   handoff_seal_failures_total             rollbacks because the seal failed
   handoff_duration_seconds{outcome}       whole handoffs (histogram)
+  handoff_warm_up_seconds                 the new daemon's warm-up, before the drain (histogram)
   handoff_drain_duration_seconds          the old daemon's drain (histogram)
   handoff_seal_duration_seconds           the old daemon's seal (histogram)
   handoff_begin_to_ready_seconds          the new daemon's start (histogram)
