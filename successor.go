@@ -188,7 +188,7 @@ func (s *HandshookSuccessor) WaitForBegin(ctx context.Context) (*BegunSuccessor,
 				conn.Send(wire.Abort{Reason: reason}, s.id, wire.WriteTimeout)
 			}
 			conn.Close()
-			return nil, fmt.Errorf("%w: %s", ErrAborted, reason)
+			return nil, fmt.Errorf("%w: the successor cannot bind its control socket: %w", ErrAborted, err)
 		}
 	} else if path, err := controlSocketPath(""); err == nil {
 		pre, _ = prepareControlSocket(path) // on error AnnounceAndBind tries again and says why
