@@ -20,6 +20,18 @@ import (
 // answers HelloAck with id.
 func fakeSupervisor(t *testing.T, sock, id string) *wire.Conn {
 	t.Helper()
+	conn := helloFromIncumbent(t, sock)
+	if err := conn.Send(wire.HelloAck{Version: 1}, id, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	conn.SetVersion(1)
+	return conn
+}
+
+// helloFromIncumbent connects to the control socket and reads the
+// incumbent's Hello; the session is closed when the test ends.
+func helloFromIncumbent(t *testing.T, sock string) *wire.Conn {
+	t.Helper()
 	nc, err := net.DialTimeout("unix", sock, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
@@ -33,10 +45,6 @@ func fakeSupervisor(t *testing.T, sock, id string) *wire.Conn {
 	if h, ok := f.Msg.(wire.Hello); !ok || h.Role != wire.RoleIncumbent {
 		t.Fatalf("incumbent opened with %#v", f.Msg)
 	}
-	if err := conn.Send(wire.HelloAck{Version: 1}, id, time.Second); err != nil {
-		t.Fatal(err)
-	}
-	conn.SetVersion(1)
 	return conn
 }
 
@@ -125,24 +133,12 @@ func TestProtocolViolationsLeaveIncumbentServing(t *testing.T) {
 			expectClosed(t, conn)
 		}},
 		{"no handoff id", func(t *testing.T) {
-			nc, err := net.Dial("unix", c.sock)
-			if err != nil {
-				t.Fatal(err)
-			}
-			conn := wire.NewConn(nc.(*net.UnixConn))
-			defer conn.Close()
-			expect(t, conn, wire.TypeHello)
+			conn := helloFromIncumbent(t, c.sock)
 			send(conn, wire.HelloAck{Version: 1}, "")
 			expectClosed(t, conn)
 		}},
 		{"unsupported version", func(t *testing.T) {
-			nc, err := net.Dial("unix", c.sock)
-			if err != nil {
-				t.Fatal(err)
-			}
-			conn := wire.NewConn(nc.(*net.UnixConn))
-			defer conn.Close()
-			expect(t, conn, wire.TypeHello)
+			conn := helloFromIncumbent(t, c.sock)
 			send(conn, wire.HelloAck{Version: 99}, "a")
 			expectClosed(t, conn)
 		}},
