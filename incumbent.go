@@ -228,6 +228,10 @@ type incSession struct {
 	idleWait time.Duration // how long to wait for a frame in stIdle
 	state    incState
 	deadline time.Time // of the running handoff
+	// passed are the connections sent to the supervisor for this
+	// handoff. Until the commit they are ours (we serve them again on
+	// an abort); we close them only once the successor owns them.
+	passed []PassedConn
 }
 
 // session runs one supervisor session. Whatever way it ends, the daemon is
@@ -243,7 +247,7 @@ func (i *Incumbent) session(ctx context.Context, conn *wire.Conn, d Drainable) (
 		if s.state == stIdle || errors.Is(err, errCommitted) {
 			return
 		}
-		if rerr := i.resume(ctx, d, s.deadline); rerr != nil {
+		if rerr := i.resume(ctx, d, s.deadline, s.takePassed()); rerr != nil {
 			err = errors.Join(err, rerr)
 		}
 	}()
@@ -371,7 +375,49 @@ func (s *incSession) prepareHandoff(m wire.PrepareHandoff) error {
 	}
 	dr := rep.(DrainReport)
 	s.state = stDrained
-	return s.send(wire.Drained{OpenConnsRemaining: dr.OpenConnsRemaining, AcceptClosed: dr.AcceptClosed, TookNS: int64(took)})
+	n, err := s.passConns(m.MaxConns)
+	if err != nil {
+		// The session ends; the deferred resume serves them again.
+		return fmt.Errorf("handoff: passing %d connections: %w", len(s.passed), err)
+	}
+	return s.send(wire.Drained{OpenConnsRemaining: dr.OpenConnsRemaining, AcceptClosed: dr.AcceptClosed, TookNS: int64(took), PassedConns: n})
+}
+
+// passConns asks a ConnPasser for the connections its drain stopped
+// serving, at most limit (0 before protocol version 3), and sends them to
+// the supervisor. It keeps them in s.passed: they stay ours until the
+// commit.
+func (s *incSession) passConns(limit int) (int, error) {
+	cp, ok := s.d.(ConnPasser)
+	if !ok {
+		return 0, nil
+	}
+	if s.conn.Version() < wire.ConnsVersion || limit < 0 {
+		limit = 0
+	}
+	conns := cp.PassConns(limit)
+	if len(conns) > limit {
+		s.i.log().Warn("handoff: PassConns returned more connections than asked; closing the rest", "asked", limit, "got", len(conns))
+		closeConns(conns[limit:])
+		conns = conns[:limit]
+	}
+	s.passed = validConns(conns, s.i.log())
+	if len(s.passed) == 0 {
+		return 0, nil
+	}
+	n, err := sendConns(s.conn, s.id, s.passed)
+	if err != nil {
+		return n, err
+	}
+	crash.Point("incumbent-after-conns")
+	return n, nil
+}
+
+// takePassed returns the passed connections and forgets them.
+func (s *incSession) takePassed() []PassedConn {
+	c := s.passed
+	s.passed = nil
+	return c
 }
 
 // drain runs the daemon's Drain with grace as its time.
@@ -434,6 +480,9 @@ func (s *incSession) commit() error {
 		return wire.Violation("commit before seal_complete")
 	}
 	crash.Point("incumbent-on-commit")
+	// The successor owns the passed connections now: close our
+	// descriptors (never shut the sockets down).
+	closeConns(s.takePassed())
 	return errCommitted
 }
 
@@ -444,7 +493,7 @@ func (s *incSession) resumeAfterAbort() error {
 		// Idempotent: already serving. Make sure of it anyway.
 		return s.send(wire.Resumed{})
 	}
-	rerr := s.i.resume(s.ctx, s.d, s.deadline)
+	rerr := s.i.resume(s.ctx, s.d, s.deadline, s.takePassed())
 	s.state = stIdle
 	msg := wire.Resumed{}
 	if rerr != nil {
@@ -467,16 +516,23 @@ func (i *Incumbent) withHeartbeats(conn *wire.Conn, id string, interval time.Dur
 }
 
 // resume retakes the lock (waiting for a successor that is going away),
-// reopens the daemon's state and makes sure the control socket path is ours.
-func (i *Incumbent) resume(ctx context.Context, d Drainable, deadline time.Time) error {
+// reopens the daemon's state, serves the connections it had passed again
+// and makes sure the control socket path is ours.
+func (i *Incumbent) resume(ctx context.Context, d Drainable, deadline time.Time, passed []PassedConn) error {
 	wait := max(time.Until(deadline)+wire.ReplySlack, wire.DefaultLiveness)
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), wait)
 	defer cancel()
 	if err := i.lock.reacquire(rctx); err != nil {
+		closeConns(passed)
 		return fmt.Errorf("%w: retaking the data-directory lock: %w", errResumeFailed, err)
 	}
 	if err := d.ResumeAfterAbort(rctx); err != nil {
+		closeConns(passed)
 		return fmt.Errorf("%w: %w", errResumeFailed, err)
+	}
+	if len(passed) > 0 {
+		d.(ConnPasser).AdoptConns(passed)
+		i.log().Info("handoff: serving the passed connections again", "conns", len(passed))
 	}
 	if err := i.reclaimPath(ctx); err != nil {
 		i.log().Error("handoff: cannot take back the control socket", "path", i.path, "err", err)

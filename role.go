@@ -21,7 +21,23 @@ type Role interface{ isRole() }
 
 // ColdStart: the process was started by hand or cold-started by the
 // supervisor. Inherited is never nil; it is empty when started by hand.
-type ColdStart struct{ Inherited *InheritedListeners }
+type ColdStart struct {
+	Inherited *InheritedListeners
+
+	conns    []PassedConn
+	connsErr error
+}
+
+// Conns returns the established connections the supervisor held when it
+// cold-started this process (it does when the incumbent died after
+// passing them for a handoff): serve them once serving
+// (ConnPasser.AdoptConns). The error says why some may be missing. It
+// hands them over once; later calls return none.
+func (c *ColdStart) Conns() ([]PassedConn, error) {
+	conns, err := c.conns, c.connsErr
+	c.conns, c.connsErr = nil, nil
+	return conns, err
+}
 
 func (*ColdStart) isRole() {}
 
@@ -76,7 +92,7 @@ func adoptedListeners() *InheritedListeners {
 // cold start with nothing inherited.
 func DetectRole() (Role, error) {
 	env := map[string]string{}
-	for _, k := range []string{wire.EnvListenFDs, wire.EnvListenFDNames, wire.EnvListenPID, wire.EnvRole, wire.EnvSockFD, wire.EnvControlSocket} {
+	for _, k := range []string{wire.EnvListenFDs, wire.EnvListenFDNames, wire.EnvListenPID, wire.EnvRole, wire.EnvSockFD, wire.EnvControlSocket, wire.EnvConnsFD} {
 		env[k] = os.Getenv(k)
 		os.Unsetenv(k)
 	}
@@ -92,7 +108,11 @@ func DetectRole() (Role, error) {
 			il.Close()
 			return nil, fmt.Errorf("handoff: %s is set but %s is not", wire.EnvSockFD, wire.EnvRole)
 		}
-		return &ColdStart{Inherited: il}, nil
+		cs := &ColdStart{Inherited: il}
+		if v := env[wire.EnvConnsFD]; v != "" {
+			cs.conns, cs.connsErr = receiveHeldConns(v, len(il.Names()))
+		}
+		return cs, nil
 	case wire.RoleSuccessorEnv:
 		n := len(il.Names())
 		fd, err := strconv.Atoi(sockFD)
@@ -125,6 +145,49 @@ func DetectRole() (Role, error) {
 	default:
 		il.Close()
 		return nil, fmt.Errorf("handoff: %s=%q: the only known role is %q", wire.EnvRole, role, wire.RoleSuccessorEnv)
+	}
+}
+
+// receiveHeldConns reads the connections the supervisor sends on the
+// socket HANDOFF_CONNS_FD names: Conns frames, then the end of the stream.
+func receiveHeldConns(v string, listeners int) ([]PassedConn, error) {
+	fd, err := strconv.Atoi(v)
+	if err != nil || fd < wire.FirstListenFD+listeners {
+		return nil, fmt.Errorf("handoff: %s=%q is not a descriptor after the %d listeners", wire.EnvConnsFD, v, listeners)
+	}
+	unix.CloseOnExec(fd)
+	f := os.NewFile(uintptr(fd), "handoff-conns")
+	c, err := net.FileConn(f)
+	f.Close()
+	if err != nil {
+		return nil, fmt.Errorf("handoff: %s=%d: %w", wire.EnvConnsFD, fd, err)
+	}
+	uc, ok := c.(*net.UnixConn)
+	if !ok {
+		c.Close()
+		return nil, fmt.Errorf("handoff: %s=%d is not a unix socket", wire.EnvConnsFD, fd)
+	}
+	conn := wire.NewConn(uc)
+	defer conn.Close()
+	var conns []PassedConn
+	for {
+		fr, err := conn.Recv(wire.DefaultHelloTimeout)
+		if errors.Is(err, ErrSessionLost) {
+			return conns, nil
+		}
+		if err != nil {
+			return conns, fmt.Errorf("handoff: receiving the held connections: %w", err)
+		}
+		m, ok := fr.Msg.(wire.Conns)
+		if !ok {
+			closeFDs(fr.FDs)
+			return conns, wire.Violation("expected conns on %s, got %s", wire.EnvConnsFD, fr.Msg.Type())
+		}
+		got, err := connsFromFrame(m, fr.FDs)
+		conns = append(conns, got...)
+		if err != nil {
+			return conns, err
+		}
 	}
 }
 

@@ -48,7 +48,11 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	switch role := role.(type) {
 	case *ColdStart:
-		return r.coldStart(ctx, role.Inherited)
+		conns, err := role.Conns()
+		if err != nil {
+			r.log.Warn("handoff: not all the connections the supervisor held arrived", "err", err, "arrived", len(conns))
+		}
+		return r.coldStart(ctx, role.Inherited, conns)
 	case *Successor:
 		return r.succeed(ctx, role)
 	default:
@@ -81,10 +85,11 @@ func (c Config) runner() (*runner, error) {
 
 // coldStart binds what was not inherited, locks, opens, binds the control
 // socket and serves.
-func (r *runner) coldStart(ctx context.Context, il *InheritedListeners) (err error) {
+func (r *runner) coldStart(ctx context.Context, il *InheritedListeners, conns []PassedConn) (err error) {
 	defer func() {
 		if err != nil {
 			il.Close()
+			closeConns(conns)
 		}
 	}()
 	if err := r.bindMissing(il); err != nil {
@@ -112,8 +117,8 @@ func (r *runner) coldStart(ctx context.Context, il *InheritedListeners) (err err
 		lock.Release()
 		return err
 	}
-	r.log.Info("handoff: cold start", "control_socket", sock, "listeners", il.Names(), "build_id", r.cfg.BuildID)
-	return r.serve(ctx, inc, svc)
+	r.log.Info("handoff: cold start", "control_socket", sock, "listeners", il.Names(), "build_id", r.cfg.BuildID, "passed_conns", len(conns))
+	return r.serve(ctx, inc, svc, conns)
 }
 
 // bindMissing binds every Config.Listen name that was not inherited.
@@ -150,6 +155,7 @@ func (r *runner) succeed(ctx context.Context, s *Successor) error {
 		return fmt.Errorf("%w: %w", ErrAborted, err)
 	}
 	h.control = sock
+	h.TakeConns()
 	b, err := h.WaitForBegin(ctx)
 	if err != nil {
 		return err
@@ -172,8 +178,9 @@ func (r *runner) succeed(ctx context.Context, s *Successor) error {
 	if err != nil {
 		return err
 	}
-	r.log.Info("handoff: successor committed, serving", "handoff", b.HandoffID())
-	return r.serve(ctx, inc, svc)
+	conns := b.Conns()
+	r.log.Info("handoff: successor committed, serving", "handoff", b.HandoffID(), "passed_conns", len(conns))
+	return r.serve(ctx, inc, svc, conns)
 }
 
 // prepare runs Config.Prepare, if set.
@@ -247,15 +254,25 @@ func (r *runner) controlSocket() (string, error) {
 	return defaultControlSocket(r.cfg.DataDir), nil
 }
 
-// serve starts the service and answers the supervisor until a commit or
-// the end of ctx, then shuts the service down.
-func (r *runner) serve(ctx context.Context, inc *Incumbent, svc Service) error {
+// serve starts the service, gives it the connections passed to this
+// process, and answers the supervisor until a commit or the end of ctx,
+// then shuts the service down.
+func (r *runner) serve(ctx context.Context, inc *Incumbent, svc Service, conns []PassedConn) error {
 	inc.SetBuildID(r.cfg.BuildID)
 	inc.SetLogger(r.log)
 	defer inc.Close()
 	if err := svc.Start(); err != nil {
+		closeConns(conns)
 		inc.Lock().Release()
 		return fmt.Errorf("handoff: start: %w", err)
+	}
+	if len(conns) > 0 {
+		if cp, ok := svc.(ConnPasser); ok {
+			cp.AdoptConns(conns)
+		} else {
+			r.log.Warn("handoff: connections were passed, but the service is no ConnPasser; closing them", "conns", len(conns))
+			closeConns(conns)
+		}
 	}
 	err := inc.Serve(ctx, svc)
 	switch {

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/handoff-go/handoff/internal/crash"
 	"github.com/handoff-go/handoff/internal/wire"
 )
 
@@ -40,6 +41,8 @@ type HandshookSuccessor struct {
 	// before Begin aborts at once. Empty: the supervisor's path, bound if
 	// it can be.
 	control string
+	// takeConns says the successor takes passed connections (TakeConns).
+	takeConns bool
 
 	mu    sync.Mutex
 	guard *HeartbeatGuard
@@ -57,6 +60,9 @@ type BegunSuccessor struct {
 	// pre is the control socket bound at its temporary name before
 	// Begin, at the supervisor's path; nil if there was none to bind.
 	pre *preparedSocket
+	// conns are the connections the incumbent passed, to serve only
+	// after the commit; closed if the handoff aborts.
+	conns []PassedConn
 
 	mu    sync.Mutex
 	guard *HeartbeatGuard
@@ -142,6 +148,17 @@ func (s *HandshookSuccessor) StartHeartbeats() *HeartbeatGuard {
 	return s.guard
 }
 
+// TakeConns makes this successor take the established connections the
+// incumbent passes: WaitForBegin tells the supervisor how many fit in its
+// descriptor limit, and BegunSuccessor.Conns returns the ones that came.
+// Without it none are passed (the incumbent closes them at a request
+// boundary). Run calls it.
+func (s *HandshookSuccessor) TakeConns() {
+	s.mu.Lock()
+	s.takeConns = true
+	s.mu.Unlock()
+}
+
 // giveUp tells the supervisor the warm-up failed, so that it aborts with
 // reason instead of waiting for the process to exit. It consumes s.
 func (s *HandshookSuccessor) giveUp(reason string) {
@@ -169,7 +186,7 @@ func (s *HandshookSuccessor) WaitForBegin(ctx context.Context) (*BegunSuccessor,
 		return nil, errConsumed
 	}
 	s.mu.Lock()
-	conn, g := s.conn, s.guard
+	conn, g, takeConns := s.conn, s.guard, s.takeConns
 	s.conn = nil
 	s.mu.Unlock()
 	if conn == nil {
@@ -193,15 +210,21 @@ func (s *HandshookSuccessor) WaitForBegin(ctx context.Context) (*BegunSuccessor,
 	} else if path, err := controlSocketPath(""); err == nil {
 		pre, _ = prepareControlSocket(path) // on error AnnounceAndBind tries again and says why
 	}
+	var conns []PassedConn
 	fail := func(err error) (*BegunSuccessor, error) {
 		if pre != nil {
 			pre.discard()
 		}
+		closeConns(conns)
 		conn.Close()
 		return nil, err
 	}
 	if conn.Version() >= wire.WarmUpVersion {
-		if err := conn.Send(wire.ReadyToBegin{WarmUpNS: int64(time.Since(s.handshaken))}, s.id, wire.WriteTimeout); err != nil {
+		rtb := wire.ReadyToBegin{WarmUpNS: int64(time.Since(s.handshaken))}
+		if takeConns && conn.Version() >= wire.ConnsVersion {
+			rtb.ConnRoom = connRoom()
+		}
+		if err := conn.Send(rtb, s.id, wire.WriteTimeout); err != nil {
 			return fail(fmt.Errorf("%w: sending ReadyToBegin: %w", ErrAborted, err))
 		}
 	}
@@ -225,8 +248,20 @@ func (s *HandshookSuccessor) WaitForBegin(ctx context.Context) (*BegunSuccessor,
 		switch m := f.Msg.(type) {
 		case wire.Heartbeat:
 			continue
+		case wire.Conns:
+			if !takeConns || conn.Version() < wire.ConnsVersion {
+				closeFDs(f.FDs)
+				return fail(wire.Violation("conns for a successor that takes none"))
+			}
+			got, err := connsFromFrame(m, f.FDs)
+			conns = append(conns, got...)
+			if err != nil {
+				return fail(fmt.Errorf("%w: taking passed connections: %w", ErrAborted, err))
+			}
+			crash.Point("successor-after-conns")
+			continue
 		case wire.Begin:
-			return &BegunSuccessor{inherited: s.inherited, conn: conn, id: s.id, buildID: s.buildID, deadline: s.deadline, beat: s.beat, begun: time.Now(), pre: pre}, nil
+			return &BegunSuccessor{inherited: s.inherited, conn: conn, id: s.id, buildID: s.buildID, deadline: s.deadline, beat: s.beat, begun: time.Now(), pre: pre, conns: conns}, nil
 		case wire.Abort:
 			return fail(fmt.Errorf("%w: %s", ErrAborted, m.Reason))
 		default:
@@ -247,6 +282,7 @@ func (s *BegunSuccessor) giveUp(reason string) {
 	s.mu.Unlock()
 	g.Stop()
 	s.discardPrebound()
+	closeConns(s.takeConns())
 	if used {
 		return
 	}
@@ -268,6 +304,21 @@ func (s *BegunSuccessor) discardPrebound() {
 
 // Listeners returns the listeners the supervisor passed.
 func (s *BegunSuccessor) Listeners() *InheritedListeners { return s.inherited }
+
+// Conns returns the established connections the incumbent passed (see
+// HandshookSuccessor.TakeConns) and hands them to the caller: serve them
+// only once AnnounceAndBind returned nil (ConnPasser.AdoptConns), close
+// them otherwise. Until Conns is called, a failed AnnounceAndBind closes
+// them itself.
+func (s *BegunSuccessor) Conns() []PassedConn { return s.takeConns() }
+
+func (s *BegunSuccessor) takeConns() []PassedConn {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c := s.conns
+	s.conns = nil
+	return c
+}
 
 // HandoffID returns the id of this handoff.
 func (s *BegunSuccessor) HandoffID() string { return s.id }
@@ -305,6 +356,7 @@ func (s *BegunSuccessor) AnnounceAndBind(r ReadinessSnapshot, controlSocket stri
 	conn := s.conn
 	defer conn.Close()
 	abort := func(err error) (*Incumbent, error) {
+		closeConns(s.takeConns())
 		if lock != nil {
 			lock.Release()
 		}

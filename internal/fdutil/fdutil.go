@@ -104,3 +104,19 @@ func Spawn(a SpawnAttr) (*os.Process, error) {
 	}
 	return p, nil
 }
+
+// Room returns how many more descriptors this process can open under its
+// soft RLIMIT_NOFILE, keeping margin free for its own work (sockets,
+// files, the next accept). It is never negative.
+func Room(margin int) int {
+	var rl unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err != nil {
+		return 0
+	}
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return 0
+	}
+	free := int64(rl.Cur) - int64(len(ents)) - int64(margin)
+	return int(max(min(free, 1<<30), 0))
+}

@@ -38,8 +38,9 @@ const MaxFrame = 1 << 20
 // HeaderLen is the size of the length prefix plus the version field.
 const HeaderLen = 6
 
-// MaxFDs is the largest number of descriptors one frame may carry.
-const MaxFDs = 64
+// MaxFDs is the largest number of descriptors one frame may carry: the
+// kernel's SCM_MAX_FD, the most one sendmsg can pass.
+const MaxFDs = 253
 
 // AppendFrame appends one frame holding payload at version v to dst.
 func AppendFrame(dst []byte, v uint16, payload []byte) ([]byte, error) {
@@ -157,6 +158,8 @@ type Conn struct {
 	// Close, from any goroutine, may close them.
 	fdmu sync.Mutex
 	fds  []int // received but not yet attached to a frame
+
+	recvFDs int // room for descriptors per recvmsg; 0: MaxFDs (tests lower it)
 }
 
 // NewConn wraps c.
@@ -301,7 +304,11 @@ func (c *Conn) Recv(timeout time.Duration) (Frame, error) {
 // SCM_RIGHTS are collected, not dropped. A failure after part of a frame
 // was read marks the read side out of step.
 func (c *Conn) readFull(b []byte, atBoundary bool) error {
-	oob := make([]byte, unix.CmsgSpace(4*MaxFDs))
+	room := MaxFDs
+	if c.recvFDs > 0 {
+		room = c.recvFDs
+	}
+	oob := make([]byte, unix.CmsgSpace(4*room))
 	got := 0
 	for got < len(b) {
 		n, oobn, flags, _, err := c.c.ReadMsgUnix(b[got:], oob)

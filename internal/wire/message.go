@@ -15,7 +15,7 @@ import (
 // with HandshakeVersion; every later frame carries the negotiated version.
 const (
 	MinVersion       uint16 = 1
-	MaxVersion       uint16 = 2
+	MaxVersion       uint16 = 3
 	HandshakeVersion uint16 = 1
 )
 
@@ -23,6 +23,14 @@ const (
 // it on, a successor sends ReadyToBegin after its handshake and the
 // supervisor asks the incumbent to drain only once it arrived.
 const WarmUpVersion uint16 = 2
+
+// ConnsVersion is the first version that passes established connections:
+// the successor states its room in ReadyToBegin, the supervisor bounds the
+// incumbent with PrepareHandoff.MaxConns, and Conns frames carry them.
+const ConnsVersion uint16 = 3
+
+// MaxConnState bounds one connection's state blob.
+const MaxConnState = 16 << 10
 
 // Type names a message on the wire.
 type Type string
@@ -48,6 +56,7 @@ const (
 	TypeListenersRequest Type = "listeners_request"
 	TypeListeners        Type = "listeners"
 	TypeError            Type = "error"
+	TypeConns            Type = "conns"
 )
 
 // Message is one of the typed messages below.
@@ -83,13 +92,17 @@ type HelloAck struct {
 type PrepareHandoff struct {
 	DeadlineMS   int64 `json:"deadline_ms"`    // the handoff's remaining deadline, in milliseconds
 	DrainGraceMS int64 `json:"drain_grace_ms"` // how long Drain may take, in milliseconds
+	// MaxConns is how many established connections the incumbent may
+	// pass (version 3 on; 0: none, close them as before).
+	MaxConns int `json:"max_conns,omitempty"`
 }
 
 // Drained reports a finished drain.
 type Drained struct {
-	OpenConnsRemaining int   `json:"open_conns_remaining"` // DrainReport.OpenConnsRemaining
-	AcceptClosed       bool  `json:"accept_closed"`        // DrainReport.AcceptClosed
-	TookNS             int64 `json:"took_ns"`              // how long Drain took, in nanoseconds
+	OpenConnsRemaining int   `json:"open_conns_remaining"`   // DrainReport.OpenConnsRemaining
+	AcceptClosed       bool  `json:"accept_closed"`          // DrainReport.AcceptClosed
+	TookNS             int64 `json:"took_ns"`                // how long Drain took, in nanoseconds
+	PassedConns        int   `json:"passed_conns,omitempty"` // connections sent in Conns frames before this one
 }
 
 // DrainFailed reports a failed drain; the incumbent still holds its lock.
@@ -117,6 +130,9 @@ type SealFailed struct {
 // starts the incumbent's drain only after it.
 type ReadyToBegin struct {
 	WarmUpNS int64 `json:"warm_up_ns"` // how long the warm-up took, in nanoseconds
+	// ConnRoom is how many passed connections the successor can take
+	// within its descriptor limit (version 3 on).
+	ConnRoom int `json:"conn_room,omitempty"`
 }
 
 // Begin tells the successor the lock is free: take it and open the data.
@@ -157,6 +173,20 @@ type ListenersRequest struct{}
 // Listeners answers ListenersRequest; the frame carries one descriptor per name.
 type Listeners struct {
 	Names []string `json:"names"` // one name per descriptor, in the frame's descriptor order
+}
+
+// Conns carries established client connections (version 3 on), one
+// descriptor per entry in the frame's descriptor order: from the incumbent
+// to the supervisor after its drain, from the supervisor to the successor
+// before Begin, or to a cold-started daemon over HANDOFF_CONNS_FD.
+type Conns struct {
+	Conns []ConnMeta `json:"conns"`
+}
+
+// ConnMeta describes one passed connection.
+type ConnMeta struct {
+	Listener string `json:"listener"`        // address of the listener that accepted it
+	State    []byte `json:"state,omitempty"` // the daemon's opaque state (base64 in JSON)
 }
 
 // Error tells the peer why the session is being closed.
@@ -218,6 +248,9 @@ func (ListenersRequest) Type() Type { return TypeListenersRequest }
 // Type returns TypeListeners.
 func (Listeners) Type() Type { return TypeListeners }
 
+// Type returns TypeConns.
+func (Conns) Type() Type { return TypeConns }
+
 // Type returns TypeError.
 func (Error) Type() Type { return TypeError }
 
@@ -241,6 +274,7 @@ var factories = map[Type]func() Message{
 	TypeListenersRequest: func() Message { return &ListenersRequest{} },
 	TypeListeners:        func() Message { return &Listeners{} },
 	TypeError:            func() Message { return &Error{} },
+	TypeConns:            func() Message { return &Conns{} },
 }
 
 // Types lists every message type, for tests and documentation.
@@ -309,8 +343,9 @@ func strictDecode(b []byte, v any) error {
 }
 
 // checkKeys walks the top level of the JSON object b: each key must be in
-// allowed and appear once. Values are only skipped here (no message field
-// holds an object).
+// allowed and appear once. Values are only skipped here: the entries of Conns,
+// the one message with nested objects, are checked by encoding/json with
+// DisallowUnknownFields.
 func checkKeys(b []byte, allowed map[string]bool) error {
 	dec := json.NewDecoder(bytes.NewReader(b))
 	if tok, err := dec.Token(); err != nil {
@@ -415,6 +450,8 @@ func deref(p Message) Message {
 	case *Listeners:
 		return *m
 	case *Error:
+		return *m
+	case *Conns:
 		return *m
 	}
 	return p

@@ -10,7 +10,9 @@ import (
 // order of LISTEN_FDNAMES (the systemd socket-activation convention). A
 // successor also gets HANDOFF_ROLE=successor and HANDOFF_SOCK_FD, its end of
 // the control socketpair. Every daemon the supervisor starts gets
-// HANDOFF_CONTROL_SOCKET, the control socket's path. The daemon side clears
+// HANDOFF_CONTROL_SOCKET, the control socket's path. A cold-started daemon
+// may get HANDOFF_CONNS_FD, a socket on which the supervisor sends the
+// connections it held (Conns frames, then end of stream). The daemon side clears
 // all of them when it reads them.
 const (
 	EnvListenFDs      = "LISTEN_FDS"
@@ -19,6 +21,7 @@ const (
 	EnvRole           = "HANDOFF_ROLE"
 	EnvSockFD         = "HANDOFF_SOCK_FD"
 	EnvControlSocket  = "HANDOFF_CONTROL_SOCKET"
+	EnvConnsFD        = "HANDOFF_CONNS_FD"
 	RoleSuccessorEnv  = "successor"
 	FirstListenFD     = 3
 	LockFileName      = ".handoff.lock"
