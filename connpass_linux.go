@@ -20,48 +20,35 @@ const connMargin = 256
 // connRoom is how many passed connections this process can take.
 func connRoom() int { return fdutil.Room(connMargin) }
 
-// connsFrameBudget bounds the JSON of one Conns frame well under
-// wire.MaxFrame: a batch closes when it reaches wire.MaxFDs descriptors or
-// this many bytes of state.
-const connsFrameBudget = wire.MaxFrame / 2
-
-// sendConns sends conns in Conns frames, each with at most wire.MaxFDs
-// descriptors. The descriptors stay open here: the kernel gives the
-// receiver its own. It returns how many were sent.
+// sendConns sends conns in Conns frames (wire.ConnBatchEnd sizes them).
+// The descriptors stay open here: the kernel gives the receiver its own.
+// It returns how many were sent.
 func sendConns(c *wire.Conn, id string, conns []PassedConn) (int, error) {
+	metas := make([]wire.ConnMeta, len(conns))
+	fds := make([]int, len(conns))
+	for i, pc := range conns {
+		sc, ok := pc.Conn.(syscall.Conn)
+		if !ok {
+			return 0, fmt.Errorf("handoff: passed connection %d (%T) has no descriptor", i, pc.Conn)
+		}
+		rc, err := sc.SyscallConn()
+		if err != nil {
+			return 0, fmt.Errorf("handoff: passed connection %d: %w", i, err)
+		}
+		// The descriptor stays valid after Control: the conn belongs to
+		// the library now, and nothing else closes it.
+		if err := rc.Control(func(f uintptr) { fds[i] = int(f) }); err != nil {
+			return 0, fmt.Errorf("handoff: passed connection %d: %w", i, err)
+		}
+		metas[i] = wire.ConnMeta{Listener: pc.Listener, State: pc.State}
+	}
 	sent := 0
 	for sent < len(conns) {
-		var metas []wire.ConnMeta
-		var fds []int
-		budget := 0
-		for i := sent; i < len(conns) && len(fds) < wire.MaxFDs; i++ {
-			pc := conns[i]
-			cost := 4*len(pc.State)/3 + len(pc.Listener) + 64
-			if len(fds) > 0 && budget+cost > connsFrameBudget {
-				break
-			}
-			budget += cost
-			sc, ok := pc.Conn.(syscall.Conn)
-			if !ok {
-				return sent, fmt.Errorf("handoff: passed connection %d (%T) has no descriptor", i, pc.Conn)
-			}
-			rc, err := sc.SyscallConn()
-			if err != nil {
-				return sent, fmt.Errorf("handoff: passed connection %d: %w", i, err)
-			}
-			var fd int
-			if err := rc.Control(func(f uintptr) { fd = int(f) }); err != nil {
-				return sent, fmt.Errorf("handoff: passed connection %d: %w", i, err)
-			}
-			fds = append(fds, fd)
-			metas = append(metas, wire.ConnMeta{Listener: pc.Listener, State: pc.State})
-		}
-		// The descriptors stay valid: the conns belong to the library
-		// now, and nothing else closes them.
-		if err := c.Send(wire.Conns{Conns: metas}, id, wire.WriteTimeout, fds...); err != nil {
+		end := wire.ConnBatchEnd(metas, sent)
+		if err := c.Send(wire.Conns{Conns: metas[sent:end]}, id, wire.WriteTimeout, fds[sent:end]...); err != nil {
 			return sent, err
 		}
-		sent += len(fds)
+		sent = end
 	}
 	return sent, nil
 }

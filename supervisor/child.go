@@ -131,7 +131,7 @@ func spawnEnv(extra ...string) []string {
 			continue
 		}
 		switch k {
-		case wire.EnvListenFDs, wire.EnvListenFDNames, wire.EnvListenPID, wire.EnvRole, wire.EnvSockFD, wire.EnvControlSocket, "NOTIFY_SOCKET":
+		case wire.EnvListenFDs, wire.EnvListenFDNames, wire.EnvListenPID, wire.EnvRole, wire.EnvSockFD, wire.EnvControlSocket, wire.EnvConnsFD, "NOTIFY_SOCKET":
 			continue
 		}
 		env = append(env, kv)
@@ -142,6 +142,12 @@ func spawnEnv(extra ...string) []string {
 // spawn starts spec's binary with the listeners at fd 3.. and, if sockFD >=
 // 0, the control socketpair end after them.
 func (s *Supervisor) spawn(spec SpawnSpec, names []string, fds []int, sockFD int) (*child, error) {
+	return s.spawnWith(spec, names, fds, sockFD, -1)
+}
+
+// spawnWith is spawn with, if connsFD >= 0, the socket on which held
+// connections follow (HANDOFF_CONNS_FD) after everything else.
+func (s *Supervisor) spawnWith(spec SpawnSpec, names []string, fds []int, sockFD, connsFD int) (*child, error) {
 	path := spec.Binary
 	if !strings.Contains(path, "/") {
 		p, err := exec.LookPath(path)
@@ -160,6 +166,10 @@ func (s *Supervisor) spawn(spec SpawnSpec, names []string, fds []int, sockFD int
 	if sockFD >= 0 {
 		env = append(env, wire.EnvRole+"="+wire.RoleSuccessorEnv, wire.EnvSockFD+"="+strconv.Itoa(wire.FirstListenFD+len(fds)))
 		extra = append(extra, sockFD)
+	}
+	if connsFD >= 0 {
+		env = append(env, connsEnv(wire.FirstListenFD+len(extra)))
+		extra = append(extra, connsFD)
 	}
 	// The configured outputs are duplicated through SyscallConn: Fd would
 	// switch a pipe or socket that others share to blocking mode.

@@ -198,4 +198,8 @@ type Outcome struct {
 	Binary  string
 	BuildID string
 	Started time.Time
+	// PassedConns counts the established connections the incumbent
+	// passed: served by the successor after a commit, by the incumbent
+	// again after a rollback.
+	PassedConns int
 }

@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/handoff-go/handoff/internal/crash"
+	"github.com/handoff-go/handoff/internal/fdutil"
 	"github.com/handoff-go/handoff/internal/proc"
 	"github.com/handoff-go/handoff/internal/wire"
 )
@@ -45,6 +46,12 @@ type run struct {
 	sealed   *wire.SealComplete
 	gapStart time.Time  // PrepareHandoff is sent: the accept gap starts
 	ahead    chan error // the journal write journalAhead started
+	// Connection passing (protocol version 3): succRoom is the room the
+	// successor stated, maxConns what the incumbent may pass, held our
+	// copies of what it passed (relayed to the successor as they came).
+	succRoom int
+	maxConns int
+	held     heldConns
 	out      Outcome
 	wg       sync.WaitGroup
 	stop     chan struct{}
@@ -212,6 +219,7 @@ func (s *Supervisor) PerformHandoff(ctx context.Context, spec SpawnSpec) (Outcom
 }
 
 func (r *run) close() {
+	r.held.close() // empty unless the run ended without deciding: nobody serves them then
 	close(r.stop)
 	for _, p := range []*peer{r.inc, r.succ} {
 		if p != nil {
@@ -412,6 +420,7 @@ func (r *run) warmUp() error {
 	if m, ok := fr.Msg.(wire.Abort); ok {
 		return r.abortAs(ErrSuccessorFailed, "the successor (pid %d) gave up during its warm-up: %s", r.succ.child.pid, m.Reason)
 	}
+	r.succRoom = max(fr.Msg.(wire.ReadyToBegin).ConnRoom, 0)
 	crash.Point("supervisor-after-warm-up")
 	return nil
 }
@@ -422,8 +431,9 @@ func (r *run) warmUp() error {
 // one round trip leaves the gap.
 func (r *run) drain() (wire.Drained, error) {
 	r.s.setPhase(r.id, PhaseDraining)
+	r.maxConns = r.connLimit()
 	r.gapStart = time.Now()
-	if err := r.send(r.inc, wire.PrepareHandoff{DeadlineMS: max(time.Until(r.deadline).Milliseconds(), 1), DrainGraceMS: r.spec.DrainGrace.Milliseconds()}); err != nil {
+	if err := r.send(r.inc, wire.PrepareHandoff{DeadlineMS: max(time.Until(r.deadline).Milliseconds(), 1), DrainGraceMS: r.spec.DrainGrace.Milliseconds(), MaxConns: r.maxConns}); err != nil {
 		return wire.Drained{}, err
 	}
 	if err := r.send(r.inc, wire.SealRequest{}); err != nil {
@@ -439,6 +449,10 @@ func (r *run) drain() (wire.Drained, error) {
 	}
 	drained := fr.Msg.(wire.Drained)
 	r.out.Phases.Drain = time.Since(r.gapStart)
+	if drained.PassedConns != r.held.count() {
+		return wire.Drained{}, r.violation(r.inc, "drained says %d connections were passed, %d arrived", drained.PassedConns, r.held.count())
+	}
+	r.out.PassedConns = r.held.count()
 	// No journal write here nor after the seal: recovery treats every
 	// phase before the commit alike (kill the successor, resume the
 	// incumbent), and the spawning record already names the successor.
@@ -507,6 +521,8 @@ func (r *run) commit(work time.Duration) error {
 		return r.abortAs(ErrSuccessorFailed, "the successor vanished at the commit: %v", err)
 	}
 	r.out.Phases.AcceptGap = time.Since(r.gapStart)
+	// The successor owns the passed connections from its Commit on.
+	r.held.close()
 	r.out.Phases.DaemonWork = work
 	r.out.Phases.LibraryOverhead = max(r.out.Phases.AcceptGap-work, 0)
 	if err := r.inc.conn.Send(wire.Commit{}, string(r.id), writeTimeout); err != nil {
@@ -663,6 +679,13 @@ func (r *run) awaitUntil(p *peer, until time.Time, want ...wire.Type) (wire.Fram
 				p.dead = res.err
 				return wire.Frame{}, r.peerFailed(p, res.err)
 			}
+			if m, ok := res.f.Msg.(wire.Conns); ok && p == r.inc && res.f.ID == string(r.id) && slices.Contains(want, wire.TypeDrained) {
+				if err := r.relayConns(m, res.f.FDs); err != nil {
+					return wire.Frame{}, err
+				}
+				live.Reset(r.s.cfg.Liveness)
+				continue
+			}
 			closeFDs(res.f.FDs)
 			if res.f.ID != string(r.id) {
 				return wire.Frame{}, r.violation(p, "%s for handoff %q during handoff %q", res.f.Msg.Type(), res.f.ID, r.id)
@@ -716,6 +739,36 @@ func (r *run) awaitUntil(p *peer, until time.Time, want ...wire.Type) (wire.Fram
 			return wire.Frame{}, &abortError{reason: "the handoff was cancelled: " + r.ctx.Err().Error(), err: r.ctx.Err()}
 		}
 	}
+}
+
+// connLimit is how many connections the incumbent may pass: what both
+// daemons speak protocol version 3 and what fits in the successor's and
+// our own descriptor limits.
+func (r *run) connLimit() int {
+	if r.inc.conn.Version() < wire.ConnsVersion || r.succ.conn.Version() < wire.ConnsVersion {
+		return 0
+	}
+	return min(r.succRoom, fdutil.Room(connMargin))
+}
+
+// relayConns keeps our copies of the connections in one Conns frame from
+// the incumbent and forwards them to the successor, which serves them only
+// after its Commit.
+func (r *run) relayConns(m wire.Conns, fds []int) error {
+	if len(fds) != len(m.Conns) {
+		closeFDs(fds)
+		return r.violation(r.inc, "conns frame with %d entries and %d descriptors", len(m.Conns), len(fds))
+	}
+	if r.held.count()+len(fds) > r.maxConns {
+		closeFDs(fds)
+		return r.violation(r.inc, "%d connections passed, at most %d were allowed", r.held.count()+len(fds), r.maxConns)
+	}
+	r.held.add(m.Conns, fds)
+	crash.Point("supervisor-holding-conns")
+	if err := r.succ.conn.Send(m, string(r.id), writeTimeout, fds...); err != nil {
+		return r.abortAs(ErrSuccessorFailed, "could not pass %d connections to the successor: %v", len(fds), err)
+	}
+	return nil
 }
 
 func minTime(a, b time.Time) time.Time {
@@ -793,8 +846,18 @@ func (r *run) rollback(ae *abortError) error {
 	c := s.inc
 	s.mu.Unlock()
 	if c == nil || c.exited() {
-		return nil // end() reports the exit; the known-good binary is cold-started by the caller
+		// end() reports the exit; the known-good binary is cold-started
+		// by the caller, and gets the connections we hold.
+		if n := r.held.count(); n > 0 {
+			s.mu.Lock()
+			s.held.take(&r.held)
+			s.mu.Unlock()
+			s.log.Warn("handoff: the incumbent died after passing connections; the next cold start gets them", "conns", n)
+		}
+		return nil
 	}
+	// The incumbent kept its own copies and serves them again.
+	r.held.close()
 	if r.gapStart.IsZero() {
 		// Never asked to drain (the handoff failed before, maybe before
 		// even reaching it): it serves as it did, with nothing to resume.

@@ -40,6 +40,9 @@ type Supervisor struct {
 	outcomes  []Outcome
 	handoffs  int
 	closed    bool
+	// held are connections an incumbent passed before it died during a
+	// handoff: the next cold start gets them.
+	held heldConns
 
 	exits chan IncumbentExit
 }
@@ -276,7 +279,21 @@ func (s *Supervisor) ColdStart(ctx context.Context, spec SpawnSpec) (int, error)
 	s.stopping = false
 	s.mu.Unlock()
 	names, fds := s.listenerFDs()
-	c, err := s.spawn(spec, names, fds, -1)
+	connsFD, sendHeld := -1, func() {}
+	s.mu.Lock()
+	if s.held.count() > 0 {
+		if connsFD, sendHeld, err = s.connsSocket(&s.held, s.cfg.StartTimeout); err != nil {
+			s.log.Error("handoff: cannot pass the held connections to the cold start; closing them", "conns", s.held.count(), "err", err)
+			s.held.close()
+			connsFD, sendHeld = -1, func() {}
+		}
+	}
+	s.mu.Unlock()
+	c, err := s.spawnWith(spec, names, fds, -1, connsFD)
+	if connsFD >= 0 {
+		unix.Close(connsFD)
+	}
+	sendHeld() // after a failed spawn the peer end is closed: the send fails and closes them
 	if err != nil {
 		return 0, err
 	}
@@ -514,6 +531,7 @@ func (s *Supervisor) Close() error {
 		unix.Close(l.fd)
 	}
 	s.listeners = nil
+	s.held.close()
 	for _, c := range []*child{s.inc, s.succ} {
 		if c != nil {
 			select {
