@@ -116,6 +116,7 @@ type Server struct {
 	mu       sync.Mutex // serialises Start, Drain, ResumeAfterAbort, Shutdown
 	cur      *generation
 	draining []*generation // stopped, with connections maybe still open
+	col      *collector    // the connections the last Drain stopped, until PassConns
 	closed   bool
 
 	errMu     sync.Mutex // Serve goroutines take it while mu may be held
@@ -131,11 +132,13 @@ var _ handoff.Service = (*Server)(nil)
 
 // generation is one http.Server serving every listener.
 type generation struct {
-	srv *http.Server
-	lns []*keepOpen
-	wg  sync.WaitGroup // one Serve goroutine per listener
+	srv    *http.Server
+	lns    []*keepOpen
+	inject *injector      // serves passed connections
+	wg     sync.WaitGroup // one Serve goroutine per listener, and the injector's
 
 	mu    sync.Mutex
+	live  map[*passConn]struct{}
 	conns int
 	idle  chan struct{} // closed when conns drops to 0; nil when nobody waits
 }
@@ -193,10 +196,12 @@ func (s *Server) startLocked() error {
 			return fmt.Errorf("httphandoff: clear the accept deadline of %s: %w", l.Addr(), err)
 		}
 	}
-	g := &generation{}
+	g := &generation{live: map[*passConn]struct{}{}}
 	g.srv = s.newServer(g)
+	g.inject = newInjector(s.listeners[0].Addr())
+	g.wg.Go(func() { g.srv.Serve(g.inject) })
 	for _, l := range s.listeners {
-		k := &keepOpen{Listener: l}
+		k := &keepOpen{Listener: l, addr: l.Addr().String()}
 		g.lns = append(g.lns, k)
 		g.wg.Go(func() {
 			err := g.srv.Serve(k)
@@ -222,13 +227,18 @@ func (s *Server) newServer(g *generation) *http.Server {
 	}
 	next := srv.ConnState
 	srv.ConnState = func(c net.Conn, st http.ConnState) {
+		pc, _ := c.(*passConn)
 		switch st {
 		case http.StateNew:
 			s.conns.Add(1)
-			g.connDelta(1)
+			g.connDelta(1, pc, true)
+		case http.StateIdle:
+			if pc != nil {
+				pc.markBoundary()
+			}
 		case http.StateClosed, http.StateHijacked:
 			s.conns.Add(-1)
-			g.connDelta(-1)
+			g.connDelta(-1, pc, false)
 		}
 		if next != nil {
 			next(c, st)
@@ -237,9 +247,17 @@ func (s *Server) newServer(g *generation) *http.Server {
 	return srv
 }
 
-func (g *generation) connDelta(d int) {
+func (g *generation) connDelta(d int, pc *passConn, add bool) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	if pc != nil {
+		if add {
+			pc.markBoundary()
+			g.live[pc] = struct{}{}
+		} else {
+			delete(g.live, pc)
+		}
+	}
 	g.conns += d
 	if g.conns == 0 && g.idle != nil {
 		close(g.idle)
@@ -250,12 +268,17 @@ func (g *generation) connDelta(d int) {
 // stop ends accepting and keep-alives: Serve returns, idle connections
 // close now, busy ones after their response. Every connection Serve
 // accepted is counted by the time stop returns.
-func (g *generation) stop() {
+func (g *generation) stop(col *collector) {
 	for _, k := range g.lns {
 		k.Close()
 	}
+	g.inject.Close()
 	g.wg.Wait()
-	g.srv.SetKeepAlivesEnabled(false)
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for pc := range g.live {
+		pc.requestDetach(col)
+	}
 }
 
 // waitIdle waits until the generation has no connection or ctx ends.
@@ -283,7 +306,10 @@ func (g *generation) waitIdle(ctx context.Context) error {
 func (s *Server) stopLocked(ctx context.Context) error {
 	if g := s.cur; g != nil {
 		s.cur = nil
-		g.stop()
+		if s.col == nil {
+			s.col = &collector{}
+		}
+		g.stop(s.col)
 		s.draining = append(s.draining, g)
 	}
 	if s.hooks.drainWaiting != nil {
@@ -352,7 +378,24 @@ func (s *Server) ResumeAfterAbort(ctx context.Context) error {
 	if s.cur != nil {
 		return nil
 	}
-	return s.startLocked()
+	if err := s.startLocked(); err != nil {
+		return err
+	}
+	// Connections a drain stopped that were not passed: serve them again.
+	if kept := s.col.take(); len(kept) > 0 {
+		s.col = nil
+		g := s.cur
+		go func() {
+			for _, c := range kept {
+				c.Conn.SetDeadline(time.Time{})
+				if !g.inject.give(&passConn{Conn: c.Conn, lnAddr: c.lnAddr}) {
+					c.Conn.Close()
+				}
+			}
+		}()
+	}
+	s.col = nil
+	return nil
 }
 
 // Shutdown is for the end of the process (after a committed handoff or on
@@ -370,6 +413,10 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.closed = true
 	errs := []error{s.stopLocked(ctx)}
+	for _, c := range s.col.take() {
+		c.Conn.Close()
+	}
+	s.col = nil
 	for _, g := range s.draining {
 		g.srv.Close()
 	}
@@ -394,6 +441,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // (by setting an accept deadline in the past) but leaves the socket open.
 type keepOpen struct {
 	net.Listener
+	addr   string
 	once   sync.Once
 	closed atomic.Bool
 }
@@ -412,7 +460,10 @@ func (k *keepOpen) Accept() (net.Conn, error) {
 	if err != nil && k.closed.Load() {
 		return nil, net.ErrClosed
 	}
-	return c, err
+	if err != nil {
+		return nil, err
+	}
+	return wrapConn(c, k.addr), nil
 }
 
 // Close stops Accept, now and for good, without closing the socket.
