@@ -3,9 +3,14 @@
 // server: return it from handoff.Config.Open and handoff.Run drives it.
 //
 // Drain stops accepting, lets every connection already accepted finish the
-// request it carries (even one whose request has not arrived yet), closes
-// connections as they become idle, and then calls the Sync hook so every
-// accepted write is durable. Seal and ResumeAfterAbort call the daemon's
+// request it carries, stops each connection at its request boundary (an
+// idle one at once) keeping it open, and then calls the Sync hook so every
+// accepted write is durable. The Server is a handoff.ConnPasser: the
+// stopped connections are passed to the successor (PassConns) and served
+// there after the commit (AdoptConns), or served again here after an
+// abort. Only connections with nothing buffered are stopped; TLS,
+// hijacked and HTTP/2 connections are not passed and close at a request
+// boundary as before. Seal and ResumeAfterAbort call the daemon's
 // hooks; on resume the adapter serves again with a fresh http.Server from
 // Config, since an http.Server that stopped cannot be restarted.
 //
