@@ -468,22 +468,3 @@ func Negotiate(localMin, localMax, peerMin, peerMax uint16) (uint16, error) {
 	}
 	return hi, nil
 }
-
-// connFrameBudget bounds the JSON of one Conns frame well under MaxFrame.
-const connFrameBudget = MaxFrame / 2
-
-// ConnBatchEnd returns the end of the batch of metas that starts at from:
-// at most MaxFDs connections, and within the frame budget (always at
-// least one, as one state is at most MaxConnState).
-func ConnBatchEnd(metas []ConnMeta, from int) int {
-	budget := 0
-	i := from
-	for ; i < len(metas) && i-from < MaxFDs; i++ {
-		cost := 4*len(metas[i].State)/3 + len(metas[i].Listener) + 64
-		if i > from && budget+cost > connFrameBudget {
-			break
-		}
-		budget += cost
-	}
-	return i
-}
