@@ -6,6 +6,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"strconv"
 	"testing"
 	"time"
 )
@@ -40,7 +42,10 @@ func (k *keepAlive) put(t *testing.T, key, val string) {
 // the incumbent serves every one of them again.
 func TestKeepAliveConnsSurviveHandoffs(t *testing.T) {
 	c := startKVD(t)
-	const n = 50
+	n := 50
+	if v, err := strconv.Atoi(os.Getenv("KVD_PASS_CONNS")); err == nil && v > 0 {
+		n = v // a bigger pool, to measure by hand
+	}
 	conns := make([]*keepAlive, n)
 	for i := range conns {
 		nc, err := net.DialTimeout("tcp", c.addr, 10*time.Second)
@@ -64,6 +69,7 @@ func TestKeepAliveConnsSurviveHandoffs(t *testing.T) {
 		if out.PassedConns != n {
 			t.Errorf("handoff %d passed %d connections, want %d", h, out.PassedConns, n)
 		}
+		t.Logf("handoff %d: %d connections passed, accept gap %v, library overhead %v", h, out.PassedConns, out.Phases.AcceptGap, out.Phases.LibraryOverhead)
 		round(fmt.Sprintf("h%d", h))
 	}
 	out := c.handoff(c.spec("bad", "--fail-before-ready"))
