@@ -33,6 +33,12 @@ type options struct {
 	probeEvery time.Duration
 	plotDir    string
 	kvdRev     string
+
+	// The keep-alive mode: the pool size (0: off) and the numbers of
+	// idle connections held through the handoffs.
+	keepalive int
+	idleConns []int
+	idleWait  time.Duration // rest after the handoffs before the idle connections are checked
 }
 
 // Defaults that differ in the kvd mode.
@@ -42,10 +48,20 @@ const (
 	kvdDefaultSizes    = "1000,10000,100000,1000000"
 )
 
+// Defaults that differ in the keep-alive mode.
+const (
+	kaDefaultHandoffs  = 20
+	kaDefaultIdleConns = "0,100,1000,10000"
+)
+
 // flagsOf lists which flags belong to one mode only.
 var (
 	pingOnlyFlags = []string{"rate", "clients", "idle"}
 	kvdOnlyFlags  = []string{"sizes", "value-size", "write-rate", "probe-every", "plot", "kvd-rev"}
+	kaOnlyFlags   = []string{"idle-conns", "idle-wait"}
+	// kaNotFlags: the ping mode's flags the keep-alive mode has no use for
+	// (-keepalive is its number of clients).
+	kaNotFlags = []string{"clients", "idle"}
 )
 
 func parseFlags(args []string, stderr io.Writer) (options, error) {
@@ -65,14 +81,33 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.DurationVar(&o.probeEvery, "probe-every", time.Millisecond, "-kvd: time between two probes (GET /healthz, each on a fresh connection)")
 	fs.StringVar(&o.plotDir, "plot", "", "-kvd: write kvd-gap-vs-size.svg and .png into this `directory`")
 	fs.StringVar(&o.kvdRev, "kvd-rev", "", "-kvd: build kvd from this `commit` (git archive) instead of the working tree")
+	fs.IntVar(&o.keepalive, "keepalive", 0, fmt.Sprintf("measure persistent connections instead: a pool of this many keep-alive HTTP/1.1 connections at -rate under the same three strategies, then handoffs with -idle-conns idle ones held open (0: off; %d handoffs unless set)", kaDefaultHandoffs))
+	idleConns := fs.String("idle-conns", kaDefaultIdleConns, "-keepalive: numbers of idle keep-alive connections held open through the handoffs, comma-separated (1k allowed; 0, the base of the ratios, is always measured)")
+	fs.DurationVar(&o.idleWait, "idle-wait", 0, "-keepalive: rest after the handoffs before one request is sent on each idle connection")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-	wrong := kvdOnlyFlags
+	wrong := slices.Concat(kvdOnlyFlags, kaOnlyFlags)
+	modeFlag := ""
+	switch {
+	case o.kvd && set["keepalive"]:
+		return o, errors.New("-keepalive and -kvd are two modes: choose one")
+	case o.keepalive < 0 || o.keepalive > 1024:
+		return o, fmt.Errorf("-keepalive %d: must be between 1 and 1024 connections (0: off)", o.keepalive)
+	case o.keepalive > 0:
+		wrong, modeFlag = slices.Concat(kvdOnlyFlags, kaNotFlags), "-keepalive"
+		if !set["handoffs"] {
+			o.handoffs = kaDefaultHandoffs
+		}
+		var err error
+		if o.idleConns, err = parseIdleConns(*idleConns); err != nil {
+			return o, fmt.Errorf("-idle-conns %q: %w", *idleConns, err)
+		}
+	}
 	if o.kvd {
-		wrong = pingOnlyFlags
+		wrong, modeFlag = slices.Concat(pingOnlyFlags, kaOnlyFlags), "-kvd"
 		if !set["handoffs"] {
 			o.handoffs = kvdDefaultHandoffs
 		}
@@ -86,7 +121,14 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	}
 	for _, name := range wrong {
 		if set[name] {
-			return o, fmt.Errorf("-%s does not apply %s -kvd", name, map[bool]string{true: "with", false: "without"}[o.kvd])
+			if modeFlag == "" {
+				mode := "-kvd"
+				if slices.Contains(kaOnlyFlags, name) {
+					mode = "-keepalive"
+				}
+				return o, fmt.Errorf("-%s does not apply without %s", name, mode)
+			}
+			return o, fmt.Errorf("-%s does not apply with %s", name, modeFlag)
 		}
 	}
 	switch {
@@ -108,6 +150,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		return o, fmt.Errorf("-every %v: must be between 10ms and 1m", o.every)
 	case o.idle < 0 || o.idle > time.Minute:
 		return o, fmt.Errorf("-idle %v: must be between 0 and 1m", o.idle)
+	case o.idleWait < 0 || o.idleWait > 5*time.Minute:
+		return o, fmt.Errorf("-idle-wait %v: must be between 0 and 5m", o.idleWait)
 	}
 	return o, nil
 }
@@ -148,6 +192,37 @@ func parseSizes(s string) ([]int, error) {
 	return sizes, nil
 }
 
+// maxIdleConns bounds one -idle-conns entry; what RLIMIT_NOFILE cannot
+// hold is skipped at run time.
+const maxIdleConns = 1_000_000
+
+// parseIdleConns reads "0,100,1k": ascending, without repeats, at most ten,
+// with 0 added if missing.
+func parseIdleConns(s string) ([]int, error) {
+	ns := []int{0}
+	for f := range strings.SplitSeq(s, ",") {
+		f = strings.TrimSpace(f)
+		mult := 1
+		if strings.HasSuffix(f, "k") {
+			f, mult = strings.TrimSuffix(f, "k"), 1000
+		}
+		n, err := strconv.Atoi(f)
+		if err != nil {
+			return nil, fmt.Errorf("not a number of connections: %w", err)
+		}
+		if n < 0 || n > maxIdleConns/mult {
+			return nil, fmt.Errorf("%d×%d connections: must be between 0 and %d", n, mult, maxIdleConns)
+		}
+		ns = append(ns, n*mult)
+	}
+	slices.Sort(ns)
+	ns = slices.Compact(ns)
+	if len(ns) > 10 {
+		return nil, fmt.Errorf("%d numbers: at most 10", len(ns))
+	}
+	return ns, nil
+}
+
 // bench is one run: its options, its work directory and this binary.
 type bench struct {
 	o      options
@@ -184,6 +259,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	defer logf.Close()
 	if o.kvd {
 		return runKVDMode(ctx, o, self, dir, logf, stdout, stderr)
+	}
+	if o.keepalive > 0 {
+		return runKeepAliveMode(ctx, o, self, dir, logf, stdout, stderr)
 	}
 	b := &bench{o: o, self: self, dir: dir, log: logf, stderr: stderr}
 	res, err := b.run(ctx)
@@ -245,6 +323,9 @@ type opSample struct {
 	lib, work time.Duration // handoff: the library's share of the gap and the daemons' work
 	failed    string        // a handoff that did not commit: why
 	handoff   supOutcome    // handoff: as the supervisor reported it
+	// start and end: when the bench began and ended the step, set by
+	// drive (the keep-alive mode finds the pauses around it).
+	start, end time.Time
 }
 
 // modeTimeout bounds one mode: its restarts and its load.
@@ -256,16 +337,29 @@ func (b *bench) modeTimeout() time.Duration {
 // b.o.every, b.o.handoffs times, then lets the load run one more period.
 // Both the load and the restarts are bounded by modeTimeout.
 func (b *bench) drive(ctx context.Context, addr string, restart func() (opSample, error)) ([]opSample, *load, error) {
+	ld := newLoad()
+	samples, err := b.driveWith(ctx, addr, ld, b.o.clients, restart)
+	return samples, ld, err
+}
+
+// loader is a client load: the fresh-connection one, or the keep-alive one.
+type loader interface {
+	// run sends requests to addr from clients goroutines, at rate in
+	// all, until ctx ends or each has sent maxPerClient.
+	run(ctx context.Context, addr string, clients, rate, maxPerClient int)
+}
+
+// driveWith is drive with the load ld of clients clients.
+func (b *bench) driveWith(ctx context.Context, addr string, ld loader, clients int, restart func() (opSample, error)) ([]opSample, error) {
 	mctx, cancel := context.WithTimeout(ctx, b.modeTimeout())
 	defer cancel()
 	lctx, stopLoad := context.WithCancel(mctx)
 	defer stopLoad()
-	ld := newLoad()
-	maxPerClient := int(math.Ceil(float64(b.o.rate) * b.modeTimeout().Seconds() / float64(b.o.clients)))
+	maxPerClient := int(math.Ceil(float64(b.o.rate) * b.modeTimeout().Seconds() / float64(clients)))
 	loadDone := make(chan struct{})
 	go func() {
 		defer close(loadDone)
-		ld.run(lctx, addr, b.o.clients, b.o.rate, maxPerClient)
+		ld.run(lctx, addr, clients, b.o.rate, maxPerClient)
 	}()
 	defer func() { stopLoad(); <-loadDone }()
 
@@ -275,23 +369,25 @@ func (b *bench) drive(ctx context.Context, addr string, restart func() (opSample
 	for len(samples) < b.o.handoffs {
 		select {
 		case <-mctx.Done():
-			return samples, ld, fmt.Errorf("after %d of %d: %w", len(samples), b.o.handoffs, mctx.Err())
+			return samples, fmt.Errorf("after %d of %d: %w", len(samples), b.o.handoffs, mctx.Err())
 		case <-tick.C:
 		}
+		start := time.Now()
 		s, err := restart()
 		if err != nil {
-			return samples, ld, fmt.Errorf("after %d of %d: %w", len(samples), b.o.handoffs, err)
+			return samples, fmt.Errorf("after %d of %d: %w", len(samples), b.o.handoffs, err)
 		}
+		s.start, s.end = start, time.Now()
 		samples = append(samples, s)
 	}
 	select {
 	case <-mctx.Done():
-		return samples, ld, mctx.Err()
+		return samples, mctx.Err()
 	case <-tick.C:
 	}
 	stopLoad()
 	<-loadDone
-	return samples, ld, nil
+	return samples, nil
 }
 
 // runHandoff measures the library: a supervisor process hands the daemon
@@ -301,17 +397,7 @@ func (b *bench) runHandoff(ctx context.Context, res *result) (modeResult, error)
 	if err != nil {
 		return modeResult{}, err
 	}
-	samples, ld, err := b.drive(ctx, ready.Addr, func() (opSample, error) {
-		o, err := sup.handoff()
-		if err != nil {
-			return opSample{}, err
-		}
-		s := opSample{took: o.Phases.Total, gap: o.Phases.AcceptGap, lib: o.Phases.LibraryOverhead, work: o.Phases.DaemonWork, handoff: o}
-		if !o.Committed {
-			s.failed = o.AbortReason
-		}
-		return s, nil
-	})
+	samples, ld, err := b.drive(ctx, ready.Addr, handoffStep(sup))
 	if err != nil {
 		_, serr := sup.stop()
 		return modeResult{}, errors.Join(err, serr)
@@ -330,6 +416,21 @@ func (b *bench) runHandoff(ctx context.Context, res *result) (modeResult, error)
 	}
 	mr.Breakdown = newBreakdown(samples, timings)
 	return mr, nil
+}
+
+// handoffStep performs one handoff through sup.
+func handoffStep(sup *supervisorProc) func() (opSample, error) {
+	return func() (opSample, error) {
+		o, err := sup.handoff()
+		if err != nil {
+			return opSample{}, err
+		}
+		s := opSample{took: o.Phases.Total, gap: o.Phases.AcceptGap, lib: o.Phases.LibraryOverhead, work: o.Phases.DaemonWork, handoff: o}
+		if !o.Committed {
+			s.failed = o.AbortReason
+		}
+		return s, nil
+	}
 }
 
 func readTimings(path string) (map[int]daemonTimings, error) {
@@ -407,29 +508,12 @@ func (b *bench) measureIdle(ctx context.Context, sup *supervisorProc) (superviso
 
 // runRestart measures the stop-then-start baseline.
 func (b *bench) runRestart(ctx context.Context, _ *result) (modeResult, error) {
-	cur, addr, _, err := startPlain(b.self, "127.0.0.1:0", false, b.log)
+	addr, step, stop, err := b.baseline(rolePlain, false)
 	if err != nil {
 		return modeResult{}, err
 	}
-	samples, ld, err := b.drive(ctx, addr, func() (opSample, error) {
-		start := time.Now()
-		closed, err := cur.stop()
-		if err != nil {
-			cur = nil
-			return opSample{}, err
-		}
-		next, _, bound, err := startPlain(b.self, addr, false, b.log)
-		cur = next
-		if err != nil {
-			return opSample{}, err
-		}
-		return opSample{took: time.Since(start), gap: bound.Sub(closed)}, nil
-	})
-	if cur != nil {
-		_, serr := cur.stop()
-		err = errors.Join(err, serr)
-	}
-	if err != nil {
+	samples, ld, err := b.drive(ctx, addr, step)
+	if err = errors.Join(err, stop()); err != nil {
 		return modeResult{}, err
 	}
 	return newModeResult(modeRestart, samples, ld), nil
@@ -437,26 +521,62 @@ func (b *bench) runRestart(ctx context.Context, _ *result) (modeResult, error) {
 
 // runReusePort measures the SO_REUSEPORT overlap baseline.
 func (b *bench) runReusePort(ctx context.Context, _ *result) (modeResult, error) {
-	cur, addr, _, err := startPlain(b.self, "127.0.0.1:0", true, b.log)
+	addr, step, stop, err := b.baseline(rolePlain, true)
 	if err != nil {
 		return modeResult{}, err
 	}
-	samples, ld, err := b.drive(ctx, addr, func() (opSample, error) {
-		start := time.Now()
-		next, _, _, err := startPlain(b.self, addr, true, b.log)
-		if err != nil {
-			return opSample{}, err
-		}
-		old := cur
-		cur = next
-		if _, err := old.stop(); err != nil {
-			return opSample{}, err
-		}
-		return opSample{took: time.Since(start)}, nil
-	})
-	_, serr := cur.stop()
-	if err = errors.Join(err, serr); err != nil {
+	samples, ld, err := b.drive(ctx, addr, step)
+	if err = errors.Join(err, stop()); err != nil {
 		return modeResult{}, err
 	}
 	return newModeResult(modeReusePort, samples, ld), nil
+}
+
+// baseline starts a baseline daemon in role and returns its address, the
+// step that replaces it without the library, and the stop of the one that
+// serves at the end. Without reusePort the step is stop-then-start (SIGTERM,
+// then a new process binds the port); with it the overlap (a new process
+// binds the port with SO_REUSEPORT, then the old one stops).
+func (b *bench) baseline(role string, reusePort bool) (string, func() (opSample, error), func() error, error) {
+	cur, addr, _, err := startPlainRole(b.self, role, "127.0.0.1:0", reusePort, b.log)
+	if err != nil {
+		return "", nil, nil, err
+	}
+	stop := func() error {
+		if cur == nil {
+			return nil
+		}
+		_, err := cur.stop()
+		cur = nil
+		return err
+	}
+	if reusePort {
+		return addr, func() (opSample, error) {
+			start := time.Now()
+			next, _, _, err := startPlainRole(b.self, role, addr, true, b.log)
+			if err != nil {
+				return opSample{}, err
+			}
+			old := cur
+			cur = next
+			if _, err := old.stop(); err != nil {
+				return opSample{}, err
+			}
+			return opSample{took: time.Since(start)}, nil
+		}, stop, nil
+	}
+	return addr, func() (opSample, error) {
+		start := time.Now()
+		closed, err := cur.stop()
+		if err != nil {
+			cur = nil
+			return opSample{}, err
+		}
+		next, _, bound, err := startPlainRole(b.self, role, addr, false, b.log)
+		cur = next
+		if err != nil {
+			return opSample{}, err
+		}
+		return opSample{took: time.Since(start), gap: bound.Sub(closed)}, nil
+	}, stop, nil
 }

@@ -23,6 +23,19 @@
 //
 //	go run ./cmd/handoff-bench -kvd [-sizes 1k,10k,100k,1M] [-handoffs 10] [-every 500ms] [-plot DIR] [-kvd-rev REV] [-json]
 //
+// With -keepalive N it measures persistent connections instead: a pool of N
+// keep-alive HTTP/1.1 connections (a client of its own that counts every
+// re-dial) under the same three strategies, the daemon an HTTP server on
+// httphandoff (which passes idle connections to its successor) or the same
+// server without the library; it reports failed requests, reconnects and
+// the longest wait for an answer around each handoff or restart. Then, for
+// each -idle-conns number, that many idle keep-alive connections held open
+// through the handoffs: the accept gap and the library's share against the
+// number passed, and whether each idle one answers on the same connection
+// afterwards:
+//
+//	go run ./cmd/handoff-bench -keepalive 8 [-idle-conns 0,100,1k,10k] [-handoffs 20] [-rate 1000] [-every 200ms] [-idle-wait 0s] [-json]
+//
 // The daemons are this binary re-executed in a role chosen by the
 // HANDOFF_BENCH_ROLE environment variable.
 package main

@@ -22,21 +22,9 @@ import (
 // listener, reports "closed <unix ns>", answers what it accepted and exits.
 func runPlain(ctx context.Context, addr string, reusePort bool, report *os.File) error {
 	defer report.Close()
-	lc := net.ListenConfig{Control: func(_, _ string, rc syscall.RawConn) error {
-		var err error
-		if cerr := rc.Control(func(fd uintptr) {
-			err = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
-			if err == nil && reusePort {
-				err = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
-			}
-		}); cerr != nil {
-			return cerr
-		}
-		return err
-	}}
-	ln, err := lc.Listen(ctx, "tcp", addr)
+	ln, err := listenPlain(ctx, addr, reusePort)
 	if err != nil {
-		return fmt.Errorf("listen: %w", err)
+		return err
 	}
 	var srv server
 	srv.start(ln)
@@ -55,6 +43,28 @@ func runPlain(ctx context.Context, addr string, reusePort bool, report *os.File)
 	return err
 }
 
+// listenPlain binds addr as the baseline daemons do: SO_REUSEADDR, and
+// SO_REUSEPORT if asked.
+func listenPlain(ctx context.Context, addr string, reusePort bool) (net.Listener, error) {
+	lc := net.ListenConfig{Control: func(_, _ string, rc syscall.RawConn) error {
+		var err error
+		if cerr := rc.Control(func(fd uintptr) {
+			err = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
+			if err == nil && reusePort {
+				err = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
+			}
+		}); cerr != nil {
+			return cerr
+		}
+		return err
+	}}
+	ln, err := lc.Listen(ctx, "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen: %w", err)
+	}
+	return ln, nil
+}
+
 // plainProc is a running baseline daemon, seen from the bench.
 type plainProc struct {
 	cmd    *exec.Cmd
@@ -70,9 +80,10 @@ const (
 	plainStopTimeout  = 30 * time.Second
 )
 
-// startPlain starts a baseline daemon binding addr and waits until it
+// startPlainRole starts a baseline daemon in role (rolePlain, or
+// roleHTTPPlain for the keep-alive mode) binding addr and waits until it
 // listens; it returns the bound address and when the daemon bound it.
-func startPlain(self, addr string, reusePort bool, logf *os.File) (*plainProc, string, time.Time, error) {
+func startPlainRole(self, role, addr string, reusePort bool, logf *os.File) (*plainProc, string, time.Time, error) {
 	rd, wr, err := os.Pipe()
 	if err != nil {
 		return nil, "", time.Time{}, fmt.Errorf("report pipe: %w", err)
@@ -82,7 +93,7 @@ func startPlain(self, addr string, reusePort bool, logf *os.File) (*plainProc, s
 		rp = "1"
 	}
 	cmd := exec.Command(self)
-	cmd.Env = append(os.Environ(), envRole+"="+rolePlain, envAddr+"="+addr, envReusePort+"="+rp)
+	cmd.Env = append(os.Environ(), envRole+"="+role, envAddr+"="+addr, envReusePort+"="+rp)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.ExtraFiles = []*os.File{wr}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // a terminal's Ctrl-C reaches only the bench

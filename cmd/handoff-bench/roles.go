@@ -19,6 +19,10 @@ const (
 	roleSupervisor = "supervisor" // the embedded supervisor.Supervisor, driven over stdin/stdout
 	roleDaemon     = "daemon"     // the daemon the supervisor hands off
 	rolePlain      = "plain"      // the same daemon without the library (baselines)
+	// The keep-alive mode's daemons: an HTTP/1.1 server on httphandoff
+	// under handoff.Run, and the same server without the library.
+	roleHTTPDaemon = "http-daemon"
+	roleHTTPPlain  = "http-plain"
 )
 
 // runRole runs one re-executed role and returns the exit code.
@@ -35,12 +39,17 @@ func runRole(role string) int {
 		// closing stdin stops it. It leads its own process group, so a
 		// terminal's Ctrl-C reaches only the bench.
 		err = runSupervisor(context.Background(), dir, spawn, os.Stdin, os.Stdout)
-	case roleDaemon, rolePlain:
+	case roleDaemon, rolePlain, roleHTTPDaemon, roleHTTPPlain:
 		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
-		if role == roleDaemon {
+		switch role {
+		case roleDaemon:
 			err = runDaemon(ctx, dir)
-		} else {
+		case rolePlain:
 			err = runPlain(ctx, addr, reusePort, os.NewFile(3, "report"))
+		case roleHTTPDaemon:
+			err = runHTTPDaemon(ctx, dir)
+		case roleHTTPPlain:
+			err = runHTTPPlain(ctx, addr, reusePort, os.NewFile(3, "report"))
 		}
 		stop()
 	default:

@@ -50,6 +50,7 @@ type supOutcome struct {
 	OldPID      int                     `json:"old_pid"` // serving daemon before
 	PID         int                     `json:"pid"`     // serving daemon afterwards
 	Phases      supervisor.PhaseTimings `json:"phases"`
+	PassedConns int                     `json:"passed_conns"` // established connections the incumbent passed
 	Error       string                  `json:"error,omitempty"`
 }
 
@@ -67,6 +68,7 @@ type spawnConfig struct {
 	Binary   string   `json:"binary"`
 	Args     []string `json:"args"`
 	Listener string   `json:"listener"` // the name the daemon takes its listener by
+	Env      []string `json:"env,omitempty"`
 }
 
 // runSupervisor holds a loopback TCP listener in an embedded
@@ -134,7 +136,7 @@ func startSupervised(ctx context.Context, dir, spawn string) (*supervisor.Superv
 		if err := json.Unmarshal([]byte(spawn), &sc); err != nil {
 			return nil, "", 0, spec, fmt.Errorf("%s: %w", envSpawn, err)
 		}
-		spec, name = supervisor.SpawnSpec{Binary: sc.Binary, Args: sc.Args}, sc.Listener
+		spec, name = supervisor.SpawnSpec{Binary: sc.Binary, Args: sc.Args, Env: sc.Env}, sc.Listener
 	} else {
 		self, err := os.Executable()
 		if err != nil {
@@ -184,7 +186,7 @@ func handoffOnce(ctx context.Context, s *supervisor.Supervisor, spec supervisor.
 	// after the library has reaped it.
 	pidfd, perr := unix.PidfdOpen(old, 0)
 	o, err := s.PerformHandoff(hctx, spec)
-	r := supOutcome{Committed: o.Committed, AbortReason: o.AbortReason, Phases: o.Phases, OldPID: old, PID: s.Status().IncumbentPID}
+	r := supOutcome{Committed: o.Committed, AbortReason: o.AbortReason, Phases: o.Phases, OldPID: old, PID: s.Status().IncumbentPID, PassedConns: o.PassedConns}
 	err = errors.Join(err, perr)
 	if perr == nil {
 		if o.Committed {
