@@ -392,8 +392,7 @@ func (s *Server) ResumeAfterAbort(ctx context.Context) error {
 		g := s.cur
 		go func() {
 			for _, c := range kept {
-				c.Conn.SetDeadline(time.Time{})
-				if !g.inject.give(&passConn{Conn: c.Conn, lnAddr: c.lnAddr}) {
+				if !g.inject.give(adoptedConn(c.Conn, c.lnAddr, g.srv)) {
 					c.Conn.Close()
 				}
 			}

@@ -3,6 +3,7 @@ package httphandoff
 import (
 	"errors"
 	"net"
+	"net/http"
 	"os"
 	"sync"
 	"syscall"
@@ -40,6 +41,16 @@ type passConn struct {
 	reading  bool       // a boundary read is blocked in the socket
 	col      *collector // set by requestDetach: stop at the next boundary
 	detached bool       // stopped and kept: Close leaves the socket open
+
+	// An adopted connection (passed, or kept through an aborted handoff)
+	// was idle between requests, but net/http takes it for a new one and
+	// arms its header (and write) deadline before the first read. Until
+	// the first bytes come the connection waits as an idle keep-alive one
+	// does (the server's IdleTimeout), and the deadlines net/http asks for
+	// meanwhile are armed when they come, for as long as net/http meant.
+	awaitFirst      bool
+	idle            time.Duration // the idle wait; 0: none
+	readDL, writeDL time.Duration // deferred deadlines, from the first bytes; -1: none
 }
 
 func wrapConn(c net.Conn, lnAddr string) net.Conn {
@@ -47,6 +58,70 @@ func wrapConn(c net.Conn, lnAddr string) net.Conn {
 		return c // no descriptor to pass (a TLS connection, say): closed at a boundary as before
 	}
 	return &passConn{Conn: c, lnAddr: lnAddr}
+}
+
+// adoptedConn wraps a connection that was idle at a request boundary in
+// this or the previous process, to be served by srv.
+func adoptedConn(c net.Conn, lnAddr string, srv *http.Server) *passConn {
+	idle := srv.IdleTimeout
+	if idle == 0 {
+		idle = srv.ReadTimeout // net/http waits for the next request as long
+	}
+	c.SetDeadline(time.Time{}) // a drain may have left one
+	return &passConn{Conn: c, lnAddr: lnAddr, awaitFirst: true, idle: idle, readDL: -1, writeDL: -1}
+}
+
+// deferDeadline turns t into the time left from now (-1 for none).
+func deferDeadline(t time.Time) time.Duration {
+	if t.IsZero() {
+		return -1
+	}
+	return max(time.Until(t), 0)
+}
+
+func (c *passConn) SetDeadline(t time.Time) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.awaitFirst {
+		c.readDL, c.writeDL = deferDeadline(t), deferDeadline(t)
+		return nil
+	}
+	return c.Conn.SetDeadline(t)
+}
+
+func (c *passConn) SetReadDeadline(t time.Time) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.awaitFirst {
+		c.readDL = deferDeadline(t)
+		return nil
+	}
+	return c.Conn.SetReadDeadline(t)
+}
+
+func (c *passConn) SetWriteDeadline(t time.Time) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.awaitFirst {
+		c.writeDL = deferDeadline(t)
+		return nil
+	}
+	return c.Conn.SetWriteDeadline(t)
+}
+
+// armDeferredLocked ends the idle wait of an adopted connection: the
+// deadlines net/http asked for start now.
+func (c *passConn) armDeferredLocked() {
+	c.awaitFirst = false
+	now := time.Now()
+	at := func(d time.Duration) time.Time {
+		if d < 0 {
+			return time.Time{}
+		}
+		return now.Add(d)
+	}
+	c.Conn.SetReadDeadline(at(c.readDL))
+	c.Conn.SetWriteDeadline(at(c.writeDL))
 }
 
 func (c *passConn) markBoundary() {
@@ -85,11 +160,22 @@ func (c *passConn) Read(p []byte) (int, error) {
 		return 0, errDetached
 	}
 	c.reading = atBoundary
+	idleWait := c.awaitFirst
+	if idleWait {
+		var dl time.Time
+		if c.idle > 0 {
+			dl = time.Now().Add(c.idle)
+		}
+		c.Conn.SetReadDeadline(dl)
+	}
 	c.mu.Unlock()
 	n, err := c.Conn.Read(p)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.reading = false
+	if idleWait && c.awaitFirst && (n > 0 || c.col == nil) {
+		c.armDeferredLocked()
+	}
 	if n > 0 {
 		c.boundary = false
 		return n, err
@@ -218,8 +304,7 @@ func (s *Server) AdoptConns(conns []handoff.PassedConn) {
 			pc.Conn.Close()
 			continue
 		}
-		pc.Conn.SetDeadline(time.Time{}) // a drain in this process may have left one
-		if !g.inject.give(&passConn{Conn: pc.Conn, lnAddr: pc.Listener}) {
+		if !g.inject.give(adoptedConn(pc.Conn, pc.Listener, g.srv)) {
 			pc.Conn.Close()
 		}
 	}

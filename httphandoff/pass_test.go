@@ -83,3 +83,95 @@ func TestPassIdleKeepAliveConnection(t *testing.T) {
 	}
 	second.Shutdown(ctx)
 }
+
+// TestAdoptedConnectionWaitsAsIdle: net/http takes an adopted connection
+// for a new one, but it was idle between requests: its header and write
+// deadlines start with its next request, not at the adoption, and until
+// then it waits for as long as an idle keep-alive connection does
+// (IdleTimeout), after which the server closes it.
+func TestAdoptedConnectionWaitsAsIdle(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	const (
+		headerTimeout = 50 * time.Millisecond
+		idleTimeout   = 400 * time.Millisecond
+	)
+	serve := func(name string) *Server {
+		s, err := New(Config{NewServer: func() *http.Server {
+			return &http.Server{
+				Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+					io.WriteString(w, name)
+				}),
+				ReadHeaderTimeout: headerTimeout,
+				WriteTimeout:      headerTimeout,
+				IdleTimeout:       idleTimeout,
+			}
+		}}, ln)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	first := serve("first")
+	if err := first.Start(); err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.DialTimeout("tcp", ln.Addr().String(), waitBound)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	br := bufio.NewReader(c)
+	get := func() (string, error) {
+		c.SetDeadline(time.Now().Add(waitBound))
+		if _, err := fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: test\r\n\r\n"); err != nil {
+			return "", err
+		}
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			return "", err
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		return string(b), err
+	}
+	if got, err := get(); got != "first" {
+		t.Fatalf("first answer %q (%v)", got, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), waitBound)
+	defer cancel()
+	if _, err := first.Drain(ctx); err != nil {
+		t.Fatal(err)
+	}
+	passed := first.PassConns(10)
+	if len(passed) != 1 {
+		t.Fatalf("PassConns = %+v, want the one idle connection", passed)
+	}
+	defer first.Shutdown(ctx)
+	second := serve("second")
+	if err := second.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer second.Shutdown(ctx)
+	adopted := time.Now()
+	second.AdoptConns(passed)
+	// The client stays idle for several header timeouts, well inside the
+	// idle timeout: what is measured here is an idle client.
+	time.Sleep(6 * headerTimeout)
+	if got, err := get(); got != "second" {
+		t.Fatalf("answer %v after the adoption, idle past the header timeout: %q (%v)", time.Since(adopted), got, err)
+	}
+	// Idle again, now as any keep-alive connection of the second server:
+	// it closes the connection after its idle timeout.
+	c.SetReadDeadline(time.Now().Add(waitBound))
+	start := time.Now()
+	if n, err := br.ReadByte(); err != io.EOF {
+		t.Fatalf("idle connection: read %q, %v; want the server's close", n, err)
+	}
+	if d := time.Since(start); d < idleTimeout/2 {
+		t.Fatalf("an idle connection closed after %v, before its idle timeout %v", d, idleTimeout)
+	}
+}
