@@ -39,10 +39,30 @@ type statsReply struct {
 	// says why not.
 	Writable   bool   `json:"writable"`
 	WriteError string `json:"write_error,omitempty"`
+	// RESP connections of this process, with a listener "resp":
+	// accepted here, passed to it (or given back after an aborted
+	// handoff), and open now.
+	RESPAccepted int64 `json:"resp_accepted,omitempty"`
+	RESPAdopted  int64 `json:"resp_adopted,omitempty"`
+	RESPConns    int   `json:"resp_conns,omitempty"`
+}
+
+// httpKey is the request's key, or false (answered 400) if it is one of
+// the RESP databases' reserved keys.
+func httpKey(w http.ResponseWriter, r *http.Request) (string, bool) {
+	key := r.PathValue("key")
+	if reservedKey(key) {
+		replyError(w, http.StatusBadRequest, errReservedKey)
+		return "", false
+	}
+	return key, true
 }
 
 func (d *daemon) put(w http.ResponseWriter, r *http.Request) {
-	key := r.PathValue("key")
+	key, ok := httpKey(w, r)
+	if !ok {
+		return
+	}
 	value, err := io.ReadAll(http.MaxBytesReader(w, r.Body, store.MaxValueLen))
 	if err != nil {
 		var tooLarge *http.MaxBytesError
@@ -58,7 +78,10 @@ func (d *daemon) put(w http.ResponseWriter, r *http.Request) {
 }
 
 func (d *daemon) del(w http.ResponseWriter, r *http.Request) {
-	key := r.PathValue("key")
+	key, ok := httpKey(w, r)
+	if !ok {
+		return
+	}
 	rev, err := d.store.Delete(key)
 	d.replyWrite(w, key, rev, err)
 }
@@ -96,8 +119,12 @@ func writeStatus(err error) int {
 }
 
 func (d *daemon) get(w http.ResponseWriter, r *http.Request) {
+	key, ok := httpKey(w, r)
+	if !ok {
+		return
+	}
 	rev := d.store.Revision()
-	v, ok := d.store.Get(r.PathValue("key"))
+	v, ok := d.store.Get(key)
 	w.Header().Set("X-Kvd-Revision", strconv.FormatUint(rev, 10))
 	if !ok {
 		http.Error(w, "not found", http.StatusNotFound)
@@ -125,6 +152,9 @@ func (d *daemon) stats(w http.ResponseWriter, _ *http.Request) {
 	}
 	if err := d.store.Check(); err != nil {
 		r.Writable, r.WriteError = false, err.Error()
+	}
+	if d.resp != nil {
+		r.RESPAccepted, r.RESPAdopted, r.RESPConns = d.resp.accepted.Load(), d.resp.adopted.Load(), d.resp.openConns()
 	}
 	replyJSON(w, http.StatusOK, r)
 }

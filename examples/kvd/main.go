@@ -9,10 +9,40 @@
 //	GET    /healthz    200 while the store takes writes
 //	GET    /stats      revision, key count, build id and pid, as JSON
 //
+// Keys are any bytes but the byte 0 first: keys that start with it are
+// reserved for the RESP databases (below), and HTTP refuses them (400).
+//
+// # RESP: the Redis protocol
+//
+// On a listener "resp" (inherited from the supervisor, or bound with
+// --resp) kvd also speaks RESP2, the Redis protocol, over the same store,
+// with what redis-cli and redis-benchmark need: PING, ECHO, SET key value
+// (no options), GET, DEL, EXISTS, SELECT 0..15, CLIENT SETNAME, GETNAME,
+// ID, INFO (id, addr: the client's address, name, db, pid) and SETINFO,
+// QUIT, CONFIG GET (save, appendonly...), INFO, and COMMAND (an empty
+// table); HELLO answers NOPROTO, so clients go on in RESP2. Inline
+// commands (a line of words, as telnet sends) work as well as arrays, and
+// so does pipelining. Database 0 holds the keys HTTP sees; database N > 0
+// keeps its keys in the store as "\x00" N "\x00" key, which neither
+// protocol lets a client name (see /stats and --dump for what they count
+// and show). SET and DEL answer once the write is durable, as PUT and
+// DELETE do; a write the store refuses answers TRYAGAIN (a handoff or
+// shutdown in progress), MISCONF (the disk does not take it) or ERR.
+// Input that is not RESP, or breaks a bound (an argument of more than
+// 1 MiB, more than 1024 arguments, an inline line of more than 64 KiB),
+// is answered -ERR Protocol error and the connection closed.
+//
+// During a handoff each RESP connection is stopped at a command boundary
+// (every complete command it sent is answered) and passed to the
+// successor with its state: its database, name, id, and the bytes of an
+// incomplete command it has sent so far (up to about 15 KiB; a connection
+// with more buffered is stopped once that command is answered).
+//
 // Flags:
 //
 //	--data DIR        data directory (required)
 //	--listen ADDR     TCP address to bind when no listener "http" was inherited
+//	--resp ADDR       TCP address to bind for RESP when no listener "resp" was inherited (default: no RESP)
 //	--control SOCK    control socket path (default: the one the supervisor passes, or DIR/.handoff.sock)
 //	--build-id ID     announced to the supervisor (default set with -ldflags -X main.buildID=ID)
 //	--dump            print the stored data as JSON and exit, without serving
@@ -108,6 +138,7 @@ func main() {
 type config struct {
 	dataDir         string
 	listen          string
+	resp            string
 	control         string
 	buildID         string
 	failBeforeReady bool
@@ -128,6 +159,7 @@ func parseFlags(args []string) (config, error) {
 	fs := flag.NewFlagSet("kvd", flag.ContinueOnError)
 	fs.StringVar(&c.dataDir, "data", "", "data `directory` (required)")
 	fs.StringVar(&c.listen, "listen", "127.0.0.1:8080", "TCP `address` to bind when no listener \"http\" was inherited")
+	fs.StringVar(&c.resp, "resp", "", "TCP `address` to bind for RESP (the Redis protocol) when no listener \"resp\" was inherited; empty: none")
 	fs.StringVar(&c.control, "control", "", "control socket `path` (default: the supervisor's, or DIR/.handoff.sock)")
 	fs.StringVar(&c.buildID, "build-id", buildID, "build `id` announced to the supervisor")
 	fs.BoolVar(&c.failBeforeReady, "fail-before-ready", failBeforeReady == "true", "test knob: as a successor, exit 1 after Begin, before Ready")
@@ -191,10 +223,14 @@ func run(ctx context.Context, args []string) error {
 	// The supervisor spawns a successor with HANDOFF_ROLE=successor (Run
 	// reads the variable and clears it).
 	cfg.successor = os.Getenv("HANDOFF_ROLE") == "successor"
+	listen := map[string]string{"http": cfg.listen}
+	if cfg.resp != "" {
+		listen["resp"] = cfg.resp
+	}
 	return handoff.Run(ctx, handoff.Config{
 		DataDir:       cfg.dataDir,
 		ControlSocket: cfg.control,
-		Listen:        map[string]string{"http": cfg.listen},
+		Listen:        listen,
 		BuildID:       cfg.buildID,
 		Logger:        log,
 		Prepare: func(ctx context.Context) error {
