@@ -122,6 +122,7 @@ type Server struct {
 	cur      *generation
 	draining []*generation // stopped, with connections maybe still open
 	col      *collector    // the connections the last Drain stopped, until PassConns
+	kept     []*passConn   // passed by PassConns: AdoptConns may give them back
 	closed   bool
 
 	errMu     sync.Mutex // Serve goroutines take it while mu may be held
@@ -142,10 +143,11 @@ type generation struct {
 	inject *injector      // serves passed connections
 	wg     sync.WaitGroup // one Serve goroutine per listener, and the injector's
 
-	mu    sync.Mutex
-	live  map[*passConn]struct{}
-	conns int
-	idle  chan struct{} // closed when conns drops to 0; nil when nobody waits
+	mu     sync.Mutex
+	live   map[*passConn]struct{}
+	conns  int
+	parked int           // of conns, collected by a Drain while their goroutine waits (see passConn)
+	idle   chan struct{} // closed when every connection is closed or parked; nil when nobody waits
 }
 
 // deadliner is what the adapter needs of a listener to stop Accept
@@ -203,7 +205,7 @@ func (s *Server) startLocked() error {
 	}
 	g := &generation{live: map[*passConn]struct{}{}}
 	g.srv = s.newServer(g)
-	g.inject = newInjector(s.listeners[0].Addr())
+	g.inject = newInjector(s.listeners[0].Addr(), g.srv)
 	g.wg.Go(func() { g.srv.Serve(g.inject) })
 	for _, l := range s.listeners {
 		k := &keepOpen{Listener: l, addr: l.Addr().String()}
@@ -261,10 +263,20 @@ func (g *generation) connDelta(d int, pc *passConn, add bool) {
 			g.live[pc] = struct{}{}
 		} else {
 			delete(g.live, pc)
+			pc.mu.Lock()
+			if pc.parked {
+				g.parked--
+			}
+			pc.mu.Unlock()
 		}
 	}
 	g.conns += d
-	if g.conns == 0 && g.idle != nil {
+	g.settledLocked()
+}
+
+// settledLocked wakes waitIdle once every connection is closed or parked.
+func (g *generation) settledLocked() {
+	if g.conns-g.parked == 0 && g.idle != nil {
 		close(g.idle)
 		g.idle = nil
 	}
@@ -282,14 +294,24 @@ func (g *generation) stop(col *collector) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	for pc := range g.live {
-		pc.requestDetach(col)
+		if pc.requestDetach(col) {
+			g.parked++
+		}
 	}
+	g.settledLocked()
+}
+
+// unsettled counts the connections still open and not parked.
+func (g *generation) unsettled() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.conns - g.parked
 }
 
 // waitIdle waits until the generation has no connection or ctx ends.
 func (g *generation) waitIdle(ctx context.Context) error {
 	g.mu.Lock()
-	if g.conns == 0 {
+	if g.conns-g.parked == 0 {
 		g.mu.Unlock()
 		return nil
 	}
@@ -327,7 +349,7 @@ func (s *Server) stopLocked(ctx context.Context) error {
 			busy, err = append(busy, g), werr
 			continue
 		}
-		g.srv.Close() // nothing left to close; marks the server done
+		g.srv.Close() // marks the server done; parked connections stay open (passConn.Close)
 	}
 	s.draining = busy
 	return err
@@ -354,7 +376,11 @@ func (s *Server) Drain(ctx context.Context) (handoff.DrainReport, error) {
 			return handoff.DrainReport{}, fmt.Errorf("httphandoff: sync: %w", err)
 		}
 	}
-	return handoff.DrainReport{AcceptClosed: true, OpenConnsRemaining: s.OpenConns()}, nil
+	open := 0
+	for _, g := range s.draining {
+		open += g.unsettled() // parked ones are stopped, to be passed
+	}
+	return handoff.DrainReport{AcceptClosed: true, OpenConnsRemaining: open}, nil
 }
 
 // Seal calls the Seal hook.
@@ -392,9 +418,7 @@ func (s *Server) ResumeAfterAbort(ctx context.Context) error {
 		g := s.cur
 		go func() {
 			for _, c := range kept {
-				if !g.inject.give(adoptedConn(c.Conn, c.lnAddr, g.srv)) {
-					c.Conn.Close()
-				}
+				c.giveBack(g.inject)
 			}
 		}()
 	}
@@ -421,6 +445,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		c.Conn.Close()
 	}
 	s.col = nil
+	s.kept = nil // passed: the library closes or gives back what it holds
 	for _, g := range s.draining {
 		g.srv.Close()
 	}

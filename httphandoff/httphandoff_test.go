@@ -498,10 +498,18 @@ func TestOpenConnsCountsConnections(t *testing.T) {
 	if n := f.srv.OpenConns(); n != 1 {
 		t.Errorf("OpenConns = %d, want 1 open connection", n)
 	}
-	f.drain(context.Background()) // closes the idle connection
-	recv(t, f.closedConns, "the idle connection to close")
+	f.drain(context.Background()) // stops the idle connection and keeps it
+	if n := f.srv.OpenConns(); n != 1 {
+		t.Errorf("OpenConns = %d after Drain kept the idle connection, want 1", n)
+	}
+	passed := f.srv.PassConns(10)
+	if len(passed) != 1 {
+		t.Fatalf("PassConns = %d connections, want the idle one", len(passed))
+	}
+	passed[0].Conn.Close() // as the library does after a commit
+	recv(t, f.closedConns, "the passed connection to close")
 	if n := f.srv.OpenConns(); n != 0 {
-		t.Errorf("OpenConns = %d after Drain closed the idle connection", n)
+		t.Errorf("OpenConns = %d after the passed connection closed", n)
 	}
 }
 

@@ -175,3 +175,82 @@ func TestAdoptedConnectionWaitsAsIdle(t *testing.T) {
 		t.Fatalf("an idle connection closed after %v, before its idle timeout %v", d, idleTimeout)
 	}
 }
+
+// TestRequestDuringHandoffWaitsForSuccessor: a request sent on an idle
+// connection after Drain stopped it is not read by the draining server:
+// its bytes wait in the socket and the server that adopts the connection
+// answers it.
+func TestRequestDuringHandoffWaitsForSuccessor(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	serve := func(name string) *Server {
+		s, err := New(Config{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			io.WriteString(w, name+" "+r.URL.Path)
+		})}, ln)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	first := serve("first")
+	if err := first.Start(); err != nil {
+		t.Fatal(err)
+	}
+	conns := make([]net.Conn, 20)
+	readers := make([]*bufio.Reader, len(conns))
+	read := func(i int) string {
+		t.Helper()
+		conns[i].SetDeadline(time.Now().Add(waitBound))
+		resp, err := http.ReadResponse(readers[i], nil)
+		if err != nil {
+			t.Fatalf("connection %d: %v", i, err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return string(b)
+	}
+	for i := range conns {
+		c, err := net.DialTimeout("tcp", ln.Addr().String(), waitBound)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		conns[i], readers[i] = c, bufio.NewReader(c)
+		fmt.Fprintf(c, "GET /before HTTP/1.1\r\nHost: test\r\n\r\n")
+		if got := read(i); got != "first /before" {
+			t.Fatalf("connection %d: %q", i, got)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), waitBound)
+	defer cancel()
+	if _, err := first.Drain(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// Every connection sends its next request while it is stopped.
+	for i, c := range conns {
+		if _, err := fmt.Fprintf(c, "GET /during/%d HTTP/1.1\r\nHost: test\r\n\r\n", i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	passed := first.PassConns(len(conns))
+	if len(passed) != len(conns) {
+		t.Fatalf("PassConns = %d, want %d", len(passed), len(conns))
+	}
+	second := serve("second")
+	if err := second.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer second.Shutdown(ctx)
+	second.AdoptConns(passed)
+	for i := range conns {
+		if got, want := read(i), fmt.Sprintf("second /during/%d", i); got != want {
+			t.Fatalf("connection %d answered %q, want %q", i, got, want)
+		}
+	}
+	if err := first.Shutdown(ctx); err != nil {
+		t.Errorf("first Shutdown: %v", err)
+	}
+}
