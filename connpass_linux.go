@@ -45,7 +45,7 @@ func sendConns(c *wire.Conn, id string, conns []PassedConn) (int, error) {
 	sent := 0
 	for sent < len(conns) {
 		end := wire.ConnBatchEnd(metas, sent)
-		if err := c.Send(wire.Conns{Conns: metas[sent:end]}, id, wire.WriteTimeout, fds[sent:end]...); err != nil {
+		if err := c.Send(wire.EncodeConns(metas[sent:end]), id, wire.WriteTimeout, fds[sent:end]...); err != nil {
 			return sent, err
 		}
 		sent = end
@@ -53,14 +53,127 @@ func sendConns(c *wire.Conn, id string, conns []PassedConn) (int, error) {
 	return sent, nil
 }
 
+// rawConns are passed connections still as received: a descriptor and the
+// frame's entry for each. Turning a descriptor into a net.Conn (dup, epoll
+// registration) costs microseconds; a successor does it once it serves,
+// so that it does not lengthen the accept gap.
+type rawConns struct {
+	metas []wire.ConnMeta
+	fds   []int
+}
+
+// add takes the descriptors of one Conns frame; they are consumed (kept or
+// closed) whatever the outcome.
+func (r *rawConns) add(m wire.Conns, fds []int) error {
+	metas, err := frameMetas(m, fds)
+	if err != nil {
+		return err
+	}
+	r.metas = append(r.metas, metas...)
+	r.fds = append(r.fds, fds...)
+	return nil
+}
+
+func (r *rawConns) count() int {
+	if r == nil {
+		return 0
+	}
+	return len(r.fds)
+}
+
+// close closes the descriptors (never shutdown(2)).
+func (r *rawConns) close() {
+	if r == nil {
+		return
+	}
+	closeFDs(r.fds)
+	r.metas, r.fds = nil, nil
+}
+
+// take turns the first n (at most) into connections and forgets them. A
+// descriptor that is no socket is closed and reported in err.
+func (r *rawConns) take(n int) (out []PassedConn, err error) {
+	if r == nil {
+		return nil, nil
+	}
+	n = min(n, len(r.fds))
+	out = make([]PassedConn, 0, n)
+	for i := range n {
+		f := os.NewFile(uintptr(r.fds[i]), "passed-conn")
+		c, cerr := net.FileConn(f)
+		f.Close()
+		if cerr != nil {
+			if err == nil {
+				err = fmt.Errorf("handoff: passed connection on %s: %w", r.metas[i].Listener, cerr)
+			}
+			continue
+		}
+		out = append(out, PassedConn{Listener: r.metas[i].Listener, Conn: c, State: r.metas[i].State})
+	}
+	r.metas, r.fds = r.metas[n:], r.fds[n:]
+	return out, err
+}
+
+// adoptBatch is how many passed connections a daemon is given at a time
+// once it serves: the first are served while the rest are converted.
+const adoptBatch = 256
+
+// adoptInto gives the connections to svc in batches, or closes them if it
+// takes none. A connection that cannot be made a net.Conn is logged and
+// dropped.
+func (r *rawConns) adoptInto(svc Service, log *slog.Logger) {
+	if r.count() == 0 {
+		return
+	}
+	cp, ok := svc.(ConnPasser)
+	if !ok {
+		log.Warn("handoff: connections were passed, but the service is no ConnPasser; closing them", "conns", r.count())
+		r.close()
+		return
+	}
+	for r.count() > 0 {
+		batch, err := r.take(adoptBatch)
+		if err != nil {
+			log.Warn("handoff: a passed connection could not be served; closed", "err", err)
+		}
+		if len(batch) > 0 {
+			cp.AdoptConns(batch)
+		}
+	}
+}
+
+// pendingConns are passed connections a daemon serves once it serves.
+type pendingConns interface {
+	adoptInto(svc Service, log *slog.Logger)
+	close()
+	count() int
+}
+
+// readyConns are passed connections already made net.Conns (a cold start
+// gets them so, before it serves).
+type readyConns []PassedConn
+
+func (c readyConns) count() int { return len(c) }
+func (c readyConns) close()     { closeConns(c) }
+
+func (c readyConns) adoptInto(svc Service, log *slog.Logger) {
+	if len(c) == 0 {
+		return
+	}
+	if cp, ok := svc.(ConnPasser); ok {
+		cp.AdoptConns(c)
+		return
+	}
+	log.Warn("handoff: connections were passed, but the service is no ConnPasser; closing them", "conns", len(c))
+	c.close()
+}
+
 // connsFromFrame turns a received Conns frame into connections. The
 // frame's descriptors are consumed whatever the outcome.
 func connsFromFrame(m wire.Conns, fds []int) ([]PassedConn, error) {
-	if len(fds) != len(m.Conns) {
-		for _, fd := range fds {
-			closeFD(fd)
-		}
-		return nil, wire.Violation("conns frame with %d entries and %d descriptors", len(m.Conns), len(fds))
+	metas, err := frameMetas(m, fds)
+	if err != nil {
+		return nil, err
 	}
 	out := make([]PassedConn, 0, len(fds))
 	var firstErr error
@@ -74,9 +187,24 @@ func connsFromFrame(m wire.Conns, fds []int) ([]PassedConn, error) {
 			}
 			continue
 		}
-		out = append(out, PassedConn{Listener: m.Conns[i].Listener, Conn: c, State: m.Conns[i].State})
+		out = append(out, PassedConn{Listener: metas[i].Listener, Conn: c, State: metas[i].State})
 	}
 	return out, firstErr
+}
+
+// frameMetas decodes a Conns frame's entries, one per descriptor; on an
+// error the descriptors are closed.
+func frameMetas(m wire.Conns, fds []int) ([]wire.ConnMeta, error) {
+	metas, err := m.Decode()
+	if err != nil {
+		closeFDs(fds)
+		return nil, wire.Violation("%v", err)
+	}
+	if len(metas) != len(fds) {
+		closeFDs(fds)
+		return nil, wire.Violation("conns frame with %d entries and %d descriptors", len(metas), len(fds))
+	}
+	return metas, nil
 }
 
 // closeConns closes conns: only this process's descriptors, never

@@ -118,7 +118,7 @@ func (r *runner) coldStart(ctx context.Context, il *InheritedListeners, conns []
 		return err
 	}
 	r.log.Info("handoff: cold start", "control_socket", sock, "listeners", il.Names(), "build_id", r.cfg.BuildID, "passed_conns", len(conns))
-	return r.serve(ctx, inc, svc, conns)
+	return r.serve(ctx, inc, svc, readyConns(conns))
 }
 
 // bindMissing binds every Config.Listen name that was not inherited.
@@ -178,8 +178,8 @@ func (r *runner) succeed(ctx context.Context, s *Successor) error {
 	if err != nil {
 		return err
 	}
-	conns := b.Conns()
-	r.log.Info("handoff: successor committed, serving", "handoff", b.HandoffID(), "passed_conns", len(conns))
+	conns := b.takeRaw()
+	r.log.Info("handoff: successor committed, serving", "handoff", b.HandoffID(), "passed_conns", conns.count())
 	return r.serve(ctx, inc, svc, conns)
 }
 
@@ -257,23 +257,17 @@ func (r *runner) controlSocket() (string, error) {
 // serve starts the service, gives it the connections passed to this
 // process, and answers the supervisor until a commit or the end of ctx,
 // then shuts the service down.
-func (r *runner) serve(ctx context.Context, inc *Incumbent, svc Service, conns []PassedConn) error {
+func (r *runner) serve(ctx context.Context, inc *Incumbent, svc Service, conns pendingConns) error {
 	inc.SetBuildID(r.cfg.BuildID)
 	inc.SetLogger(r.log)
 	defer inc.Close()
 	if err := svc.Start(); err != nil {
-		closeConns(conns)
+		conns.close()
 		inc.Lock().Release()
 		return fmt.Errorf("handoff: start: %w", err)
 	}
-	if len(conns) > 0 {
-		if cp, ok := svc.(ConnPasser); ok {
-			cp.AdoptConns(conns)
-		} else {
-			r.log.Warn("handoff: connections were passed, but the service is no ConnPasser; closing them", "conns", len(conns))
-			closeConns(conns)
-		}
-	}
+	// Accepting first: the passed connections follow (see rawConns).
+	conns.adoptInto(svc, r.log)
 	err := inc.Serve(ctx, svc)
 	switch {
 	case err == nil:

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/handoff-go/handoff/internal/crash"
+	"github.com/handoff-go/handoff/internal/fdutil"
 	"github.com/handoff-go/handoff/internal/wire"
 )
 
@@ -43,6 +44,8 @@ type HandshookSuccessor struct {
 	control string
 	// takeConns says the successor takes passed connections (TakeConns).
 	takeConns bool
+	// expectConns: about how many the supervisor said may come (HelloAck).
+	expectConns int
 
 	mu    sync.Mutex
 	guard *HeartbeatGuard
@@ -62,7 +65,7 @@ type BegunSuccessor struct {
 	pre *preparedSocket
 	// conns are the connections the incumbent passed, to serve only
 	// after the commit; closed if the handoff aborts.
-	conns []PassedConn
+	conns *rawConns
 
 	mu    sync.Mutex
 	guard *HeartbeatGuard
@@ -115,7 +118,7 @@ func (s *Successor) Handshake(buildID string) (*HandshookSuccessor, error) {
 			deadline = time.Now().Add(time.Duration(m.DeadlineMS) * time.Millisecond)
 		}
 		beat := wire.HeartbeatInterval(time.Duration(m.LivenessMS) * time.Millisecond)
-		return &HandshookSuccessor{inherited: s.inherited, conn: conn, id: f.ID, buildID: buildID, deadline: deadline, beat: beat, handshaken: time.Now()}, nil
+		return &HandshookSuccessor{inherited: s.inherited, conn: conn, id: f.ID, buildID: buildID, deadline: deadline, beat: beat, handshaken: time.Now(), expectConns: m.ExpectConns}, nil
 	case wire.Abort:
 		conn.Close()
 		return nil, fmt.Errorf("%w: %s", ErrAborted, m.Reason)
@@ -210,12 +213,12 @@ func (s *HandshookSuccessor) WaitForBegin(ctx context.Context) (*BegunSuccessor,
 	} else if path, err := controlSocketPath(""); err == nil {
 		pre, _ = prepareControlSocket(path) // on error AnnounceAndBind tries again and says why
 	}
-	var conns []PassedConn
+	conns := &rawConns{}
 	fail := func(err error) (*BegunSuccessor, error) {
 		if pre != nil {
 			pre.discard()
 		}
-		closeConns(conns)
+		conns.close()
 		conn.Close()
 		return nil, err
 	}
@@ -223,6 +226,9 @@ func (s *HandshookSuccessor) WaitForBegin(ctx context.Context) (*BegunSuccessor,
 		rtb := wire.ReadyToBegin{WarmUpNS: int64(time.Since(s.handshaken))}
 		if takeConns && conn.Version() >= wire.ConnsVersion {
 			rtb.ConnRoom = connRoom()
+			// Receiving them must not grow the descriptor table inside
+			// the accept gap (see fdutil.GrowTable).
+			fdutil.GrowTable(min(s.expectConns, rtb.ConnRoom))
 		}
 		if err := conn.Send(rtb, s.id, wire.WriteTimeout); err != nil {
 			return fail(fmt.Errorf("%w: sending ReadyToBegin: %w", ErrAborted, err))
@@ -253,9 +259,7 @@ func (s *HandshookSuccessor) WaitForBegin(ctx context.Context) (*BegunSuccessor,
 				closeFDs(f.FDs)
 				return fail(wire.Violation("conns for a successor that takes none"))
 			}
-			got, err := connsFromFrame(m, f.FDs)
-			conns = append(conns, got...)
-			if err != nil {
+			if err := conns.add(m, f.FDs); err != nil {
 				return fail(fmt.Errorf("%w: taking passed connections: %w", ErrAborted, err))
 			}
 			crash.Point("successor-after-conns")
@@ -282,7 +286,7 @@ func (s *BegunSuccessor) giveUp(reason string) {
 	s.mu.Unlock()
 	g.Stop()
 	s.discardPrebound()
-	closeConns(s.takeConns())
+	s.takeRaw().close()
 	if used {
 		return
 	}
@@ -310,9 +314,16 @@ func (s *BegunSuccessor) Listeners() *InheritedListeners { return s.inherited }
 // only once AnnounceAndBind returned nil (ConnPasser.AdoptConns), close
 // them otherwise. Until Conns is called, a failed AnnounceAndBind closes
 // them itself.
-func (s *BegunSuccessor) Conns() []PassedConn { return s.takeConns() }
+// A descriptor that cannot be made a net.Conn is closed and left out.
+func (s *BegunSuccessor) Conns() []PassedConn {
+	r := s.takeRaw()
+	conns, _ := r.take(r.count())
+	return conns
+}
 
-func (s *BegunSuccessor) takeConns() []PassedConn {
+// takeRaw hands the passed connections over as descriptors (Run gives
+// them to the service in batches once it serves).
+func (s *BegunSuccessor) takeRaw() *rawConns {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	c := s.conns
@@ -356,7 +367,7 @@ func (s *BegunSuccessor) AnnounceAndBind(r ReadinessSnapshot, controlSocket stri
 	conn := s.conn
 	defer conn.Close()
 	abort := func(err error) (*Incumbent, error) {
-		closeConns(s.takeConns())
+		s.takeRaw().close()
 		if lock != nil {
 			lock.Release()
 		}

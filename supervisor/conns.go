@@ -71,7 +71,7 @@ func (s *Supervisor) connsSocket(h *heldConns, timeout time.Duration) (childFD i
 			defer cancel()
 			for i := 0; i < len(held.fds); {
 				j := wire.ConnBatchEnd(held.metas, i)
-				if err := conn.Send(wire.Conns{Conns: held.metas[i:j]}, "", time.Until(deadlineOf(ctx)), held.fds[i:j]...); err != nil {
+				if err := conn.Send(wire.EncodeConns(held.metas[i:j]), "", time.Until(deadlineOf(ctx)), held.fds[i:j]...); err != nil {
 					s.log.Error("handoff: passing the held connections to the cold-started daemon failed", "sent", i, "of", len(held.fds), "err", err)
 					return
 				}

@@ -394,8 +394,13 @@ func (r *run) handshakeSuccessor() error {
 	r.s.mu.Lock()
 	r.succ.child.buildID = sh.BuildID
 	r.s.mu.Unlock()
-	if err := r.s.ackHello(r.succ.conn, sh, r.id, r.deadline); err != nil {
+	expect := r.expectConns()
+	if err := r.s.ackHelloExpecting(r.succ.conn, sh, r.id, r.deadline, expect); err != nil {
 		return r.abortAs(ErrSuccessorFailed, "handshake with the successor failed: %v", err)
+	}
+	// We hold the passed connections too, until the commit.
+	if err := fdutil.GrowTable(expect); err != nil {
+		r.s.log.Debug("handoff: making room for the passed connections' descriptors", "conns", expect, "err", err)
 	}
 	// Only now, with the version set, may a reader use the connection.
 	r.startReader(r.succ)
@@ -751,19 +756,39 @@ func (r *run) connLimit() int {
 	return min(r.succRoom, fdutil.Room(connMargin))
 }
 
+// expectConns is about how many connections the incumbent may pass: its
+// open descriptors (its connections and a few of its own), if it speaks
+// protocol version 3. The successor and we make room for them before the
+// accept gap (see fdutil.GrowTable).
+func (r *run) expectConns() int {
+	if r.inc.conn.Version() < wire.ConnsVersion {
+		return 0
+	}
+	n, err := fdutil.OpenCount(r.inc.child.pid)
+	if err != nil {
+		return 0
+	}
+	return min(n, fdutil.Room(connMargin))
+}
+
 // relayConns keeps our copies of the connections in one Conns frame from
 // the incumbent and forwards them to the successor, which serves them only
 // after its Commit.
 func (r *run) relayConns(m wire.Conns, fds []int) error {
-	if len(fds) != len(m.Conns) {
+	metas, err := m.Decode()
+	if err != nil {
 		closeFDs(fds)
-		return r.violation(r.inc, "conns frame with %d entries and %d descriptors", len(m.Conns), len(fds))
+		return r.violation(r.inc, "%v", err)
+	}
+	if len(fds) != len(metas) {
+		closeFDs(fds)
+		return r.violation(r.inc, "conns frame with %d entries and %d descriptors", len(metas), len(fds))
 	}
 	if r.held.count()+len(fds) > r.maxConns {
 		closeFDs(fds)
 		return r.violation(r.inc, "%d connections passed, at most %d were allowed", r.held.count()+len(fds), r.maxConns)
 	}
-	r.held.add(m.Conns, fds)
+	r.held.add(metas, fds)
 	crash.Point("supervisor-holding-conns")
 	if err := r.succ.conn.Send(m, string(r.id), writeTimeout, fds...); err != nil {
 		return r.abortAs(ErrSuccessorFailed, "could not pass %d connections to the successor: %v", len(fds), err)

@@ -410,6 +410,12 @@ func (s *Supervisor) dialIncumbentWithin(ctx context.Context, helloWait time.Dur
 
 // ackHello negotiates the version with a daemon's Hello and sends HelloAck.
 func (s *Supervisor) ackHello(conn *wire.Conn, h wire.Hello, id HandoffID, deadline time.Time) error {
+	return s.ackHelloExpecting(conn, h, id, deadline, 0)
+}
+
+// ackHelloExpecting is ackHello telling a successor (version 3 on) about
+// how many connections it may be passed.
+func (s *Supervisor) ackHelloExpecting(conn *wire.Conn, h wire.Hello, id HandoffID, deadline time.Time, expectConns int) error {
 	v, err := wire.Negotiate(wire.MinVersion, wire.MaxVersion, h.MinVersion, h.MaxVersion)
 	if err != nil {
 		conn.Send(wire.Error{Reason: err.Error()}, string(id), writeTimeout)
@@ -418,6 +424,9 @@ func (s *Supervisor) ackHello(conn *wire.Conn, h wire.Hello, id HandoffID, deadl
 	ack := wire.HelloAck{Version: v, LivenessMS: s.cfg.Liveness.Milliseconds()}
 	if !deadline.IsZero() {
 		ack.DeadlineMS = max(time.Until(deadline).Milliseconds(), 1)
+	}
+	if v >= wire.ConnsVersion {
+		ack.ExpectConns = expectConns
 	}
 	if err := conn.Send(ack, string(id), writeTimeout); err != nil {
 		return err

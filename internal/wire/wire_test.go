@@ -26,7 +26,7 @@ var sample = []Message{
 	SealComplete{LastRevisionPerShard: []uint64{7, 0, 1 << 63}, DataDirFingerprint: "abc", TookNS: 99},
 	SealFailed{Reason: "fsync: input/output error"},
 	ReadyToBegin{WarmUpNS: 1234567, ConnRoom: 9000},
-	Conns{Conns: []ConnMeta{{Listener: "127.0.0.1:8080", State: []byte{0, 1, 2}}, {Listener: "/run/x.sock"}}},
+	EncodeConns([]ConnMeta{{Listener: "127.0.0.1:8080", State: []byte{0, 1, 2}}, {Listener: "/run/x.sock"}, {Listener: "127.0.0.1:8080"}}),
 	Begin{},
 	Ready{ListeningOn: []string{"127.0.0.1:8080"}, HealthzOK: true, AdvertisedRevisionPerShard: []uint64{7}, OpenTookNS: 5},
 	Commit{},
