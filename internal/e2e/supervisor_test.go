@@ -26,18 +26,18 @@ import (
 
 // Bounds of the harness's waits.
 const (
-	readyTimeout   = 60 * time.Second  // the supervisor's READY=1 after its start
-	handoffTimeout = 2 * time.Minute   // one trigger line's answer (the handoff's deadline is 30 s)
-	statusTimeout  = 10 * time.Second  // a status answer
-	logWaitTimeout = 10 * time.Second  // a daemon's log line after the handoff it tells of
-	stopTimeout    = 60 * time.Second  // the supervisor's exit after SIGTERM
-	exitTimeout    = 30 * time.Second  // a replaced daemon's exit after the commit
-	deadlineSecs   = 30                // deadline_secs of every configuration
-	defaultGrace   = 10.0              // drain_grace_secs unless a test sets it
-	logTailBytes   = 8 << 10           // how much of the log a failure shows
-	logLineMax     = 1 << 20           // longest log line the reader takes whole
-	dialTimeout    = 10 * time.Second  // a client connection to kvd
-	requestTimeout = 30 * time.Second  // one request on a client connection
+	readyTimeout   = 60 * time.Second // the supervisor's READY=1 after its start
+	handoffTimeout = 2 * time.Minute  // one trigger line's answer (the handoff's deadline is 30 s)
+	statusTimeout  = 10 * time.Second // a status answer
+	logWaitTimeout = 10 * time.Second // a daemon's log line after the handoff it tells of
+	stopTimeout    = 60 * time.Second // the supervisor's exit after SIGTERM
+	exitTimeout    = 30 * time.Second // a replaced daemon's exit after the commit
+	deadlineSecs   = 30               // deadline_secs of every configuration
+	defaultGrace   = 10.0             // drain_grace_secs unless a test sets it
+	logTailBytes   = 8 << 10          // how much of the log a failure shows
+	logLineMax     = 1 << 20          // longest log line the reader takes whole
+	dialTimeout    = 10 * time.Second // a client connection to kvd
+	requestTimeout = 30 * time.Second // one request on a client connection
 )
 
 // supOptions are the configuration keys a test sets.
