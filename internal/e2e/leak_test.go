@@ -1,0 +1,288 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/handoff-go/handoff/internal/proc"
+)
+
+// TestNoDescriptorLeakAfterPassingHandoffs sizes.
+const (
+	leakConns    = 1000
+	leakHandoffs = 100
+	// settleTimeout bounds the wait for the descriptors a finished
+	// handoff may still hold for a moment (see settledFDs).
+	settleTimeout = 5 * time.Second
+)
+
+// TestNoDescriptorLeakAfterPassingHandoffs: 1,000 idle keep-alive
+// connections through 100 handoffs, each passing all of them; afterwards
+// the supervisor, the serving kvd and this process hold no more
+// descriptors than after the first handoff, and every connection answers
+// on the same connection.
+func TestNoDescriptorLeakAfterPassingHandoffs(t *testing.T) {
+	needBinaries(t)
+	perProcess, lim := raiseNoFile(t)
+	n := leakConns
+	if perProcess < n {
+		t.Skipf("%d connections need about %d descriptors in each process; RLIMIT_NOFILE is %d (hard %d)", n, n+fdBudget, lim.Cur, lim.Max)
+	}
+	s := startSupervisor(t, supOptions{})
+	conns := openIdle(t, s.addr, n)
+	supPID := s.status().Supervisor.PID
+
+	var base fdCounts
+	var gaps []time.Duration
+	start := time.Now()
+	for h := range leakHandoffs {
+		prev := s.incumbentPID()
+		o := s.mustCommit(fmt.Sprintf("handoff %d", h+1))
+		if p := s.passedConns(o.id); p != n {
+			t.Fatalf("handoff %d (%s) passed %d connections, want %d", h+1, o.id, p, n)
+		}
+		gaps = append(gaps, o.acceptGap)
+		// The replaced kvd exits once the successor serves.
+		waitExit(t, prev, exitTimeout)
+		if h == 0 {
+			base = settledFDs(t, s, supPID, o.pid)
+			t.Logf("after the first handoff: supervisor %d, kvd %d, test %d descriptors", base.sup.n(), base.kvd.n(), base.self.n())
+		}
+		if h == leakHandoffs-1 {
+			end := settledFDs(t, s, supPID, o.pid)
+			t.Logf("after handoff %d: supervisor %d, kvd %d, test %d descriptors", h+1, end.sup.n(), end.kvd.n(), end.self.n())
+			end.compare(t, base)
+			checkSameConns(t, conns, o.pid)
+		}
+	}
+	took := time.Since(start)
+	t.Logf("%d handoffs passing %d connections each in %v (%v each); accept gap %s",
+		leakHandoffs, n, took.Round(time.Millisecond), (took / leakHandoffs).Round(time.Millisecond), summarize(gaps))
+	for _, k := range conns {
+		k.close()
+	}
+	s.mustStop()
+}
+
+// fdSet is one process's open descriptors: number → what it refers to
+// (readlink of /proc/PID/fd/N: "socket:[ino]", "pipe:[ino]", a path).
+type fdSet map[int]string
+
+func (s fdSet) n() int { return len(s) }
+
+// kinds counts the descriptors by kind: "socket", "pipe",
+// "anon_inode:[eventpoll]", or a path.
+func (s fdSet) kinds() map[string]int {
+	m := map[string]int{}
+	for _, target := range s {
+		kind, _, _ := strings.Cut(target, ":[")
+		if strings.HasPrefix(target, "anon_inode:") {
+			kind = target
+		}
+		m[kind]++
+	}
+	return m
+}
+
+func readFDs(pid int) (fdSet, error) {
+	dir := "/proc/" + strconv.Itoa(pid) + "/fd"
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	s := fdSet{}
+	for _, e := range ents {
+		fd, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		target, err := os.Readlink(dir + "/" + e.Name())
+		if err != nil {
+			continue // closed since the listing
+		}
+		s[fd] = target
+	}
+	if pid == os.Getpid() {
+		// The listing's own descriptor, closed again.
+		for fd, target := range s {
+			if target == dir || strings.HasSuffix(target, "/"+strconv.Itoa(pid)+"/fd") {
+				delete(s, fd)
+			}
+		}
+	}
+	return s, nil
+}
+
+// fdCounts are the descriptors of the three processes at one moment.
+type fdCounts struct {
+	sup, kvd, self fdSet
+}
+
+func readCounts(t *testing.T, supPID, kvdPID int) fdCounts {
+	t.Helper()
+	var c fdCounts
+	var err error
+	if c.sup, err = readFDs(supPID); err != nil {
+		t.Fatalf("the supervisor's descriptors: %v", err)
+	}
+	if c.kvd, err = readFDs(kvdPID); err != nil {
+		t.Fatalf("kvd's descriptors: %v", err)
+	}
+	if c.self, err = readFDs(os.Getpid()); err != nil {
+		t.Fatalf("this process's descriptors: %v", err)
+	}
+	return c
+}
+
+// settledFDs reads the descriptors once the finished handoff has let go
+// of what it held. With the replaced kvd exited and the trigger answer
+// read to its end, the supervisor may still hold two kinds of descriptor
+// for a moment, and nothing else of the handoff is left in any of the
+// three processes:
+//   - its end of a trigger connection (the one that asked, or a status
+//     since): it closes it once it has read our end's close (within
+//     200 ms);
+//   - the pidfd of the replaced daemon, closed once it has reaped that
+//     process (its exit is what we waited for).
+//
+// Both are recognised exactly (the unix socket's address is the trigger
+// socket's, and it is not the listener; the pidfd's process is gone or a
+// zombie), and the counts are read once the supervisor holds neither, for
+// at most settleTimeout. Every other descriptor counts.
+func settledFDs(t *testing.T, s *supervisor, supPID, kvdPID int) fdCounts {
+	t.Helper()
+	deadline := time.Now().Add(settleTimeout)
+	for {
+		c := readCounts(t, supPID, kvdPID)
+		transient := transientFDs(supPID, c.sup, s.trigger)
+		if len(transient) == 0 {
+			return c
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the supervisor still holds %v %v after the handoff", transient, settleTimeout)
+		}
+		time.Sleep(10 * time.Millisecond) // polling /proc: nothing to wait on
+	}
+}
+
+// transientFDs lists the supervisor's descriptors that settledFDs waits
+// for it to close.
+func transientFDs(pid int, fds fdSet, trigger string) []string {
+	var out []string
+	socks := unixSockets()
+	for fd, target := range fds {
+		switch {
+		case target == "anon_inode:[pidfd]":
+			if p := pidfdPID(pid, fd); p != 0 && !running(p) {
+				out = append(out, fmt.Sprintf("fd %d: pidfd of exited pid %d", fd, p))
+			}
+		case strings.HasPrefix(target, "socket:["):
+			ino := strings.TrimSuffix(strings.TrimPrefix(target, "socket:["), "]")
+			if u, ok := socks[ino]; ok && u.path == trigger && !u.listening {
+				out = append(out, fmt.Sprintf("fd %d: trigger connection", fd))
+			}
+		}
+	}
+	return out
+}
+
+// pidfdPID is the process a pidfd refers to (fdinfo "Pid:"; -1 once it
+// was reaped), 0 if unknown.
+func pidfdPID(pid, fd int) int {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/fdinfo/" + strconv.Itoa(fd))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "Pid:"); ok {
+			p, err := strconv.Atoi(strings.TrimSpace(v))
+			if err != nil {
+				return 0
+			}
+			return p
+		}
+	}
+	return 0
+}
+
+// running reports whether pid is a process that has not exited.
+func running(pid int) bool {
+	if pid <= 0 {
+		return false
+	}
+	st, err := proc.ReadStat(pid)
+	return err == nil && st.State != 'Z' && st.State != 'X'
+}
+
+// unixSocket is one line of /proc/net/unix.
+type unixSocket struct {
+	path      string
+	listening bool
+}
+
+// unixSockets maps inode → unix socket, from /proc/net/unix. An accepted
+// connection shows its listener's path.
+func unixSockets() map[string]unixSocket {
+	b, err := os.ReadFile("/proc/net/unix")
+	if err != nil {
+		return nil
+	}
+	const acceptCon = 0x10000 // __SO_ACCEPTCON in Flags: a listener
+	m := map[string]unixSocket{}
+	for _, line := range strings.Split(string(b), "\n")[1:] {
+		f := strings.Fields(line)
+		if len(f) < 7 {
+			continue
+		}
+		flags, err := strconv.ParseUint(f[3], 16, 32)
+		if err != nil {
+			continue
+		}
+		u := unixSocket{listening: flags&acceptCon != 0}
+		if len(f) >= 8 {
+			u.path = f[7]
+		}
+		m[f[6]] = u
+	}
+	return m
+}
+
+// compare fails the test if any process holds more descriptors than in
+// base, naming the kinds that grew.
+func (c fdCounts) compare(t *testing.T, base fdCounts) {
+	t.Helper()
+	for _, p := range []struct {
+		name      string
+		now, then fdSet
+	}{{"the supervisor", c.sup, base.sup}, {"the serving kvd", c.kvd, base.kvd}, {"the test process", c.self, base.self}} {
+		if p.now.n() <= p.then.n() {
+			continue
+		}
+		now, then := p.now.kinds(), p.then.kinds()
+		var grew []string
+		for kind, k := range now {
+			if k > then[kind] {
+				grew = append(grew, fmt.Sprintf("%s %d→%d", kind, then[kind], k))
+			}
+		}
+		slices.Sort(grew)
+		t.Errorf("%s holds %d descriptors, %d after the first handoff: %s", p.name, p.now.n(), p.then.n(), strings.Join(grew, ", "))
+	}
+}
+
+// summarize gives the median, the 90th percentile and the maximum of ds.
+func summarize(ds []time.Duration) string {
+	if len(ds) == 0 {
+		return "-"
+	}
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	at := func(q float64) time.Duration { return s[min(int(q*float64(len(s))), len(s)-1)] }
+	r := func(d time.Duration) time.Duration { return d.Round(10 * time.Microsecond) }
+	return fmt.Sprintf("median %v, p90 %v, max %v (n=%d)", r(at(0.5)), r(at(0.9)), r(s[len(s)-1]), len(s))
+}
