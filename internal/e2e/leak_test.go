@@ -286,3 +286,13 @@ func summarize(ds []time.Duration) string {
 	r := func(d time.Duration) time.Duration { return d.Round(10 * time.Microsecond) }
 	return fmt.Sprintf("median %v, p90 %v, max %v (n=%d)", r(at(0.5)), r(at(0.9)), r(s[len(s)-1]), len(s))
 }
+
+// median is the median of ds (the upper one of an even count).
+func median(ds []time.Duration) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
