@@ -50,13 +50,14 @@ func TestNoDescriptorLeakAfterPassingHandoffs(t *testing.T) {
 		// The replaced kvd exits once the successor serves.
 		waitExit(t, prev, exitTimeout)
 		if h == 0 {
-			base = settledFDs(t, s, supPID, o.pid)
+			base = settledFDs(t, supPID, o.pid)
 			t.Logf("after the first handoff: supervisor %d, kvd %d, test %d descriptors", base.sup.n(), base.kvd.n(), base.self.n())
 		}
 		if h == leakHandoffs-1 {
-			end := settledFDs(t, s, supPID, o.pid)
+			end := settledFDs(t, supPID, o.pid)
 			t.Logf("after handoff %d: supervisor %d, kvd %d, test %d descriptors", h+1, end.sup.n(), end.kvd.n(), end.self.n())
 			end.compare(t, base)
+
 			checkSameConns(t, conns, o.pid)
 		}
 	}
@@ -141,25 +142,26 @@ func readCounts(t *testing.T, supPID, kvdPID int) fdCounts {
 
 // settledFDs reads the descriptors once the finished handoff has let go
 // of what it held. With the replaced kvd exited and the trigger answer
-// read to its end, the supervisor may still hold two kinds of descriptor
-// for a moment, and nothing else of the handoff is left in any of the
-// three processes:
+// read to its end, the supervisor may still hold, for a moment, these and
+// nothing else of the handoff (nor does any of the three processes):
 //   - its end of a trigger connection (the one that asked, or a status
 //     since): it closes it once it has read our end's close (within
-//     200 ms);
+//     200 ms). A connection accepted on its only unix listener, the
+//     trigger socket;
 //   - the pidfd of the replaced daemon, closed once it has reaped that
-//     process (its exit is what we waited for).
+//     process (its exit is what we waited for);
+//   - the datagram socket of an sd_notify message (NOTIFY_SOCKET), open
+//     only while it sends: an unbound unix datagram socket;
+//   - a socket closed between the listing and the look-up of its inode.
 //
-// Both are recognised exactly (the unix socket's address is the trigger
-// socket's, and it is not the listener; the pidfd's process is gone or a
-// zombie), and the counts are read once the supervisor holds neither, for
-// at most settleTimeout. Every other descriptor counts.
-func settledFDs(t *testing.T, s *supervisor, supPID, kvdPID int) fdCounts {
+// Each is recognised exactly, and the counts are read once the supervisor
+// holds none, for at most settleTimeout. Every other descriptor counts.
+func settledFDs(t *testing.T, supPID, kvdPID int) fdCounts {
 	t.Helper()
 	deadline := time.Now().Add(settleTimeout)
 	for {
 		c := readCounts(t, supPID, kvdPID)
-		transient := transientFDs(supPID, c.sup, s.trigger)
+		transient := transientFDs(supPID, c.sup)
 		if len(transient) == 0 {
 			return c
 		}
@@ -172,23 +174,46 @@ func settledFDs(t *testing.T, s *supervisor, supPID, kvdPID int) fdCounts {
 
 // transientFDs lists the supervisor's descriptors that settledFDs waits
 // for it to close.
-func transientFDs(pid int, fds fdSet, trigger string) []string {
+func transientFDs(pid int, fds fdSet) []string {
+	socks := sockets()
+	listeners := map[string]bool{} // paths of its unix listeners
+	for _, target := range fds {
+		if u, ok := socks[socketInode(target)]; ok && u.unix && u.listening && u.path != "" {
+			listeners[u.path] = true
+		}
+	}
 	var out []string
-	socks := unixSockets()
 	for fd, target := range fds {
-		switch {
-		case target == "anon_inode:[pidfd]":
+		if target == "anon_inode:[pidfd]" {
 			if p := pidfdPID(pid, fd); p != 0 && !running(p) {
 				out = append(out, fmt.Sprintf("fd %d: pidfd of exited pid %d", fd, p))
 			}
-		case strings.HasPrefix(target, "socket:["):
-			ino := strings.TrimSuffix(strings.TrimPrefix(target, "socket:["), "]")
-			if u, ok := socks[ino]; ok && u.path == trigger && !u.listening {
-				out = append(out, fmt.Sprintf("fd %d: trigger connection", fd))
-			}
+			continue
+		}
+		ino := socketInode(target)
+		if ino == "" {
+			continue
+		}
+		u, ok := socks[ino]
+		switch {
+		case !ok:
+			out = append(out, fmt.Sprintf("fd %d: socket closed since the listing", fd))
+		case u.unix && !u.listening && listeners[u.path]:
+			out = append(out, fmt.Sprintf("fd %d: trigger connection", fd))
+		case u.unix && u.typ == unixDgram && u.path == "":
+			out = append(out, fmt.Sprintf("fd %d: sd_notify socket", fd))
 		}
 	}
 	return out
+}
+
+// socketInode is the inode of a "socket:[ino]" target, or "".
+func socketInode(target string) string {
+	ino, ok := strings.CutPrefix(target, "socket:[")
+	if !ok {
+		return ""
+	}
+	return strings.TrimSuffix(ino, "]")
 }
 
 // pidfdPID is the process a pidfd refers to (fdinfo "Pid:"; -1 once it
@@ -219,35 +244,62 @@ func running(pid int) bool {
 	return err == nil && st.State != 'Z' && st.State != 'X'
 }
 
-// unixSocket is one line of /proc/net/unix.
-type unixSocket struct {
-	path      string
-	listening bool
+// socketInfo is what /proc/net says of one socket.
+type socketInfo struct {
+	table     string // "unix", "tcp", "tcp6", ...
+	unix      bool
+	typ       string // unix: Type, "0001" stream, "0002" datagram
+	path      string // unix: the bound address (an accepted connection shows its listener's)
+	listening bool   // unix: a listener
 }
 
-// unixSockets maps inode → unix socket, from /proc/net/unix. An accepted
-// connection shows its listener's path.
-func unixSockets() map[string]unixSocket {
-	b, err := os.ReadFile("/proc/net/unix")
-	if err != nil {
-		return nil
-	}
-	const acceptCon = 0x10000 // __SO_ACCEPTCON in Flags: a listener
-	m := map[string]unixSocket{}
-	for _, line := range strings.Split(string(b), "\n")[1:] {
-		f := strings.Fields(line)
-		if len(f) < 7 {
-			continue
+const unixDgram = "0002"
+
+// sockets maps inode → socket, from the tables of /proc/net.
+func sockets() map[string]socketInfo {
+	m := map[string]socketInfo{}
+	if b, err := os.ReadFile("/proc/net/unix"); err == nil {
+		// Num RefCount Protocol Flags Type St Inode [Path]
+		const acceptCon = 0x10000 // __SO_ACCEPTCON in Flags: a listener
+		for _, line := range strings.Split(string(b), "\n")[1:] {
+			f := strings.Fields(line)
+			if len(f) < 7 {
+				continue
+			}
+			flags, err := strconv.ParseUint(f[3], 16, 32)
+			if err != nil {
+				continue
+			}
+			u := socketInfo{table: "unix", unix: true, typ: f[4], listening: flags&acceptCon != 0}
+			if len(f) >= 8 {
+				u.path = f[7]
+			}
+			m[f[6]] = u
 		}
-		flags, err := strconv.ParseUint(f[3], 16, 32)
+	}
+	for _, table := range []string{"tcp", "tcp6", "udp", "udp6", "raw", "raw6", "netlink", "packet"} {
+		b, err := os.ReadFile("/proc/net/" + table)
 		if err != nil {
 			continue
 		}
-		u := unixSocket{listening: flags&acceptCon != 0}
-		if len(f) >= 8 {
-			u.path = f[7]
+		lines := strings.Split(string(b), "\n")
+		if len(lines) == 0 {
+			continue
 		}
-		m[f[6]] = u
+		col := slices.Index(strings.Fields(strings.ToLower(lines[0])), "inode")
+		if table == "tcp" || table == "tcp6" || table == "udp" || table == "udp6" || table == "raw" || table == "raw6" {
+			// The header names tx_queue rx_queue and tr tm->when as one
+			// column each; the inode is the tenth field.
+			col = 9
+		}
+		if col < 0 {
+			continue
+		}
+		for _, line := range lines[1:] {
+			if f := strings.Fields(line); len(f) > col {
+				m[f[col]] = socketInfo{table: table}
+			}
+		}
 	}
 	return m
 }
@@ -271,8 +323,32 @@ func (c fdCounts) compare(t *testing.T, base fdCounts) {
 			}
 		}
 		slices.Sort(grew)
-		t.Errorf("%s holds %d descriptors, %d after the first handoff: %s", p.name, p.now.n(), p.then.n(), strings.Join(grew, ", "))
+		t.Errorf("%s holds %d descriptors, %d after the first handoff: %s; new since: %s",
+			p.name, p.now.n(), p.then.n(), strings.Join(grew, ", "), describeNew(p.now, p.then))
 	}
+}
+
+// describeNew names the descriptors of now that then does not have (by
+// number and target), with what /proc/net says of a socket.
+func describeNew(now, then fdSet) string {
+	socks := sockets()
+	var out []string
+	for fd, target := range now {
+		if then[fd] == target {
+			continue
+		}
+		d := fmt.Sprintf("fd %d %s", fd, target)
+		if u, ok := socks[socketInode(target)]; ok {
+			d += " (" + u.table
+			if u.unix {
+				d += fmt.Sprintf(" type %s, path %q, listening %v", u.typ, u.path, u.listening)
+			}
+			d += ")"
+		}
+		out = append(out, d)
+	}
+	slices.Sort(out)
+	return strings.Join(out, "; ")
 }
 
 // summarize gives the median, the 90th percentile and the maximum of ds.

@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"bufio"
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -58,6 +57,10 @@ type supervisor struct {
 	waitErr error
 	logPath string
 	logDone chan struct{} // closed once every writer of the log pipe is gone
+	// notify is NOTIFY_SOCKET, read until stop closes it; notifyDone is
+	// closed when its reader has returned.
+	notify     *net.UnixConn
+	notifyDone chan struct{}
 
 	mu      sync.Mutex
 	changed chan struct{}  // closed and replaced at every line the log reader notes
@@ -127,7 +130,6 @@ addr = "127.0.0.1:0"
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer notify.Close()
 	logFile, err := os.Create(s.logPath)
 	if err != nil {
 		t.Fatal(err)
@@ -151,6 +153,7 @@ addr = "127.0.0.1:0"
 	if err != nil {
 		pr.Close()
 		logFile.Close()
+		notify.Close()
 		close(s.exited)
 		close(s.logDone)
 		t.Fatalf("start the supervisor: %v", err)
@@ -161,20 +164,33 @@ addr = "127.0.0.1:0"
 	}()
 	go s.readLog(pr, logFile)
 
+	// The notify socket is read (and what comes discarded) until the
+	// supervisor has exited, so that its sd_notify calls succeed.
+	s.notify = notify
 	ready := make(chan error, 1)
+	s.notifyDone = make(chan struct{})
 	go func() {
+		defer close(s.notifyDone)
 		buf := make([]byte, 4096)
 		notify.SetReadDeadline(time.Now().Add(readyTimeout))
+		waiting := true
 		for {
 			n, err := notify.Read(buf)
 			if err != nil {
-				ready <- err
+				if waiting {
+					ready <- err
+				}
 				return
+			}
+			if !waiting {
+				continue
 			}
 			for _, line := range strings.Split(string(buf[:n]), "\n") {
 				if line == "READY=1" {
+					waiting = false
+					notify.SetReadDeadline(time.Time{})
 					ready <- nil
-					return
+					break
 				}
 			}
 		}
@@ -185,8 +201,6 @@ addr = "127.0.0.1:0"
 			t.Fatalf("waiting for the supervisor's READY=1: %v", err)
 		}
 	case <-s.exited:
-		notify.SetReadDeadline(time.Unix(1, 0))
-		<-ready
 		t.Fatalf("the supervisor exited during its start: %v", s.waitErr)
 	}
 	// "listener ready" is logged before the daemon starts, so before
@@ -449,6 +463,11 @@ func (s *supervisor) stop() error {
 		<-s.exited
 		err = fmt.Errorf("the supervisor did not exit within %v of SIGTERM", stopTimeout)
 	}
+	if s.notify != nil {
+		s.notify.Close()
+		<-s.notifyDone
+		s.notify = nil
+	}
 	// Daemons outliving the supervisor would hold the log pipe open.
 	select {
 	case <-s.logDone:
@@ -507,11 +526,4 @@ func waitExit(t *testing.T, pid int, timeout time.Duration) {
 		}
 		return
 	}
-}
-
-// ctxTimeout is a context bounded by d, cancelled when the test ends.
-func ctxTimeout(t *testing.T, d time.Duration) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	t.Cleanup(cancel)
-	return ctx
 }
