@@ -2,6 +2,7 @@ package supervisor
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -61,6 +62,9 @@ type knobs struct {
 	// drainToGrace: Drain uses its whole grace (it returns when its
 	// context expires) and succeeds with a connection left open.
 	drainToGrace bool
+	// pass: the daemon is a handoff.ConnPasser (TD_PASS_CONNS=0 turns it
+	// off: Drain then closes its connections at a line boundary).
+	pass bool
 }
 
 func readKnobs() knobs {
@@ -72,6 +76,7 @@ func readKnobs() knobs {
 		sealFail: os.Getenv("TD_SEAL_FAIL") != "", drainFail: os.Getenv("TD_DRAIN_FAIL") != "",
 		slowDrain: d("TD_SLOW_DRAIN"), slowSeal: d("TD_SLOW_SEAL"), slowOpen: d("TD_SLOW_OPEN"),
 		raw: os.Getenv("TD_RAW"), drainHold: os.Getenv("TD_DRAIN_HOLD"), drainToGrace: os.Getenv("TD_DRAIN_TO_GRACE") != "",
+		pass: os.Getenv("TD_PASS_CONNS") != "0",
 	}
 }
 
@@ -95,9 +100,18 @@ func testDaemon() int {
 	var lock *handoff.DataDirLock
 	var inc *handoff.Incumbent
 	d := &testDrainable{k: k}
+	// adopt are the connections this process serves once it accepts:
+	// held by the supervisor for a cold start, passed by the predecessor
+	// for a successor (which receives them after its commit).
+	var adopt func() []handoff.PassedConn
 	switch r := role.(type) {
 	case *handoff.ColdStart:
 		il = r.Inherited
+		conns, err := r.Conns()
+		if err != nil {
+			dlog("cold start: not all the held connections arrived: %v", err)
+		}
+		adopt = func() []handoff.PassedConn { return conns }
 		if lock, err = coldLock(k.dir); err != nil {
 			dlog("lock: %v", err)
 			return 2
@@ -122,6 +136,9 @@ func testDaemon() int {
 		if err != nil {
 			dlog("handshake: %v", err)
 			return 2
+		}
+		if k.pass {
+			h.TakeConns()
 		}
 		if k.failAt == "after-hello" {
 			return 3
@@ -179,13 +196,28 @@ func testDaemon() int {
 			d.close()
 			return 5
 		}
+		adopt = b.Conns
 	}
 	d.startAccepting()
-	err = inc.Serve(ctx, d)
+	if conns := adopt(); len(conns) > 0 {
+		if k.pass {
+			d.AdoptConns(conns)
+		} else {
+			recordViolation(k.dir, "pid %d got %d connections although it takes none", os.Getpid(), len(conns))
+			for _, pc := range conns {
+				pc.Conn.Close()
+			}
+		}
+	}
+	var svc handoff.Drainable = d
+	if k.pass {
+		svc = connPasser{d}
+	}
+	err = inc.Serve(ctx, svc)
 	inc.Close()
 	switch {
 	case err == nil: // committed: finish in-flight work (drained already) and exit
-		d.wg.Wait()
+		d.wait()
 		return 0
 	case ctx.Err() != nil: // SIGTERM: drain, seal, release, exit
 		d.Drain(context.Background())
@@ -199,15 +231,43 @@ func testDaemon() int {
 }
 
 // testDrainable is the test daemon's state.
+//
+// Each client connection is served by a goroutine of its own, line after
+// line, until the client closes it. Drain stops every connection at a line
+// boundary: a past read deadline wakes a goroutine blocked in Read (no
+// byte is lost: what was read and is not a whole line yet stays in the
+// connection's buffer) and the goroutine parks the connection in kept. As
+// a handoff.ConnPasser (connPasser) the kept connections are passed, with
+// their unparsed bytes as the state; ResumeAfterAbort serves the ones
+// still kept again, AdoptConns the ones given back or passed in.
 type testDrainable struct {
-	k   knobs
-	il  *handoff.InheritedListeners
-	mu  sync.Mutex
-	log *os.File
-	rev uint64
-	ln  net.Listener
-	wg  sync.WaitGroup // in-flight connections and the accept loop
+	k      knobs
+	il     *handoff.InheritedListeners
+	mu     sync.Mutex
+	log    *os.File
+	rev    uint64
+	ln     net.Listener
+	lnAddr string         // the listener's address (PassedConn.Listener)
+	wg     sync.WaitGroup // the accept loops
+
+	cmu      sync.Mutex // guards what follows
+	draining bool
+	live     map[*tconn]bool // served by a goroutine
+	kept     []*tconn        // stopped by Drain at a line boundary
+	quiet    chan struct{}   // closed when live becomes empty (if waited for)
 }
+
+// tconn is one client connection: buf holds the bytes read from it that
+// are not a whole line yet; fresh says no line was answered yet.
+type tconn struct {
+	c     net.Conn
+	buf   []byte
+	fresh bool
+}
+
+// connPasser makes the test daemon a handoff.ConnPasser (TD_PASS_CONNS
+// unset or not 0).
+type connPasser struct{ *testDrainable }
 
 func (d *testDrainable) open(il *handoff.InheritedListeners) error {
 	d.il = il
@@ -252,7 +312,7 @@ func (d *testDrainable) startAccepting() {
 		os.Exit(7)
 	}
 	d.mu.Lock()
-	d.ln = ln
+	d.ln, d.lnAddr = ln, ln.Addr().String()
 	d.mu.Unlock()
 	d.wg.Add(1)
 	go func() {
@@ -262,46 +322,230 @@ func (d *testDrainable) startAccepting() {
 			if err != nil {
 				return
 			}
-			d.wg.Add(1)
-			go d.handle(c)
+			d.serve(&tconn{c: c, fresh: true})
 		}
 	}()
 }
 
-func (d *testDrainable) handle(c net.Conn) {
-	defer d.wg.Done()
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	line, err := bufio.NewReader(c).ReadString('\n')
-	if err != nil {
-		return
+// serve starts tc's goroutine.
+func (d *testDrainable) serve(tc *tconn) {
+	d.cmu.Lock()
+	if d.live == nil {
+		d.live = map[*tconn]bool{}
 	}
+	d.live[tc] = true
+	d.cmu.Unlock()
+	go d.handle(tc)
+}
+
+// handle answers tc's lines until the client closes it or a Drain stops
+// it (it is kept then).
+func (d *testDrainable) handle(tc *tconn) {
+	buf := make([]byte, 4096)
+	for {
+		for {
+			i := bytes.IndexByte(tc.buf, '\n')
+			if i < 0 {
+				break
+			}
+			line := string(tc.buf[:i])
+			tc.buf = tc.buf[i+1:]
+			if err := d.answer(tc.c, line); err != nil {
+				d.done(tc, false)
+				return
+			}
+			tc.fresh = false
+		}
+		// A line boundary: stop here if a Drain asks.
+		d.cmu.Lock()
+		if d.draining {
+			d.cmu.Unlock()
+			d.done(tc, true)
+			return
+		}
+		d.cmu.Unlock()
+		n, err := tc.c.Read(buf)
+		tc.buf = append(tc.buf, buf[:n]...)
+		if n > 0 && bytes.IndexByte(tc.buf, '\n') < 0 {
+			// A test waits for this before it hands off: the
+			// half-written line is read, so it travels as state.
+			appendEvent(d.k.dir, "partial %d %d", os.Getpid(), len(tc.buf))
+		}
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				// Woken by a Drain (it is draining, or a resume
+				// undid it before we looked): never an idle timeout.
+				d.cmu.Lock()
+				if !d.draining {
+					tc.c.SetReadDeadline(time.Time{})
+				}
+				d.cmu.Unlock()
+				continue
+			}
+			d.done(tc, false)
+			return
+		}
+	}
+}
+
+// done ends tc's goroutine: kept for the next server, or closed.
+func (d *testDrainable) done(tc *tconn, keep bool) {
+	d.cmu.Lock()
+	defer d.cmu.Unlock()
+	delete(d.live, tc)
+	if keep {
+		tc.c.SetReadDeadline(time.Time{})
+		d.kept = append(d.kept, tc)
+	} else {
+		tc.c.Close()
+	}
+	if len(d.live) == 0 && d.quiet != nil {
+		close(d.quiet)
+		d.quiet = nil
+	}
+}
+
+// answer serves one line: "w" appends a record (fsync'd) and "r" reads;
+// both answer "ok <rev> <pid>". Anything else is ignored.
+func (d *testDrainable) answer(c net.Conn, line string) error {
+	c.SetWriteDeadline(time.Now().Add(10 * time.Second))
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	var err error
 	switch strings.TrimSpace(line) {
 	case "w":
 		if d.log == nil {
-			fmt.Fprintf(c, "err: not writable\n")
-			return
+			_, err = fmt.Fprintf(c, "err: not writable\n")
+			return err
 		}
-		if err := holdsLock(d.k.dir); err != nil {
-			recordViolation(d.k.dir, "pid %d was about to write without the lock: %v", os.Getpid(), err)
-			fmt.Fprintf(c, "err: %v\n", err)
-			return
+		if lerr := holdsLock(d.k.dir); lerr != nil {
+			recordViolation(d.k.dir, "pid %d was about to write without the lock: %v", os.Getpid(), lerr)
+			_, err = fmt.Fprintf(c, "err: %v\n", lerr)
+			return err
 		}
 		next := d.rev + 1
-		if _, err := fmt.Fprintf(d.log, "%d %d\n", next, os.Getpid()); err != nil {
-			fmt.Fprintf(c, "err: %v\n", err)
-			return
+		if _, werr := fmt.Fprintf(d.log, "%d %d\n", next, os.Getpid()); werr != nil {
+			_, err = fmt.Fprintf(c, "err: %v\n", werr)
+			return err
 		}
-		if err := d.log.Sync(); err != nil {
-			fmt.Fprintf(c, "err: %v\n", err)
-			return
+		if serr := d.log.Sync(); serr != nil {
+			_, err = fmt.Fprintf(c, "err: %v\n", serr)
+			return err
 		}
 		d.rev = next
-		fmt.Fprintf(c, "ok %d %d\n", next, os.Getpid())
+		_, err = fmt.Fprintf(c, "ok %d %d\n", next, os.Getpid())
 	case "r":
-		fmt.Fprintf(c, "ok %d %d\n", d.rev, os.Getpid())
+		_, err = fmt.Fprintf(c, "ok %d %d\n", d.rev, os.Getpid())
+	}
+	return err
+}
+
+// stopConns makes every connection stop at its next line boundary and
+// waits until all have (or ctx ends).
+func (d *testDrainable) stopConns(ctx context.Context) error {
+	d.cmu.Lock()
+	d.draining = true
+	past := time.Unix(1, 0)
+	for tc := range d.live {
+		tc.c.SetReadDeadline(past)
+	}
+	var quiet chan struct{}
+	if len(d.live) > 0 {
+		if d.quiet == nil {
+			d.quiet = make(chan struct{})
+		}
+		quiet = d.quiet
+	}
+	d.cmu.Unlock()
+	if quiet == nil {
+		return nil
+	}
+	select {
+	case <-quiet:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("drain: connections still busy: %w", ctx.Err())
+	}
+}
+
+// restartConns undoes stopConns: the kept connections are served again,
+// and the ones not stopped yet go on.
+func (d *testDrainable) restartConns() {
+	d.cmu.Lock()
+	d.draining = false
+	kept := d.kept
+	d.kept = nil
+	for tc := range d.live {
+		tc.c.SetReadDeadline(time.Time{})
+	}
+	d.cmu.Unlock()
+	for _, tc := range kept {
+		d.serve(tc)
+	}
+	if len(kept) > 0 {
+		appendEvent(d.k.dir, "kept %d %d", os.Getpid(), len(kept))
+	}
+}
+
+// closeConns closes connections a Drain stopped that are not passed. As
+// net/http does on Shutdown, a fresh one (accepted, never answered) is
+// served up to its first line boundary first, bounded: its client has
+// most likely sent its line already, and closing the connection with it
+// unread would reset it.
+func (d *testDrainable) closeConns(tcs []*tconn) {
+	var wg sync.WaitGroup
+	for _, tc := range tcs {
+		if !tc.fresh {
+			tc.c.Close()
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer tc.c.Close()
+			tc.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			buf := make([]byte, 4096)
+			for !bytes.Contains(tc.buf, []byte("\n")) {
+				n, err := tc.c.Read(buf)
+				tc.buf = append(tc.buf, buf[:n]...)
+				if err != nil {
+					break
+				}
+			}
+			for {
+				i := bytes.IndexByte(tc.buf, '\n')
+				if i < 0 {
+					return
+				}
+				line := string(tc.buf[:i])
+				tc.buf = tc.buf[i+1:]
+				if d.answer(tc.c, line) != nil {
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// takeKept returns the kept connections and forgets them.
+func (d *testDrainable) takeKept() []*tconn {
+	d.cmu.Lock()
+	defer d.cmu.Unlock()
+	kept := d.kept
+	d.kept = nil
+	return kept
+}
+
+// wait waits for the accept loop and, bounded, for the connections being
+// served (after a commit a Drain stopped them all).
+func (d *testDrainable) wait() {
+	d.wg.Wait()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := d.stopConns(ctx); err != nil {
+		dlog("after the commit: %v", err)
 	}
 }
 
@@ -340,6 +584,13 @@ func (d *testDrainable) Drain(ctx context.Context) (handoff.DrainReport, error) 
 	case <-done:
 	case <-ctx.Done():
 		return handoff.DrainReport{}, fmt.Errorf("drain: %w", ctx.Err())
+	}
+	if err := d.stopConns(ctx); err != nil {
+		return handoff.DrainReport{}, err
+	}
+	if !d.k.pass {
+		// Not a ConnPasser: connections close at a line boundary.
+		d.closeConns(d.takeKept())
 	}
 	left := 0
 	if d.k.drainToGrace && fireOnce(d.k.dir, "drain-to-grace") {
@@ -392,7 +643,56 @@ func (d *testDrainable) ResumeAfterAbort(ctx context.Context) error {
 	if !running {
 		d.startAccepting()
 	}
+	d.restartConns()
 	return nil
+}
+
+// PassConns gives away at most max of the kept connections, with their
+// unparsed bytes as the state, and closes the others.
+func (p connPasser) PassConns(max int) []handoff.PassedConn {
+	d := p.testDrainable
+	d.mu.Lock()
+	addr := d.lnAddr
+	d.mu.Unlock()
+	var out []handoff.PassedConn
+	var closing []*tconn
+	for _, tc := range d.takeKept() {
+		if len(out) >= max {
+			closing = append(closing, tc)
+			continue
+		}
+		out = append(out, handoff.PassedConn{Listener: addr, Conn: tc.c, State: tc.buf})
+	}
+	d.closeConns(closing)
+	state := 0
+	for _, pc := range out {
+		state += len(pc.State)
+	}
+	appendEvent(d.k.dir, "passed %d %d", os.Getpid(), len(out))
+	appendEvent(d.k.dir, "passed-state %d %d", os.Getpid(), state)
+	return out
+}
+
+// AdoptConns serves conns, each from its unparsed bytes on.
+func (p connPasser) AdoptConns(conns []handoff.PassedConn) { p.testDrainable.AdoptConns(conns) }
+
+func (d *testDrainable) AdoptConns(conns []handoff.PassedConn) {
+	d.mu.Lock()
+	addr := d.lnAddr
+	d.mu.Unlock()
+	n, state := 0, 0
+	for _, pc := range conns {
+		if pc.Listener != addr {
+			recordViolation(d.k.dir, "pid %d was given a connection of listener %q, it listens on %q", os.Getpid(), pc.Listener, addr)
+			pc.Conn.Close()
+			continue
+		}
+		d.serve(&tconn{c: pc.Conn, buf: slices.Clone(pc.State)})
+		n++
+		state += len(pc.State)
+	}
+	appendEvent(d.k.dir, "adopted %d %d", os.Getpid(), n)
+	appendEvent(d.k.dir, "adopted-state %d %d", os.Getpid(), state)
 }
 
 // recordViolation appends a line to <dir>/violations, which the test checks.
@@ -555,7 +855,10 @@ func rawSuccessor(mode string) int {
 	}
 	if warm {
 		// End the warm-up at once, so that the frames break a later phase.
-		if err := conn.Send(wire.ReadyToBegin{}, f.ID, time.Second); err != nil {
+		// TD_RAW_ROOM: the room for passed connections it states, so
+		// that the incumbent passes some before the violation shows.
+		room, _ := strconv.Atoi(os.Getenv("TD_RAW_ROOM"))
+		if err := conn.Send(wire.ReadyToBegin{ConnRoom: room}, f.ID, time.Second); err != nil {
 			dlog("raw send ready_to_begin: %v", err)
 			return 2
 		}
