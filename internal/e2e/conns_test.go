@@ -199,11 +199,13 @@ func raiseNoFile(t *testing.T) (perProcess int, lim syscall.Rlimit) {
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
 		t.Fatal(err)
 	}
-	if lim.Cur < lim.Max {
-		lim.Cur = lim.Max
-		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
-			t.Fatalf("raise RLIMIT_NOFILE to %d: %v", lim.Max, err)
-		}
+	// Go raised this process's soft limit at its start already, but
+	// gives the processes it starts the soft limit it was started with,
+	// unless the program sets the limit itself: set it even when it is
+	// at the hard limit.
+	lim.Cur = lim.Max
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		t.Fatalf("raise RLIMIT_NOFILE to %d: %v", lim.Max, err)
 	}
 	perProcess = int(min(lim.Cur, 1<<30)) - fdBudget
 	if sys := systemFDRoom(); sys >= 0 {

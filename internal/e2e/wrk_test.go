@@ -90,6 +90,7 @@ func needTool(t *testing.T, name string) string {
 // connections; and every write wrk saw acknowledged is in the data
 // directory afterwards.
 func TestWrkKeepAliveThroughHandoffs(t *testing.T) {
+	needBinaries(t) // skips with -short, whether wrk is there or not
 	wrk := needTool(t, "wrk")
 	s := startSupervisor(t, supOptions{})
 	dir := t.TempDir()
