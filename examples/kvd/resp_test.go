@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
+
 	"github.com/handoff-go/handoff"
 	"github.com/handoff-go/handoff/examples/kvd/store"
 	"github.com/handoff-go/handoff/internal/testutil"
@@ -165,6 +167,13 @@ func FuzzRESPState(f *testing.F) {
 	})
 }
 
+// checkLeaks checks, once the test's cleanups ran, that the test left no
+// goroutine (the process tests before it may still be reaping children).
+func checkLeaks(t *testing.T) {
+	ignore := goleak.IgnoreCurrent()
+	t.Cleanup(func() { goleak.VerifyNone(t, ignore) })
+}
+
 // respHarness is a daemon with only a store and a RESP server on a
 // loopback listener, in this process.
 type respHarness struct {
@@ -275,7 +284,7 @@ func (rc *respClient) do(cmd string, want string) {
 }
 
 func TestRESPCommands(t *testing.T) {
-	testutil.CheckLeaks(t)
+	checkLeaks(t)
 	st, err := store.Open(t.TempDir())
 	testutil.Must(t, err)
 	defer st.Close()
@@ -356,7 +365,7 @@ func TestRESPCommands(t *testing.T) {
 // another server adopts them and they go on, on the same TCP connections.
 // After an abort the first server serves them again.
 func TestRESPPassConns(t *testing.T) {
-	testutil.CheckLeaks(t)
+	checkLeaks(t)
 	st, err := store.Open(t.TempDir())
 	testutil.Must(t, err)
 	defer st.Close()
