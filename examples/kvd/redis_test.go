@@ -125,7 +125,7 @@ func TestRedisBenchmarkThroughHandoffs(t *testing.T) {
 	bench := needTool(t, "redis-benchmark")
 	c := startKVDRESP(t)
 	host, port, _ := net.SplitHostPort(c.respAddr)
-	n := 100000
+	n := 150000 // a SET test long enough for the handoffs, under -race too
 	if v, err := strconv.Atoi(os.Getenv("KVD_REDIS_N")); err == nil && v > 0 {
 		n = v // a longer run, to measure by hand
 	}
@@ -148,8 +148,8 @@ func TestRedisBenchmarkThroughHandoffs(t *testing.T) {
 		<-exited
 	})
 	var out []string
-	// waitLine reads the output until match says so, the benchmark ends
-	// its output, or the timeout.
+	// waitLine reads the output until match says so (true), the
+	// benchmark ends its output (false), or the timeout.
 	waitLine := func(what string, timeout time.Duration, match func(string) bool) bool {
 		timer := time.NewTimer(timeout)
 		defer timer.Stop()
@@ -201,8 +201,7 @@ func TestRedisBenchmarkThroughHandoffs(t *testing.T) {
 		}
 		t.Logf("handoff %d (%s): committed %v, %d connections passed, accept gap %v", i, spec.Args[3], o.Committed, o.PassedConns, o.Phases.AcceptGap)
 	}
-	for waitLine("the end", 5*time.Minute, func(string) bool { return false }) {
-	}
+	waitLine("the end", 5*time.Minute, func(string) bool { return false })
 	err := <-exited
 	exited <- err // for the cleanup
 	if err != nil {
