@@ -9,6 +9,7 @@ import (
 	"os"
 	"syscall"
 
+	"github.com/handoff-go/handoff/internal/crash"
 	"github.com/handoff-go/handoff/internal/fdutil"
 	"github.com/handoff-go/handoff/internal/wire"
 )
@@ -25,32 +26,45 @@ func connRoom() int { return fdutil.Room(connMargin) }
 // It returns how many were sent.
 func sendConns(c *wire.Conn, id string, conns []PassedConn) (int, error) {
 	metas := make([]wire.ConnMeta, len(conns))
-	fds := make([]int, len(conns))
 	for i, pc := range conns {
-		sc, ok := pc.Conn.(syscall.Conn)
-		if !ok {
-			return 0, fmt.Errorf("handoff: passed connection %d (%T) has no descriptor", i, pc.Conn)
-		}
-		rc, err := sc.SyscallConn()
-		if err != nil {
-			return 0, fmt.Errorf("handoff: passed connection %d: %w", i, err)
-		}
-		// The descriptor stays valid after Control: the conn belongs to
-		// the library now, and nothing else closes it.
-		if err := rc.Control(func(f uintptr) { fds[i] = int(f) }); err != nil {
-			return 0, fmt.Errorf("handoff: passed connection %d: %w", i, err)
-		}
 		metas[i] = wire.ConnMeta{Listener: pc.Listener, State: pc.State}
 	}
+	fds := make([]int, 0, wire.MaxFDs)
 	sent := 0
 	for sent < len(conns) {
 		end := wire.ConnBatchEnd(metas, sent)
-		if err := c.Send(wire.EncodeConns(metas[sent:end]), id, wire.WriteTimeout, fds[sent:end]...); err != nil {
+		fds = fds[:0]
+		for i := sent; i < end; i++ {
+			fd, err := connFD(conns[i].Conn)
+			if err != nil {
+				return sent, fmt.Errorf("handoff: passed connection %d: %w", i, err)
+			}
+			fds = append(fds, fd)
+		}
+		if err := c.Send(wire.EncodeConns(metas[sent:end]), id, wire.WriteTimeout, fds...); err != nil {
 			return sent, err
 		}
 		sent = end
 	}
 	return sent, nil
+}
+
+// connFD is c's descriptor. It stays valid after Control: a passed
+// connection belongs to the library, and nothing else closes it.
+func connFD(c net.Conn) (int, error) {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return -1, fmt.Errorf("%T has no descriptor", c)
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	fd := -1
+	if err := rc.Control(func(f uintptr) { fd = int(f) }); err != nil {
+		return -1, err
+	}
+	return fd, nil
 }
 
 // rawConns are passed connections still as received: a descriptor and the
@@ -115,30 +129,84 @@ func (r *rawConns) take(n int) (out []PassedConn, err error) {
 }
 
 // adoptBatch is how many passed connections a daemon is given at a time
-// once it serves: the first are served while the rest are converted.
+// once it serves: the first are served while the rest arrive.
 const adoptBatch = 256
 
-// adoptInto gives the connections to svc in batches, or closes them if it
-// takes none. A connection that cannot be made a net.Conn is logged and
-// dropped.
-func (r *rawConns) adoptInto(svc Service, log *slog.Logger) {
-	if r.count() == 0 {
+// connStream receives the connections the supervisor passes on the
+// handoff session after the successor's Commit: the successor serves
+// already, so that taking them does not lengthen the accept gap.
+type connStream struct {
+	conn *wire.Conn
+	id   string
+	want int // Commit.Conns
+}
+
+func (c *connStream) count() int {
+	if c == nil {
+		return 0
+	}
+	return c.want
+}
+
+// close gives up on them: the supervisor's sends fail and it closes its
+// copies.
+func (c *connStream) close() {
+	if c != nil {
+		c.conn.Close()
+	}
+}
+
+// each receives Conns frames until every connection arrived, calling fn
+// with each batch (made net.Conns, at most adoptBatch), then closes the
+// session. A connection that cannot be made a net.Conn is closed and
+// logged.
+func (c *connStream) each(fn func([]PassedConn), log *slog.Logger) error {
+	if c == nil {
+		return nil
+	}
+	defer c.conn.Close()
+	got := 0
+	var raw rawConns
+	for got < c.want {
+		f, err := c.conn.Recv(wire.DefaultLiveness)
+		if err != nil {
+			return fmt.Errorf("handoff: %d of the %d passed connections arrived: %w", got, c.want, err)
+		}
+		m, ok := f.Msg.(wire.Conns)
+		if !ok || f.ID != c.id || got+len(f.FDs) > c.want {
+			closeFDs(f.FDs)
+			return wire.Violation("after the commit: %s frame for handoff %q with %d descriptors (%d of %d connections arrived)", f.Msg.Type(), f.ID, len(f.FDs), got, c.want)
+		}
+		if err := raw.add(m, f.FDs); err != nil {
+			return err
+		}
+		got += raw.count()
+		crash.Point("successor-after-conns")
+		for raw.count() > 0 {
+			batch, err := raw.take(adoptBatch)
+			if err != nil && log != nil {
+				log.Warn("handoff: a passed connection could not be served; closed", "err", err)
+			}
+			if len(batch) > 0 {
+				fn(batch)
+			}
+		}
+	}
+	return nil
+}
+
+func (c *connStream) adoptInto(svc Service, log *slog.Logger) {
+	if c.count() == 0 {
 		return
 	}
 	cp, ok := svc.(ConnPasser)
 	if !ok {
-		log.Warn("handoff: connections were passed, but the service is no ConnPasser; closing them", "conns", r.count())
-		r.close()
+		log.Warn("handoff: connections were passed, but the service is no ConnPasser; closing them", "conns", c.count())
+		c.close()
 		return
 	}
-	for r.count() > 0 {
-		batch, err := r.take(adoptBatch)
-		if err != nil {
-			log.Warn("handoff: a passed connection could not be served; closed", "err", err)
-		}
-		if len(batch) > 0 {
-			cp.AdoptConns(batch)
-		}
+	if err := c.each(cp.AdoptConns, log); err != nil {
+		log.Warn("handoff: not every passed connection arrived", "err", err)
 	}
 }
 

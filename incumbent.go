@@ -232,6 +232,8 @@ type incSession struct {
 	// handoff. Until the commit they are ours (we serve them again on
 	// an abort); we close them only once the successor owns them.
 	passed []PassedConn
+	// sending is closed once sendPassed's goroutine is done with passed.
+	sending chan struct{}
 }
 
 // session runs one supervisor session. Whatever way it ends, the daemon is
@@ -375,22 +377,19 @@ func (s *incSession) prepareHandoff(m wire.PrepareHandoff) error {
 	}
 	dr := rep.(DrainReport)
 	s.state = stDrained
-	n, err := s.passConns(m.MaxConns)
-	if err != nil {
-		// The session ends; the deferred resume serves them again.
-		return fmt.Errorf("handoff: passing %d connections: %w", len(s.passed), err)
-	}
+	n := s.takeStopped(m.MaxConns)
+	// The Conns frames follow the SealComplete (sendPassed), not to
+	// hold it up behind them.
 	return s.send(wire.Drained{OpenConnsRemaining: dr.OpenConnsRemaining, AcceptClosed: dr.AcceptClosed, TookNS: int64(took), PassedConns: n})
 }
 
-// passConns asks a ConnPasser for the connections its drain stopped
-// serving, at most limit (0 before protocol version 3), and sends them to
-// the supervisor. It keeps them in s.passed: they stay ours until the
-// commit.
-func (s *incSession) passConns(limit int) (int, error) {
+// takeStopped asks a ConnPasser for the connections its drain stopped
+// serving, at most limit (0 before protocol version 3), and keeps them in
+// s.passed: they stay ours until the commit. It returns how many.
+func (s *incSession) takeStopped(limit int) int {
 	cp, ok := s.d.(ConnPasser)
 	if !ok {
-		return 0, nil
+		return 0
 	}
 	if s.conn.Version() < wire.ConnsVersion || limit < 0 {
 		limit = 0
@@ -402,19 +401,39 @@ func (s *incSession) passConns(limit int) (int, error) {
 		conns = conns[:limit]
 	}
 	s.passed = validConns(conns, s.i.log())
-	if len(s.passed) == 0 {
-		return 0, nil
-	}
-	n, err := sendConns(s.conn, s.id, s.passed)
-	if err != nil {
-		return n, err
-	}
-	crash.Point("incumbent-after-conns")
-	return n, nil
+	return len(s.passed)
 }
 
-// takePassed returns the passed connections and forgets them.
+// sendPassed sends the kept connections to the supervisor in Conns frames
+// behind SealComplete, on a goroutine: the handoff goes on meanwhile (the
+// successor's start, the commit), so that their number does not lengthen
+// the accept gap. takePassed waits for it.
+func (s *incSession) sendPassed() {
+	if len(s.passed) == 0 {
+		return
+	}
+	done := make(chan struct{})
+	s.sending = done
+	passed := s.passed
+	go func() {
+		defer close(done)
+		if n, err := sendConns(s.conn, s.id, passed); err != nil {
+			// The session is broken: it ends, and what follows (a resume,
+			// or the end after a commit) decides.
+			s.i.log().Warn("handoff: passing the connections to the supervisor failed", "sent", n, "of", len(passed), "err", err)
+			return
+		}
+		crash.Point("incumbent-after-conns")
+	}()
+}
+
+// takePassed returns the passed connections, once they are all sent, and
+// forgets them.
 func (s *incSession) takePassed() []PassedConn {
+	if s.sending != nil {
+		<-s.sending
+		s.sending = nil
+	}
 	c := s.passed
 	s.passed = nil
 	return c
@@ -470,7 +489,11 @@ func (s *incSession) sealRequest() error {
 	s.state = stSealed
 	crash.Point("incumbent-after-seal")
 	sr := rep.(SealReport)
-	return s.send(wire.SealComplete{LastRevisionPerShard: sr.LastRevisionPerShard, DataDirFingerprint: sr.DataDirFingerprint, TookNS: int64(took)})
+	if err := s.send(wire.SealComplete{LastRevisionPerShard: sr.LastRevisionPerShard, DataDirFingerprint: sr.DataDirFingerprint, TookNS: int64(took)}); err != nil {
+		return err
+	}
+	s.sendPassed()
+	return nil
 }
 
 // commit ends the session with errCommitted, once sealed.

@@ -178,7 +178,7 @@ func (r *runner) succeed(ctx context.Context, s *Successor) error {
 	if err != nil {
 		return err
 	}
-	conns := b.takeRaw()
+	conns := b.takeConns()
 	r.log.Info("handoff: successor committed, serving", "handoff", b.HandoffID(), "passed_conns", conns.count())
 	return r.serve(ctx, inc, svc, conns)
 }

@@ -9,7 +9,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/handoff-go/handoff/internal/crash"
 	"github.com/handoff-go/handoff/internal/fdutil"
 	"github.com/handoff-go/handoff/internal/wire"
 )
@@ -63,9 +62,11 @@ type BegunSuccessor struct {
 	// pre is the control socket bound at its temporary name before
 	// Begin, at the supervisor's path; nil if there was none to bind.
 	pre *preparedSocket
-	// conns are the connections the incumbent passed, to serve only
-	// after the commit; closed if the handoff aborts.
-	conns *rawConns
+	// acceptsConns: this successor said it takes passed connections.
+	acceptsConns bool
+	// conns are the connections the incumbent passed: they arrive on the
+	// session after the Commit (set by AnnounceAndBind).
+	conns *connStream
 
 	mu    sync.Mutex
 	guard *HeartbeatGuard
@@ -213,12 +214,10 @@ func (s *HandshookSuccessor) WaitForBegin(ctx context.Context) (*BegunSuccessor,
 	} else if path, err := controlSocketPath(""); err == nil {
 		pre, _ = prepareControlSocket(path) // on error AnnounceAndBind tries again and says why
 	}
-	conns := &rawConns{}
 	fail := func(err error) (*BegunSuccessor, error) {
 		if pre != nil {
 			pre.discard()
 		}
-		conns.close()
 		conn.Close()
 		return nil, err
 	}
@@ -254,18 +253,8 @@ func (s *HandshookSuccessor) WaitForBegin(ctx context.Context) (*BegunSuccessor,
 		switch m := f.Msg.(type) {
 		case wire.Heartbeat:
 			continue
-		case wire.Conns:
-			if !takeConns || conn.Version() < wire.ConnsVersion {
-				closeFDs(f.FDs)
-				return fail(wire.Violation("conns for a successor that takes none"))
-			}
-			if err := conns.add(m, f.FDs); err != nil {
-				return fail(fmt.Errorf("%w: taking passed connections: %w", ErrAborted, err))
-			}
-			crash.Point("successor-after-conns")
-			continue
 		case wire.Begin:
-			return &BegunSuccessor{inherited: s.inherited, conn: conn, id: s.id, buildID: s.buildID, deadline: s.deadline, beat: s.beat, begun: time.Now(), pre: pre, conns: conns}, nil
+			return &BegunSuccessor{inherited: s.inherited, conn: conn, id: s.id, buildID: s.buildID, deadline: s.deadline, beat: s.beat, begun: time.Now(), pre: pre, acceptsConns: takeConns && conn.Version() >= wire.ConnsVersion}, nil
 		case wire.Abort:
 			return fail(fmt.Errorf("%w: %s", ErrAborted, m.Reason))
 		default:
@@ -286,7 +275,6 @@ func (s *BegunSuccessor) giveUp(reason string) {
 	s.mu.Unlock()
 	g.Stop()
 	s.discardPrebound()
-	s.takeRaw().close()
 	if used {
 		return
 	}
@@ -310,20 +298,19 @@ func (s *BegunSuccessor) discardPrebound() {
 func (s *BegunSuccessor) Listeners() *InheritedListeners { return s.inherited }
 
 // Conns returns the established connections the incumbent passed (see
-// HandshookSuccessor.TakeConns) and hands them to the caller: serve them
-// only once AnnounceAndBind returned nil (ConnPasser.AdoptConns), close
-// them otherwise. Until Conns is called, a failed AnnounceAndBind closes
-// them itself.
-// A descriptor that cannot be made a net.Conn is closed and left out.
+// HandshookSuccessor.TakeConns), once AnnounceAndBind returned nil: the
+// supervisor sends them after the commit, and Conns waits for them. Serve
+// them (ConnPasser.AdoptConns). Run instead starts serving first and
+// adopts them as they arrive, in batches. A descriptor that cannot be made
+// a net.Conn is closed and left out. Later calls return none.
 func (s *BegunSuccessor) Conns() []PassedConn {
-	r := s.takeRaw()
-	conns, _ := r.take(r.count())
-	return conns
+	var out []PassedConn
+	s.takeConns().each(func(batch []PassedConn) { out = append(out, batch...) }, nil)
+	return out
 }
 
-// takeRaw hands the passed connections over as descriptors (Run gives
-// them to the service in batches once it serves).
-func (s *BegunSuccessor) takeRaw() *rawConns {
+// takeConns hands the connections that follow the Commit over.
+func (s *BegunSuccessor) takeConns() *connStream {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	c := s.conns
@@ -365,9 +352,13 @@ func (s *BegunSuccessor) AnnounceAndBind(r ReadinessSnapshot, controlSocket stri
 	s.mu.Unlock()
 	g.Stop()
 	conn := s.conn
-	defer conn.Close()
+	keepConn := false // the passed connections follow the Commit on it
+	defer func() {
+		if !keepConn {
+			conn.Close()
+		}
+	}()
 	abort := func(err error) (*Incumbent, error) {
-		s.takeRaw().close()
 		if lock != nil {
 			lock.Release()
 		}
@@ -436,6 +427,14 @@ func (s *BegunSuccessor) AnnounceAndBind(r ReadinessSnapshot, controlSocket stri
 				// keep serving; the supervisor can no longer hand this
 				// process off until it restarts it.
 				return nil, fmt.Errorf("handoff: committed, but taking over the control socket failed: %w", err)
+			}
+			// (One that takes none closes the session: the supervisor's
+			// sends fail, and it closes its copies.)
+			if m.Conns > 0 && s.acceptsConns {
+				keepConn = true
+				s.mu.Lock()
+				s.conns = &connStream{conn: conn, id: s.id, want: m.Conns}
+				s.mu.Unlock()
 			}
 			return incumbentOn(controlSocket, sock.ln, sock.ino, lock, s.buildID), nil
 		case wire.Abort:

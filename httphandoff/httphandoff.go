@@ -116,6 +116,7 @@ type Server struct {
 	cfg       Config
 	listeners []net.Listener
 	conns     atomic.Int64 // open connections, across generations
+	parked    atomic.Int64 // of conns, those a drain stopped while they waited (see passConn)
 	hooks     testHooks
 
 	mu       sync.Mutex // serialises Start, Drain, ResumeAfterAbort, Shutdown
@@ -245,7 +246,9 @@ func (s *Server) newServer(g *generation) *http.Server {
 			}
 		case http.StateClosed, http.StateHijacked:
 			s.conns.Add(-1)
-			g.connDelta(-1, pc, false)
+			if g.connDelta(-1, pc, false) {
+				s.parked.Add(-1)
+			}
 		}
 		if next != nil {
 			next(c, st)
@@ -254,7 +257,9 @@ func (s *Server) newServer(g *generation) *http.Server {
 	return srv
 }
 
-func (g *generation) connDelta(d int, pc *passConn, add bool) {
+// connDelta counts a connection in or out; out, it reports whether it was
+// a parked one.
+func (g *generation) connDelta(d int, pc *passConn, add bool) (wasParked bool) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if pc != nil {
@@ -264,14 +269,16 @@ func (g *generation) connDelta(d int, pc *passConn, add bool) {
 		} else {
 			delete(g.live, pc)
 			pc.mu.Lock()
-			if pc.parked {
+			wasParked = pc.parked
+			pc.mu.Unlock()
+			if wasParked {
 				g.parked--
 			}
-			pc.mu.Unlock()
 		}
 	}
 	g.conns += d
 	g.settledLocked()
+	return wasParked
 }
 
 // settledLocked wakes waitIdle once every connection is closed or parked.
@@ -285,7 +292,7 @@ func (g *generation) settledLocked() {
 // stop ends accepting and keep-alives: Serve returns, idle connections
 // close now, busy ones after their response. Every connection Serve
 // accepted is counted by the time stop returns.
-func (g *generation) stop(col *collector) {
+func (g *generation) stop(col *collector) int {
 	for _, k := range g.lns {
 		k.Close()
 	}
@@ -293,12 +300,22 @@ func (g *generation) stop(col *collector) {
 	g.wg.Wait()
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	parked := make([]*passConn, 0, len(g.live))
 	for pc := range g.live {
 		if pc.requestDetach(col) {
-			g.parked++
+			parked = append(parked, pc)
 		}
 	}
+	col.addAll(parked)
+	g.parked += len(parked)
 	g.settledLocked()
+	return len(parked)
+}
+
+func (g *generation) parkedNow() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.parked
 }
 
 // unsettled counts the connections still open and not parked.
@@ -336,7 +353,7 @@ func (s *Server) stopLocked(ctx context.Context) error {
 		if s.col == nil {
 			s.col = &collector{}
 		}
-		g.stop(s.col)
+		s.parked.Add(int64(g.stop(s.col)))
 		s.draining = append(s.draining, g)
 	}
 	if s.hooks.drainWaiting != nil {
@@ -349,14 +366,20 @@ func (s *Server) stopLocked(ctx context.Context) error {
 			busy, err = append(busy, g), werr
 			continue
 		}
-		g.srv.Close() // marks the server done; parked connections stay open (passConn.Close)
+		if g.parkedNow() == 0 {
+			g.srv.Close() // nothing left to close; marks the server done
+		}
+		// Else the parked connections end on their own (passConn), and
+		// Close would only walk them all inside the accept gap.
 	}
 	s.draining = busy
 	return err
 }
 
-// OpenConns returns the number of open client connections.
-func (s *Server) OpenConns() int { return int(s.conns.Load()) }
+// OpenConns returns the number of client connections being served: those a
+// Drain stopped and keeps (to be passed, or served again after an abort)
+// are not counted.
+func (s *Server) OpenConns() int { return int(s.conns.Load() - s.parked.Load()) }
 
 // Drain stops accepting (the listening sockets stay open, so new
 // connections wait in the accept queue), waits until ctx's deadline for

@@ -499,8 +499,8 @@ func TestOpenConnsCountsConnections(t *testing.T) {
 		t.Errorf("OpenConns = %d, want 1 open connection", n)
 	}
 	f.drain(context.Background()) // stops the idle connection and keeps it
-	if n := f.srv.OpenConns(); n != 1 {
-		t.Errorf("OpenConns = %d after Drain kept the idle connection, want 1", n)
+	if n := f.srv.OpenConns(); n != 0 {
+		t.Errorf("OpenConns = %d after Drain stopped the idle connection, want 0 (kept, not served)", n)
 	}
 	passed := f.srv.PassConns(10)
 	if len(passed) != 1 {

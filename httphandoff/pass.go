@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -49,6 +50,9 @@ type passConn struct {
 	net.Conn
 	lnAddr string
 	raw    syscall.RawConn // nil: no readiness wait here (the boundary read wakes by deadline)
+	// lastIdle is when the connection last went idle (UnixNano):
+	// PassConns passes the recently used ones first.
+	lastIdle atomic.Int64
 
 	mu       sync.Mutex
 	boundary bool       // net/http went idle (or accepted it): its next read starts a request
@@ -150,7 +154,14 @@ func (c *passConn) armDeferredLocked() {
 func (c *passConn) markBoundary() {
 	c.mu.Lock()
 	c.boundary = true
+	adopted := c.awaitFirst
 	c.mu.Unlock()
+	if !adopted {
+		// An adopted connection counts as idle since long ago until it
+		// serves a request here: a drain soon after the adoption passes
+		// the ones in use first.
+		c.lastIdle.Store(time.Now().UnixNano())
+	}
 }
 
 // requestDetach makes the connection stop at its next request boundary
@@ -164,8 +175,8 @@ func (c *passConn) requestDetach(col *collector) (parked bool) {
 	if !c.reading {
 		return false
 	}
-	if c.raw != nil && col.add(c) {
-		c.parked = true
+	if c.raw != nil {
+		c.parked = true // the caller adds it to col (collector.addAll)
 		return true
 	}
 	c.Conn.SetReadDeadline(aLongTimeAgo)
@@ -327,6 +338,15 @@ func (k *collector) add(c *passConn) bool {
 	return true
 }
 
+// addAll adds the connections requestDetach parked. The collector is
+// open: only take closes it, and Drain (which parks) and take's callers
+// all hold the Server's lock.
+func (k *collector) addAll(cs []*passConn) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.conns = append(k.conns, cs...)
+}
+
 // take closes the collector and returns what it gathered.
 func (k *collector) take() []*passConn {
 	if k == nil {
@@ -394,7 +414,7 @@ func (s *Server) PassConns(max int) []handoff.PassedConn {
 			g.srv.SetKeepAlivesEnabled(false) // the ones still busy close after their response
 		}
 	}
-	conns := col.take()
+	conns := recentFirst(col.take(), time.Now().Add(-recentUse))
 	out := make([]handoff.PassedConn, 0, min(len(conns), max))
 	for _, c := range conns {
 		if len(out) < max {
@@ -405,6 +425,30 @@ func (s *Server) PassConns(max int) []handoff.PassedConn {
 		c.Conn.Close()
 	}
 	return out
+}
+
+// recentUse: a connection that went idle this recently is passed (and
+// served by the successor) before the ones idle longer, so that clients in
+// the middle of their work wait least; if not all can be passed, the ones
+// idle longest are closed.
+const recentUse = time.Second
+
+// recentFirst puts the connections idle since after cutoff first, in
+// place, keeping the order otherwise.
+func recentFirst(cs []*passConn, cutoff time.Time) []*passConn {
+	at := cutoff.UnixNano()
+	older := make([]*passConn, 0, len(cs))
+	n := 0
+	for _, c := range cs {
+		if c.lastIdle.Load() >= at {
+			cs[n] = c
+			n++
+			continue
+		}
+		older = append(older, c)
+	}
+	copy(cs[n:], older)
+	return cs
 }
 
 // AdoptConns serves conns (passed by the previous process, or given back

@@ -254,3 +254,20 @@ func TestRequestDuringHandoffWaitsForSuccessor(t *testing.T) {
 		t.Errorf("first Shutdown: %v", err)
 	}
 }
+
+func TestRecentFirst(t *testing.T) {
+	now := time.Now()
+	mk := func(ago time.Duration) *passConn {
+		c := &passConn{}
+		c.lastIdle.Store(now.Add(-ago).UnixNano())
+		return c
+	}
+	a, b, c, d := mk(time.Hour), mk(time.Millisecond), mk(time.Minute), mk(0)
+	got := recentFirst([]*passConn{a, b, c, d}, now.Add(-recentUse))
+	want := []*passConn{b, d, a, c}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Fatalf("position %d: got the connection idle since %v, want %v", i, time.Unix(0, got[i].lastIdle.Load()), time.Unix(0, want[i].lastIdle.Load()))
+		}
+	}
+}

@@ -47,11 +47,15 @@ type run struct {
 	gapStart time.Time  // PrepareHandoff is sent: the accept gap starts
 	ahead    chan error // the journal write journalAhead started
 	// Connection passing (protocol version 3): succRoom is the room the
-	// successor stated, maxConns what the incumbent may pass, held our
-	// copies of what it passed (relayed to the successor as they came).
-	succRoom int
-	maxConns int
-	held     heldConns
+	// successor stated, maxConns what the incumbent may pass, wantConns
+	// what its Drained said it passes (the Conns frames follow it, also
+	// after the commit), held our copies of those that arrived and are
+	// not yet forwarded, forwarded those the successor was sent.
+	succRoom  int
+	maxConns  int
+	wantConns int
+	held      heldConns
+	forwarded int
 	out      Outcome
 	wg       sync.WaitGroup
 	stop     chan struct{}
@@ -454,10 +458,13 @@ func (r *run) drain() (wire.Drained, error) {
 	}
 	drained := fr.Msg.(wire.Drained)
 	r.out.Phases.Drain = time.Since(r.gapStart)
-	if drained.PassedConns != r.held.count() {
-		return wire.Drained{}, r.violation(r.inc, "drained says %d connections were passed, %d arrived", drained.PassedConns, r.held.count())
+	if drained.PassedConns < 0 || drained.PassedConns > r.maxConns {
+		return wire.Drained{}, r.violation(r.inc, "drained says %d connections are passed, at most %d were allowed", drained.PassedConns, r.maxConns)
 	}
-	r.out.PassedConns = r.held.count()
+	// The Conns frames follow; the handoff does not wait for them before
+	// the commit (see holdConns and passConns).
+	r.wantConns = drained.PassedConns
+	r.out.PassedConns = drained.PassedConns
 	// No journal write here nor after the seal: recovery treats every
 	// phase before the commit alike (kill the successor, resume the
 	// incumbent), and the spawning record already names the successor.
@@ -522,12 +529,13 @@ func (r *run) commit(work time.Duration) error {
 		return err
 	}
 	crash.Point("supervisor-before-commit")
-	if err := r.succ.conn.Send(wire.Commit{}, string(r.id), writeTimeout); err != nil {
+	if err := r.succ.conn.Send(wire.Commit{Conns: r.wantConns}, string(r.id), writeTimeout); err != nil {
 		return r.abortAs(ErrSuccessorFailed, "the successor vanished at the commit: %v", err)
 	}
 	r.out.Phases.AcceptGap = time.Since(r.gapStart)
-	// The successor owns the passed connections from its Commit on.
-	r.held.close()
+	// The successor owns the passed connections from its Commit on; it
+	// serves already, and takes them now.
+	r.passConns()
 	r.out.Phases.DaemonWork = work
 	r.out.Phases.LibraryOverhead = max(r.out.Phases.AcceptGap-work, 0)
 	if err := r.inc.conn.Send(wire.Commit{}, string(r.id), writeTimeout); err != nil {
@@ -684,8 +692,8 @@ func (r *run) awaitUntil(p *peer, until time.Time, want ...wire.Type) (wire.Fram
 				p.dead = res.err
 				return wire.Frame{}, r.peerFailed(p, res.err)
 			}
-			if m, ok := res.f.Msg.(wire.Conns); ok && p == r.inc && res.f.ID == string(r.id) && slices.Contains(want, wire.TypeDrained) {
-				if err := r.relayConns(m, res.f.FDs); err != nil {
+			if m, ok := res.f.Msg.(wire.Conns); ok && p == r.inc && res.f.ID == string(r.id) {
+				if err := r.holdConns(m, res.f.FDs); err != nil {
 					return wire.Frame{}, err
 				}
 				live.Reset(r.s.cfg.Liveness)
@@ -716,6 +724,12 @@ func (r *run) awaitUntil(p *peer, until time.Time, want ...wire.Type) (wire.Fram
 					continue
 				}
 				return wire.Frame{}, r.peerFailed(other, res.err)
+			}
+			if m, ok := res.f.Msg.(wire.Conns); ok && other == r.inc && res.f.ID == string(r.id) {
+				if err := r.holdConns(m, res.f.FDs); err != nil {
+					return wire.Frame{}, err
+				}
+				continue
 			}
 			closeFDs(res.f.FDs)
 			if res.f.ID != string(r.id) {
@@ -771,10 +785,11 @@ func (r *run) expectConns() int {
 	return min(n, fdutil.Room(connMargin))
 }
 
-// relayConns keeps our copies of the connections in one Conns frame from
-// the incumbent and forwards them to the successor, which serves them only
-// after its Commit.
-func (r *run) relayConns(m wire.Conns, fds []int) error {
+// holdConns keeps the connections in one Conns frame from the incumbent
+// (which keeps its own copies until its Commit). They go to the successor
+// after its Commit (passHeld), to the cold start after a rollback whose
+// incumbent died, and are closed otherwise.
+func (r *run) holdConns(m wire.Conns, fds []int) error {
 	metas, err := m.Decode()
 	if err != nil {
 		closeFDs(fds)
@@ -784,16 +799,72 @@ func (r *run) relayConns(m wire.Conns, fds []int) error {
 		closeFDs(fds)
 		return r.violation(r.inc, "conns frame with %d entries and %d descriptors", len(metas), len(fds))
 	}
-	if r.held.count()+len(fds) > r.maxConns {
+	if n := r.forwarded + r.held.count() + len(fds); n > r.wantConns {
 		closeFDs(fds)
-		return r.violation(r.inc, "%d connections passed, at most %d were allowed", r.held.count()+len(fds), r.maxConns)
+		return r.violation(r.inc, "%d connections arrived, its drained said %d", n, r.wantConns)
 	}
 	r.held.add(metas, fds)
 	crash.Point("supervisor-holding-conns")
-	if err := r.succ.conn.Send(m, string(r.id), writeTimeout, fds...); err != nil {
-		return r.abortAs(ErrSuccessorFailed, "could not pass %d connections to the successor: %v", len(fds), err)
-	}
 	return nil
+}
+
+// passConns sends the committed successor the connections the incumbent
+// passed: those we hold, then the rest as they arrive, each frame's copies
+// closed once sent. The successor serves already; if it died right after
+// its Commit, what it had not taken is lost with it, as is every
+// connection it served. An incumbent that stops sending them (it died, or
+// broke the protocol) loses the rest, which it owned.
+func (r *run) passConns() {
+	defer r.held.close()
+	forward := func(h *heldConns) bool {
+		defer h.close()
+		for i := 0; i < h.count(); {
+			j := wire.ConnBatchEnd(h.metas, i)
+			if err := r.succ.conn.Send(wire.EncodeConns(h.metas[i:j]), string(r.id), writeTimeout, h.fds[i:j]...); err != nil {
+				r.s.log.Error("handoff: committed, but passing the connections to the new incumbent failed; the rest are closed", "pid", r.succ.child.pid, "passed", r.forwarded, "of", r.wantConns, "err", err)
+				return false
+			}
+			r.forwarded += j - i
+			i = j
+		}
+		return true
+	}
+	var now heldConns
+	now.take(&r.held)
+	if !forward(&now) {
+		return
+	}
+	wait := time.NewTimer(r.s.cfg.Liveness)
+	defer wait.Stop()
+	for r.forwarded < r.wantConns && r.inc.dead == nil {
+		select {
+		case res := <-r.inc.frames:
+			if res.err != nil {
+				r.inc.dead = res.err // ends the loop
+				continue
+			}
+			m, ok := res.f.Msg.(wire.Conns)
+			if !ok {
+				closeFDs(res.f.FDs)
+				continue // a heartbeat; anything else waits for its Commit
+			}
+			if err := r.holdConns(m, res.f.FDs); err != nil {
+				r.s.log.Error("handoff: the old incumbent passed bad connections after the commit", "err", err)
+				return
+			}
+			now.take(&r.held)
+			if !forward(&now) {
+				return
+			}
+			wait.Reset(r.s.cfg.Liveness)
+		case <-wait.C:
+			r.s.log.Error("handoff: committed, but the old incumbent stopped passing connections", "pid", r.inc.child.pid, "passed", r.forwarded, "of", r.wantConns)
+			return
+		}
+	}
+	if r.forwarded < r.wantConns {
+		r.s.log.Error("handoff: committed, but the old incumbent went away before passing every connection", "pid", r.inc.child.pid, "passed", r.forwarded, "of", r.wantConns)
+	}
 }
 
 func minTime(a, b time.Time) time.Time {
@@ -961,8 +1032,8 @@ func (r *run) awaitResumed(p *peer) error {
 					return fmt.Errorf("handoff: the incumbent (pid %d) could not resume: %s", p.child.pid, m.Error)
 				}
 				return nil
-			case wire.Heartbeat, wire.Drained, wire.DrainFailed, wire.SealComplete, wire.SealFailed:
-				continue
+			case wire.Heartbeat, wire.Drained, wire.DrainFailed, wire.SealComplete, wire.SealFailed, wire.Conns:
+				continue // (a Conns frame's copies are closed above: it serves them itself)
 			default:
 				p.dead = ErrProtocol
 				return &brokenSession{fmt.Errorf("%w: %s from the incumbent while it resumed", ErrProtocol, res.f.Msg.Type())}

@@ -152,7 +152,12 @@ type Ready struct {
 }
 
 // Commit: to the successor, Ready was accepted; to the incumbent, exit.
-type Commit struct{}
+type Commit struct {
+	// Conns (to the successor, version 3 on) is how many passed
+	// connections follow on this session, in Conns frames: the supervisor
+	// sends them once the successor serves, out of the accept gap.
+	Conns int `json:"conns,omitempty"`
+}
 
 // Abort tells the successor to exit without serving.
 type Abort struct {
