@@ -56,10 +56,10 @@ type run struct {
 	wantConns int
 	held      heldConns
 	forwarded int
-	out      Outcome
-	wg       sync.WaitGroup
-	stop     chan struct{}
-	read     []*peer // peers with a reader, closed by close
+	out       Outcome
+	wg        sync.WaitGroup
+	stop      chan struct{}
+	read      []*peer // peers with a reader, closed by close
 }
 
 // hangUp closes p's socket, which ends its reader. The wire.Conn itself
@@ -921,7 +921,7 @@ func (r *run) violation(p *peer, format string, args ...any) error {
 // then killed and reaped; the incumbent told to resume (or, if its session
 // is unusable, asked again on a fresh one). It returns an error only if the
 // incumbent could not resume.
-func (r *run) rollback(ae *abortError) error {
+func (r *run) rollback(ae *abortError) (err error) {
 	s := r.s
 	s.setPhase(r.id, PhaseRollingBack)
 	r.journalJoin() // its error no longer matters: the record is replaced now
@@ -944,16 +944,28 @@ func (r *run) rollback(ae *abortError) error {
 	if c == nil || c.exited() {
 		// end() reports the exit; the known-good binary is cold-started
 		// by the caller, and gets the connections we hold.
-		if n := r.held.count(); n > 0 {
-			s.mu.Lock()
-			s.held.take(&r.held)
-			s.mu.Unlock()
-			s.log.Warn("handoff: the incumbent died after passing connections; the next cold start gets them", "conns", n)
-		}
+		r.keepHeld()
 		return nil
 	}
-	// The incumbent kept its own copies and serves them again.
-	r.held.close()
+	// The incumbent kept its own copies and serves them again. Ours stay
+	// until it said so: if it exits instead (it died before resuming, or
+	// could not resume and closed its copies), the next cold start gets
+	// them, with those it sent meanwhile.
+	defer func() {
+		if err != nil && !errors.Is(err, errCouldNotResume) {
+			t := time.NewTimer(min(exitWait, max(time.Until(r.deadline), 0)+replySlack))
+			select {
+			case <-c.done:
+			case <-t.C:
+			}
+			t.Stop()
+		}
+		if c.exited() || errors.Is(err, errCouldNotResume) {
+			r.keepHeld()
+			return
+		}
+		r.held.close()
+	}()
 	if r.gapStart.IsZero() {
 		// Never asked to drain (the handoff failed before, maybe before
 		// even reaching it): it serves as it did, with nothing to resume.
@@ -1006,6 +1018,52 @@ func (r *run) rollback(ae *abortError) error {
 	return fmt.Errorf("handoff: could not confirm that the incumbent resumed: %w", last)
 }
 
+// keepHeld gives the connections we hold, with those still arriving on
+// the incumbent's sessions, to the next cold start: the incumbent is gone
+// or will not serve them.
+func (r *run) keepHeld() {
+	for _, p := range r.read {
+		if p != r.succ && p.dead == nil {
+			r.collectConns(p)
+		}
+	}
+	if n := r.held.count(); n > 0 {
+		r.s.mu.Lock()
+		r.s.held.take(&r.held)
+		r.s.mu.Unlock()
+		r.s.log.Warn("handoff: the incumbent passed connections and is gone; the next cold start gets them", "conns", n)
+	}
+}
+
+// collectConns holds the Conns frames still delivered on p (a session of
+// the incumbent, which ended or is hung up), until its reader ends.
+func (r *run) collectConns(p *peer) {
+	t := time.NewTimer(exitWait)
+	defer t.Stop()
+	for {
+		select {
+		case res := <-p.frames:
+			if res.err != nil {
+				p.dead = res.err
+				return
+			}
+			if m, ok := res.f.Msg.(wire.Conns); ok && res.f.ID == string(r.id) {
+				if r.holdConns(m, res.f.FDs) != nil {
+					return
+				}
+				continue
+			}
+			closeFDs(res.f.FDs)
+		case <-t.C:
+			return
+		}
+	}
+}
+
+// errCouldNotResume: the incumbent answered that it could not resume (it
+// closed its passed connections and exits).
+var errCouldNotResume = errors.New("handoff: the incumbent could not resume")
+
 // brokenSession is an error of the session itself (it ended, or the peer
 // broke the protocol) while waiting for Resumed: worth asking again on a
 // fresh session.
@@ -1025,15 +1083,23 @@ func (r *run) awaitResumed(p *peer) error {
 				p.dead = res.err
 				return &brokenSession{fmt.Errorf("handoff: waiting for the incumbent to resume: %w", res.err)}
 			}
+			if m, ok := res.f.Msg.(wire.Conns); ok && res.f.ID == string(r.id) {
+				// Held until it resumed (see rollback): it may die first.
+				if err := r.holdConns(m, res.f.FDs); err != nil {
+					p.dead = ErrProtocol
+					return &brokenSession{err}
+				}
+				continue
+			}
 			closeFDs(res.f.FDs)
 			switch m := res.f.Msg.(type) {
 			case wire.Resumed:
 				if m.Error != "" {
-					return fmt.Errorf("handoff: the incumbent (pid %d) could not resume: %s", p.child.pid, m.Error)
+					return fmt.Errorf("%w (pid %d): %s", errCouldNotResume, p.child.pid, m.Error)
 				}
 				return nil
 			case wire.Heartbeat, wire.Drained, wire.DrainFailed, wire.SealComplete, wire.SealFailed, wire.Conns:
-				continue // (a Conns frame's copies are closed above: it serves them itself)
+				continue
 			default:
 				p.dead = ErrProtocol
 				return &brokenSession{fmt.Errorf("%w: %s from the incumbent while it resumed", ErrProtocol, res.f.Msg.Type())}

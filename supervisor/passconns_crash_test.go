@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -96,6 +97,58 @@ func TestPassedConnsGoToTheColdStartAfterTheIncumbentDied(t *testing.T) {
 		t.Fatal(err)
 	}
 	closeAndSettle(t, p, out.PID, base)
+	c.verify(nil)
+}
+
+// The handoff aborts first (the successor dies while the incumbent seals),
+// and the incumbent dies right after it sent its connections, before it
+// could resume and serve them: the supervisor held copies (the frames
+// came while it waited for the incumbent to resume), so the cold start of
+// the known-good binary gets every one.
+func TestPassedConnsGoToTheColdStartWhenTheIncumbentDiesResuming(t *testing.T) {
+	checkLeaks(t)
+	var sup atomic.Pointer[Supervisor]
+	cfg := Config{OnEvent: func(e Event) {
+		if s := sup.Load(); s != nil && e.Kind == EventPhase && e.Phase == PhaseSealing {
+			if pid := s.Status().SuccessorPID; pid > 0 {
+				syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
+	}}
+	c := newCluster(t, cfg, "HANDOFF_CRASH_AT=incumbent-after-conns", "TD_SLOW_SEAL=2s")
+	sup.Store(c.sup)
+	inc := c.sup.Status().IncumbentPID
+	p, base := poolFor(t, c, inc)
+	supFDs := countFDs(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	out, err := c.sup.PerformHandoff(ctx, c.spec("HANDOFF_CRASH_AT="))
+	sup.Store(nil)
+	if out.Committed || !errors.Is(out.Err, ErrSuccessorFailed) {
+		t.Fatalf("committed=%v (%s, %v), want an abort for the killed successor", out.Committed, out.AbortReason, out.Err)
+	}
+	t.Logf("abort: %s; resume: %v", out.AbortReason, err)
+	select {
+	case ex := <-c.sup.IncumbentExits():
+		if ex.PID != inc {
+			t.Fatalf("exit of pid %d reported, want the incumbent %d", ex.PID, inc)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("no IncumbentExits notification")
+	}
+	if n := c.sup.heldCount(); n != p.len() {
+		t.Fatalf("the supervisor holds %d connections, want %d", n, p.len())
+	}
+	cold, err := c.sup.ColdStart(ctx, c.spec())
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.waitOwned(t, cold, base, os.Getpid(), inc)
+	if err := p.check(cold); err != nil {
+		t.Fatalf("after the cold start: %v", err)
+	}
+	waitFor(t, "the supervisor's descriptors back to their count before the handoff", func() bool { return countFDs(t) == supFDs })
+	closeAndSettle(t, p, cold, base)
 	c.verify(nil)
 }
 
