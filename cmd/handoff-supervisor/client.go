@@ -157,8 +157,12 @@ func upgradeAnswer(reply string) (string, int, error) {
 	}
 	switch f["committed"] {
 	case "true":
-		return fmt.Sprintf("committed: handoff %s, now serving pid %s, build %s (accept gap %s, library overhead %s)",
-			orDash(f["id"]), orDash(f["pid"]), orDash(f["build_id"]), orDash(f["accept_gap"]), orDash(f["library_overhead"])), exitOK, nil
+		passed := ""
+		if n := f["passed_conns"]; n != "" && n != "0" {
+			passed = ", " + n + " established connections passed"
+		}
+		return fmt.Sprintf("committed: handoff %s, now serving pid %s, build %s (accept gap %s, library overhead %s%s)",
+			orDash(f["id"]), orDash(f["pid"]), orDash(f["build_id"]), orDash(f["accept_gap"]), orDash(f["library_overhead"]), passed), exitOK, nil
 	case "false":
 		reason := f["reason"]
 		if reason == "" {

@@ -355,6 +355,8 @@ func TestClientWithoutSupervisor(t *testing.T) {
 func TestUpgradeAnswer(t *testing.T) {
 	committed := handoffReply(supervisor.Outcome{ID: "a1", Committed: true, PID: 42, BuildID: "v2",
 		Phases: supervisor.PhaseTimings{AcceptGap: 1500 * time.Microsecond, LibraryOverhead: 300 * time.Microsecond}})
+	passing := handoffReply(supervisor.Outcome{ID: "a2", Committed: true, PID: 44, BuildID: "v3", PassedConns: 16,
+		Phases: supervisor.PhaseTimings{AcceptGap: 2 * time.Millisecond, LibraryOverhead: time.Millisecond}})
 	rolledBack := handoffReply(supervisor.Outcome{ID: "b2", AbortReason: "the successor (pid 43) exited: exit status 3"})
 	resumeFailed := handoffReply(withResumeFailure(supervisor.Outcome{ID: "c3", AbortReason: "the drain timed out"}, errors.New("no Resumed")))
 	for _, tc := range []struct {
@@ -362,6 +364,7 @@ func TestUpgradeAnswer(t *testing.T) {
 		code        int
 	}{
 		{committed, "committed: handoff a1, now serving pid 42, build v2 (accept gap 1.5ms, library overhead 300µs)", 0},
+		{passing, "committed: handoff a2, now serving pid 44, build v3 (accept gap 2ms, library overhead 1ms, 16 established connections passed)", 0},
 		{rolledBack, "rolled back: the successor (pid 43) exited: exit status 3 (handoff b2)", 1},
 		{resumeFailed, "rolled back: the drain timed out; the old daemon did not resume (no Resumed) and will be restarted (handoff c3)", 1},
 		{`ok: id=d4 committed=false pid=0 build_id="" reason=""`, "rolled back: no reason given (handoff d4)", 1},

@@ -63,6 +63,7 @@ type outcomeReport struct {
 	SealMS         float64   `json:"seal_ms"`
 	BeginToReadyMS float64   `json:"begin_to_ready_ms"`
 	AcceptGapMS    float64   `json:"accept_gap_ms"`
+	PassedConns    int       `json:"passed_conns"` // established connections the incumbent passed
 }
 
 // loopStatus is what the daemon loop adds to the library's Status.
@@ -107,6 +108,7 @@ func buildStatus(st supervisor.Status, ls loopStatus, now time.Time) statusRepor
 			Binary: o.Binary, BuildID: o.BuildID, Started: o.Started,
 			TotalMS: ms(o.Phases.Total), DrainMS: ms(o.Phases.Drain), SealMS: ms(o.Phases.Seal),
 			BeginToReadyMS: ms(o.Phases.BeginToReady), AcceptGapMS: ms(o.Phases.AcceptGap),
+			PassedConns: o.PassedConns,
 		})
 	}
 	return r

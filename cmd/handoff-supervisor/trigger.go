@@ -31,7 +31,7 @@ import (
 //	status             the supervisor's status as one JSON object
 //
 // Replies start with "ok: " or "err: ". A handoff answers
-// "ok: id=<id> committed=true|false pid=<pid> build_id=<q> accept_gap=<d> library_overhead=<d> reason=<q>"
+// "ok: id=<id> committed=true|false pid=<pid> build_id=<q> accept_gap=<d> library_overhead=<d> passed_conns=<n> reason=<q>"
 // (q: a Go-quoted string) once it has committed or rolled back.
 const (
 	// maxLine bounds a command line, newline excluded.
@@ -451,6 +451,6 @@ func (s *triggerServer) finish(c *net.UnixConn) {
 // handoffReply is the reply line for a finished handoff.
 func handoffReply(o supervisor.Outcome) string {
 	pid := o.PID
-	return fmt.Sprintf("ok: id=%s committed=%t pid=%d build_id=%s accept_gap=%s library_overhead=%s reason=%s",
-		okline.Value(string(o.ID)), o.Committed, pid, strconv.Quote(o.BuildID), o.Phases.AcceptGap, o.Phases.LibraryOverhead, strconv.Quote(oneLine(o.AbortReason)))
+	return fmt.Sprintf("ok: id=%s committed=%t pid=%d build_id=%s accept_gap=%s library_overhead=%s passed_conns=%d reason=%s",
+		okline.Value(string(o.ID)), o.Committed, pid, strconv.Quote(o.BuildID), o.Phases.AcceptGap, o.Phases.LibraryOverhead, o.PassedConns, strconv.Quote(oneLine(o.AbortReason)))
 }

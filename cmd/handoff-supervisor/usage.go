@@ -248,7 +248,7 @@ Trigger protocol (trigger_socket): send one line, read one line.
   handoff             hand off to binary
   handoff /abs/path   hand off to that binary (binary or allowed_binaries)
   status              the status as "ok: " followed by one JSON object
-Answers: "ok: id=ID committed=true|false pid=PID build_id="B" accept_gap=D library_overhead=D reason="R""
+Answers: "ok: id=ID committed=true|false pid=PID build_id="B" accept_gap=D library_overhead=D passed_conns=N reason="R""
 or "err: MESSAGE". Lines over 4096 bytes, and clients that send no line within
 5s, get an err: and are disconnected. Only the supervisor's user, root and
 allowed_uids are served (checked with SO_PEERCRED); others get
