@@ -26,7 +26,7 @@ import (
 
 // The incumbent dies right after it sent its connections (after its seal):
 // the handoff goes on without it and the successor gets every one.
-func TestPassedConnsIncumbentDiesAfterSending(t *testing.T) {
+func TestConnsCrashIncumbentAfterConns(t *testing.T) {
 	checkLeaks(t)
 	c := newCluster(t, Config{}, "HANDOFF_CRASH_AT=incumbent-after-conns")
 	inc := c.sup.Status().IncumbentPID
@@ -51,7 +51,7 @@ func TestPassedConnsIncumbentDiesAfterSending(t *testing.T) {
 // but the supervisor, which holds them. The cold start of the known-good
 // binary gets them over HANDOFF_CONNS_FD and serves every one; a later
 // handoff passes them on.
-func TestPassedConnsGoToTheColdStartAfterTheIncumbentDied(t *testing.T) {
+func TestConnsCrashIncumbentAfterConnsThenAbort(t *testing.T) {
 	checkLeaks(t)
 	c := newCluster(t, Config{}, "HANDOFF_CRASH_AT=incumbent-after-conns")
 	inc := c.sup.Status().IncumbentPID
@@ -105,7 +105,7 @@ func TestPassedConnsGoToTheColdStartAfterTheIncumbentDied(t *testing.T) {
 // could resume and serve them: the supervisor held copies (the frames
 // came while it waited for the incumbent to resume), so the cold start of
 // the known-good binary gets every one.
-func TestPassedConnsGoToTheColdStartWhenTheIncumbentDiesResuming(t *testing.T) {
+func TestConnsCrashIncumbentAfterConnsWhileResuming(t *testing.T) {
 	checkLeaks(t)
 	var sup atomic.Pointer[Supervisor]
 	cfg := Config{OnEvent: func(e Event) {
@@ -158,7 +158,7 @@ func TestPassedConnsGoToTheColdStartWhenTheIncumbentDiesResuming(t *testing.T) {
 // closed its copies at its commit, the supervisor its own once sent, so
 // each client sees its connection end. The known-good binary, cold
 // started, gets none and serves new connections.
-func TestPassedConnsSuccessorDiesAfterReceiving(t *testing.T) {
+func TestConnsCrashSuccessorAfterConns(t *testing.T) {
 	checkLeaks(t)
 	c := newCluster(t, Config{})
 	inc := c.sup.Status().IncumbentPID
@@ -216,7 +216,7 @@ func TestPassedConnsSuccessorDiesAfterReceiving(t *testing.T) {
 // owns its copies. A new supervisor resumes it from the journal, the
 // successor is gone, and every connection answers, served by the
 // incumbent; the next handoff passes them all.
-func TestPassedConnsSupervisorDiesHoldingThem(t *testing.T) {
+func TestConnsCrashSupervisorHoldingConns(t *testing.T) {
 	checkLeaks(t)
 	dir := shortDir(t)
 	data := filepath.Join(dir, "data")
