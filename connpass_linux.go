@@ -95,15 +95,6 @@ func (r *rawConns) count() int {
 	return len(r.fds)
 }
 
-// close closes the descriptors (never shutdown(2)).
-func (r *rawConns) close() {
-	if r == nil {
-		return
-	}
-	closeFDs(r.fds)
-	r.metas, r.fds = nil, nil
-}
-
 // take turns the first n (at most) into connections and forgets them. A
 // descriptor that is no socket is closed and reported in err.
 func (r *rawConns) take(n int) (out []PassedConn, err error) {
