@@ -31,7 +31,11 @@ import (
 // record and answers "ok <rev> <pid>" after fsync; "r" answers
 // "ok <rev> <pid>". Before every write it checks in /proc/locks that it
 // holds the data-directory lock; if not it refuses the write and records a
-// violation. Knobs come from the environment (TD_*), so each test picks
+// violation. A connection is served line after line until its client
+// closes it; the daemon is a handoff.ConnPasser (TD_PASS_CONNS=0 turns
+// that off): Drain stops each connection at a line boundary, and the
+// connections travel with their unparsed bytes as their state (see
+// testDrainable). Knobs come from the environment (TD_*), so each test picks
 // its failure; the failure knobs of drain and seal fire once per data
 // directory, so the handoff after the failed one can commit.
 
