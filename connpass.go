@@ -31,7 +31,9 @@ type PassedConn struct {
 // closing it nor shutting it down. The library then passes them: the
 // successor serves them only after the commit; on an abort the incumbent
 // gets them back. Bytes a client sends meanwhile wait in the kernel's
-// receive buffer.
+// receive buffer. The descriptors travel after the seal and after the
+// commit, so passing many barely lengthens the accept gap; a passed
+// connection itself waits until its successor took it.
 //
 // Without ConnPasser, or when the peers cannot pass connections (an older
 // supervisor or successor, or no room for descriptors), connections are
@@ -46,8 +48,10 @@ type ConnPasser interface {
 
 	// AdoptConns serves connections as if just accepted, with their
 	// state: in a successor once it serves (after Start), passed by its
-	// predecessor; in an incumbent after ResumeAfterAbort, the ones it
-	// passed for a handoff that did not commit. They belong to the daemon
-	// from then on.
+	// predecessor, as they arrive, in several calls of up to 256; in an
+	// incumbent after ResumeAfterAbort, the ones it passed for a handoff
+	// that did not commit. They belong to the daemon from then on. The
+	// calls come one after another, before the first Drain of this
+	// process.
 	AdoptConns(conns []PassedConn)
 }
