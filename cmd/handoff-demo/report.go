@@ -135,14 +135,16 @@ func ms(d time.Duration) string { return fmt.Sprintf("%.2f ms", float64(d)/float
 func (r *report) print(w io.Writer) {
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "per handoff (window: trigger to outcome; accept gap: the supervisor's, measured on commit;")
+	fmt.Fprintln(w, "passed: keep-alive connections handed to the new daemon, open and at a request boundary;")
 	fmt.Fprintln(w, "requests: in flight during the window, probe included; client max: the slowest of them)")
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "  #\tto\toutcome\twindow\taccept gap\tlibrary share\trequests\tclient max\tnote")
+	fmt.Fprintln(tw, "  #\tto\toutcome\twindow\taccept gap\tlibrary share\tpassed\trequests\tclient max\tnote")
 	for _, h := range r.handoffs {
-		outcome, gap, share := "committed", field(h.res, "accept_gap"), field(h.res, "library_overhead")
+		outcome, gap, share, passed := "committed", field(h.res, "accept_gap"), field(h.res, "library_overhead"), field(h.res, "passed_conns")
 		if !h.res.committed {
-			// The library measures the accept gap of a commit only.
-			outcome, gap, share = "rolled back", "-", "-"
+			// The library measures the accept gap of a commit only; the
+			// old daemon serves its connections on.
+			outcome, gap, share, passed = "rolled back", "-", "-", "-"
 		}
 		n, worst := 0, time.Duration(0)
 		for _, s := range r.samples {
@@ -162,7 +164,7 @@ func (r *report) print(w io.Writer) {
 		if !h.res.committed {
 			note += h.res.reason
 		}
-		fmt.Fprintf(tw, "  %d\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", h.n, h.to, outcome, ms(h.end-h.start), gap, share, n, worstS, note)
+		fmt.Fprintf(tw, "  %d\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", h.n, h.to, outcome, ms(h.end-h.start), gap, share, passed, n, worstS, note)
 	}
 	tw.Flush()
 
