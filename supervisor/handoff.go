@@ -995,6 +995,14 @@ func (r *run) rollback(ae *abortError) (err error) {
 		cancel()
 		if err != nil {
 			last = err
+			// A refused dial most often means it died: its descriptors
+			// close before it is reaped, so give the reaping a moment.
+			t := time.NewTimer(exitWait)
+			select {
+			case <-c.done:
+			case <-t.C:
+			}
+			t.Stop()
 			if c.exited() {
 				return nil
 			}

@@ -309,6 +309,54 @@ func (p *connPool) baseFDs(t *testing.T, pid int) int {
 	return rest
 }
 
+// fdLinks lists the targets of this process's descriptors, but for the
+// lock prober's reads of /proc/locks (open for a moment) and the pidfds
+// of the daemons the supervisor watches (one per live daemon).
+func fdLinks() map[string]string {
+	ents, _ := os.ReadDir("/proc/self/fd")
+	out := map[string]string{}
+	for _, e := range ents {
+		l, err := os.Readlink(filepath.Join("/proc/self/fd", e.Name()))
+		if err == nil && l != "/proc/locks" && l != "anon_inode:[pidfd]" {
+			out[e.Name()] = l
+		}
+	}
+	return out
+}
+
+// supFDs is the test process's (the supervisor's) descriptors at a point
+// of a test; wait waits (bounded) until their number is back to it, and
+// says which differ if it is not.
+type supFDs map[string]string
+
+func (before supFDs) wait(t *testing.T) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		now := fdLinks()
+		if len(now) == len(before) {
+			return
+		}
+		if time.Now().After(deadline) {
+			var diff []string
+			for fd, l := range now {
+				if before[fd] != l {
+					diff = append(diff, "+"+fd+"="+l)
+				}
+			}
+			for fd, l := range before {
+				if now[fd] != l {
+					diff = append(diff, "-"+fd+"="+l)
+				}
+			}
+			t.Fatalf("the supervisor holds %d descriptors, %d before the handoff: %v", len(now), len(before), diff)
+		}
+		<-tick.C
+	}
+}
+
 // daemonEvents counts the lines "<what> <pid> <n>" of the daemons' event
 // log and sums their n.
 func daemonEvents(t *testing.T, dir, what string, pid int) (lines, total int) {
@@ -377,7 +425,7 @@ func TestPassedConnsFollowCommittedHandoffs(t *testing.T) {
 	c := newCluster(t, Config{})
 	inc := c.sup.Status().IncumbentPID
 	p, base := poolFor(t, c, inc)
-	supFDs := countFDs(t)
+	sup := supFDs(fdLinks())
 	for i := range 3 {
 		out := c.handoff()
 		if !out.Committed {
@@ -404,7 +452,7 @@ func TestPassedConnsFollowCommittedHandoffs(t *testing.T) {
 		if err := p.check(out.PID); err != nil {
 			t.Fatalf("handoff %d: %v", i, err)
 		}
-		waitFor(t, "the supervisor's descriptors back to their count before the handoff", func() bool { return countFDs(t) == supFDs })
+		sup.wait(t)
 		inc = out.PID
 		waitArmed(t, c.dir, inc, poolHalf)
 	}
@@ -520,7 +568,7 @@ func TestPassedConnsServedAgainAfterAborts(t *testing.T) {
 			c := newCluster(t, cfg, coldEnv...)
 			inc := c.sup.Status().IncumbentPID
 			p, base := poolFor(t, c, inc)
-			supFDs := countFDs(t)
+			sup := supFDs(fdLinks())
 			spec := c.spec(tc.env...)
 			if tc.deadline > 0 {
 				spec.Deadline, spec.DrainGrace = tc.deadline, tc.deadline/4
@@ -547,7 +595,7 @@ func TestPassedConnsServedAgainAfterAborts(t *testing.T) {
 				t.Fatalf("after the abort: %v", err)
 			}
 			waitArmed(t, c.dir, inc, 2*poolHalf)
-			waitFor(t, "the supervisor's descriptors back to their count before the handoff", func() bool { return countFDs(t) == supFDs })
+			sup.wait(t)
 			if err := holdsLockPID(c.dir, inc); err != nil {
 				t.Fatal(err)
 			}
