@@ -53,13 +53,17 @@ func TestDemoShort(t *testing.T) {
 		t.Error("report has no PASS verdict")
 	}
 	// Every handoff row shows requests in flight during it (the probe).
-	rows := regexp.MustCompile(`(?m)^  (\d+) +(v1|v2|broken) +(committed|rolled back) +\S+ ms +(\S+ ms|-) +(\S+ ms|-) +(\d+) `).FindAllStringSubmatch(report, -1)
+	// Every commit passes the keep-alive workers' connections.
+	rows := regexp.MustCompile(`(?m)^  (\d+) +(v1|v2|broken) +(committed|rolled back) +\S+ ms +(\S+ ms|-) +(\S+ ms|-) +(\d+|-) +(\d+) `).FindAllStringSubmatch(report, -1)
 	if len(rows) != 4 {
 		t.Fatalf("report has %d handoff rows, want 4", len(rows))
 	}
 	for _, row := range rows {
-		if n, _ := strconv.Atoi(row[6]); n == 0 {
+		if n, _ := strconv.Atoi(row[7]); n == 0 {
 			t.Errorf("handoff row %q: no request in flight during it", row[0])
+		}
+		if n, _ := strconv.Atoi(row[6]); row[3] == "committed" && n == 0 {
+			t.Errorf("handoff row %q: no keep-alive connection passed", row[0])
 		}
 		if rolled := row[3] == "rolled back"; rolled != (row[2] == "broken") || (rolled && row[4] != "-") {
 			t.Errorf("handoff row %q: wrong outcome or accept gap", row[0])
