@@ -679,6 +679,7 @@ func (r *run) awaitUntil(p *peer, until time.Time, want ...wire.Type) (wire.Fram
 	if other != nil && other.dead == nil {
 		otherFrames = other.frames
 	}
+	pDone := p.child.done
 	// Once the incumbent has sealed it has nothing left to do: its exit
 	// no longer matters to a successor that is opening the data.
 	passive := other == r.inc && r.sealed != nil
@@ -738,8 +739,15 @@ func (r *run) awaitUntil(p *peer, until time.Time, want ...wire.Type) (wire.Fram
 			if res.f.Msg.Type() != wire.TypeHeartbeat {
 				return wire.Frame{}, r.violation(other, "unexpected %s while waiting for the %s", res.f.Msg.Type(), p.name)
 			}
-		case <-p.child.done:
-			return wire.Frame{}, r.exited(p)
+		case <-pDone:
+			// What it sent before it died comes first (a sealed
+			// incumbent's SealComplete, its Conns frames): its reader
+			// delivers the rest of the stream and ends, and peerFailed
+			// then reports the exit.
+			if p.dead != nil {
+				return wire.Frame{}, r.exited(p)
+			}
+			pDone = nil
 		case <-otherDone:
 			return wire.Frame{}, r.exited(other)
 		case <-live.C:
