@@ -795,7 +795,7 @@ func (r *run) expectConns() int {
 
 // holdConns keeps the connections in one Conns frame from the incumbent
 // (which keeps its own copies until its Commit). They go to the successor
-// after its Commit (passHeld), to the cold start after a rollback whose
+// after its Commit (passConns), to the cold start after a rollback whose
 // incumbent died, and are closed otherwise.
 func (r *run) holdConns(m wire.Conns, fds []int) error {
 	metas, err := m.Decode()
