@@ -43,6 +43,14 @@ type kvdCluster struct {
 
 func startKVD(t *testing.T) *kvdCluster {
 	t.Helper()
+	c, _ := startKVDOn(t, "http")
+	return c
+}
+
+// startKVDOn starts kvd under a supervisor that holds a loopback listener
+// for each name ("http" first); it returns their addresses by name.
+func startKVDOn(t *testing.T, names ...string) (*kvdCluster, map[string]string) {
+	t.Helper()
 	dir := testutil.ShortDir(t) // holds the control socket
 	logs, err := os.Create(filepath.Join(dir, "daemons.log"))
 	if err != nil {
@@ -55,27 +63,31 @@ func startKVD(t *testing.T) *kvdCluster {
 			t.Logf("daemon logs:\n%s", b)
 		}
 	})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	sup, err := supervisor.New(supervisor.Config{ControlSocket: filepath.Join(dir, "control.sock"), Stdout: logs, Stderr: logs})
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &kvdCluster{t: t, data: filepath.Join(dir, "data"), sock: filepath.Join(dir, "control.sock"), addr: ln.Addr().String(),
+	t.Cleanup(func() { sup.Close() })
+	addrs := map[string]string{}
+	for _, name := range names {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addrs[name] = ln.Addr().String()
+		if err := sup.AddListener(name, ln); err != nil {
+			t.Fatal(err)
+		}
+		ln.Close() // the supervisor holds its own duplicate
+	}
+	c := &kvdCluster{t: t, data: filepath.Join(dir, "data"), sock: filepath.Join(dir, "control.sock"), addr: addrs["http"], sup: sup,
 		client: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}}
-	c.sup, err = supervisor.New(supervisor.Config{ControlSocket: c.sock, Stdout: logs, Stderr: logs})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c.sup.AddListener("http", ln); err != nil {
-		t.Fatal(err)
-	}
-	ln.Close() // the supervisor holds its own duplicate
-	t.Cleanup(func() { c.sup.Close() })
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if _, err := c.sup.ColdStart(ctx, c.spec("v1")); err != nil {
 		t.Fatalf("cold start: %v", err)
 	}
-	return c
+	return c, addrs
 }
 
 func (c *kvdCluster) spec(build string, extra ...string) supervisor.SpawnSpec {

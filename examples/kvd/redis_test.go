@@ -2,21 +2,17 @@ package main
 
 import (
 	"bufio"
-	"context"
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/handoff-go/handoff/internal/testutil"
 	"github.com/handoff-go/handoff/supervisor"
 )
 
@@ -30,45 +26,8 @@ type respCluster struct {
 // startKVDRESP is startKVD with a listener "resp" beside "http".
 func startKVDRESP(t *testing.T) *respCluster {
 	t.Helper()
-	dir := testutil.ShortDir(t)
-	logs, err := os.Create(filepath.Join(dir, "daemons.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		logs.Close()
-		if t.Failed() {
-			b, _ := os.ReadFile(logs.Name())
-			t.Logf("daemon logs:\n%s", b)
-		}
-	})
-	lns := map[string]net.Listener{}
-	for _, name := range []string{"http", "resp"} {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		lns[name] = ln
-	}
-	c := &respCluster{kvdCluster: &kvdCluster{t: t, data: filepath.Join(dir, "data"), sock: filepath.Join(dir, "control.sock"),
-		addr: lns["http"].Addr().String(), client: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}}, respAddr: lns["resp"].Addr().String()}
-	c.sup, err = supervisor.New(supervisor.Config{ControlSocket: c.sock, Stdout: logs, Stderr: logs})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, name := range []string{"http", "resp"} {
-		if err := c.sup.AddListener(name, lns[name]); err != nil {
-			t.Fatal(err)
-		}
-		lns[name].Close() // the supervisor holds its own duplicate
-	}
-	t.Cleanup(func() { c.sup.Close() })
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if _, err := c.sup.ColdStart(ctx, c.spec("v1")); err != nil {
-		t.Fatalf("cold start: %v", err)
-	}
-	return c
+	c, addrs := startKVDOn(t, "http", "resp")
+	return &respCluster{kvdCluster: c, respAddr: addrs["resp"]}
 }
 
 // needTool skips the test when a program it runs is not installed, or
