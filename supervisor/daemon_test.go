@@ -592,6 +592,12 @@ func (d *testDrainable) Drain(ctx context.Context) (handoff.DrainReport, error) 
 	if err := d.stopConns(ctx); err != nil {
 		return handoff.DrainReport{}, err
 	}
+	d.cmu.Lock()
+	stopped := len(d.kept)
+	d.cmu.Unlock()
+	// What this process holds from here on without serving it: a test
+	// that kills it now expects exactly these connections to be reset.
+	appendEvent(d.k.dir, "stopped %d %d", os.Getpid(), stopped)
 	if !d.k.pass {
 		// Not a ConnPasser: connections close at a line boundary.
 		d.closeConns(d.takeKept())
